@@ -1,0 +1,151 @@
+"""The one catalogue of lapstream's Prometheus metrics.
+
+Every metric a worker exposes is declared here, once: name, type, help,
+labels and (for histograms) buckets. Dashboards, alert rules and tests read
+this catalogue; nothing else creates a metric. Naming follows Prometheus
+conventions: base units (seconds, bytes), ``_total`` for counters, no
+athlete or race ids in labels (venue and decoder source are bounded).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    type: str  # counter | gauge | histogram | info
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = field(default=())
+
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+CORE_BUCKETS = (0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005)
+
+# Outcomes of one raw message (label ``outcome`` of RAW_MESSAGES).
+OUTCOMES = (
+    "applied",
+    "duplicate",
+    "ignored_unknown_transponder",
+    "ignored_after_finish",
+    "ignored_before_start",
+    "ignored_late",
+    "ignored_noise",
+    "deadlettered",
+)
+
+# Reason classes of a dead letter (label ``reason`` of DEADLETTERS).
+DEADLETTER_REASONS = (
+    "oversized",
+    "not_json",
+    "not_object",
+    "unknown_kind",
+    "bad_version",
+    "missing_field",
+    "wrong_type",
+    "bad_value",
+    "unknown_reference",
+)
+
+CATALOGUE: tuple[MetricSpec, ...] = (
+    MetricSpec("lapstream_raw_messages_total", "counter",
+               "Raw timing messages consumed, by kind and outcome.", ("kind", "outcome")),
+    MetricSpec("lapstream_deadletters_total", "counter",
+               "Messages sent to the dead-letter topic, by reason class.", ("reason",)),
+    MetricSpec("lapstream_derived_events_total", "counter",
+               "Derived events emitted, by kind.", ("kind",)),
+    MetricSpec("lapstream_records_total", "counter",
+               "Records detected, by record type and whether equalled.", ("record", "equalled")),
+    MetricSpec("lapstream_incidents_total", "counter",
+               "Incident events emitted (falls, caught, anomalies), by type and status.", ("type", "status")),
+    MetricSpec("lapstream_processing_latency_seconds", "histogram",
+               "Time from a raw message being consumed to its derived events being sent.", (),
+               LATENCY_BUCKETS),
+    MetricSpec("lapstream_core_duration_seconds", "histogram",
+               "Time the pure timing core spends on one raw message.", (), CORE_BUCKETS),
+    MetricSpec("lapstream_event_time_lag_seconds", "gauge",
+               "Wall clock minus the newest event time (t_us) seen for the venue.", ("venue",)),
+    MetricSpec("lapstream_consumer_lag_messages", "gauge",
+               "Messages not yet consumed on an assigned partition (high watermark minus position).",
+               ("topic", "partition")),
+    MetricSpec("lapstream_active_races", "gauge",
+               "Races started and not yet official or void, on this worker."),
+    MetricSpec("lapstream_active_venues", "gauge",
+               "Venues whose state this worker holds."),
+    MetricSpec("lapstream_state_size_bytes", "gauge",
+               "Size of the serialised timing state held by this worker."),
+    MetricSpec("lapstream_decoder_heartbeat_age_seconds", "gauge",
+               "Wall clock minus the event time of the last heartbeat of a decoder source.",
+               ("venue", "source")),
+    MetricSpec("lapstream_worker_ready", "gauge",
+               "1 when the worker has joined its group, has partitions assigned and state recovered."),
+    MetricSpec("lapstream_build", "info", "lapstream version of this worker."),
+)
+
+BY_NAME = {m.name: m for m in CATALOGUE}
+
+
+def exposed_names(spec: MetricSpec) -> list[str]:
+    """Sample names Prometheus will see for one catalogue entry."""
+    if spec.type == "counter":
+        return [spec.name]
+    if spec.type == "histogram":
+        return [spec.name + s for s in ("_bucket", "_sum", "_count")]
+    if spec.type == "info":
+        return [spec.name + "_info"]
+    return [spec.name]
+
+
+def all_exposed_names(catalogue: Iterable[MetricSpec] = CATALOGUE) -> set[str]:
+    out: set[str] = set()
+    for spec in catalogue:
+        out.update(exposed_names(spec))
+    return out
+
+
+class Metrics:
+    """The catalogue instantiated in one registry (one per worker process)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._m: dict[str, object] = {}
+        for spec in CATALOGUE:
+            kw = dict(name=spec.name, documentation=spec.help, labelnames=spec.labels,
+                      registry=self.registry)
+            if spec.type == "counter":
+                # prometheus_client appends _total itself.
+                kw["name"] = spec.name[: -len("_total")]
+                obj = Counter(**kw)
+            elif spec.type == "gauge":
+                obj = Gauge(**kw)
+            elif spec.type == "histogram":
+                obj = Histogram(buckets=spec.buckets, **kw)
+            elif spec.type == "info":
+                kw.pop("labelnames")
+                obj = Info(**kw)
+            else:  # pragma: no cover - catalogue is static
+                raise ValueError(spec.type)
+            self._m[spec.name] = obj
+
+    def __getitem__(self, name: str):
+        return self._m[name]
+
+    raw = property(lambda s: s._m["lapstream_raw_messages_total"])
+    deadletters = property(lambda s: s._m["lapstream_deadletters_total"])
+    derived = property(lambda s: s._m["lapstream_derived_events_total"])
+    records = property(lambda s: s._m["lapstream_records_total"])
+    incidents = property(lambda s: s._m["lapstream_incidents_total"])
+    latency = property(lambda s: s._m["lapstream_processing_latency_seconds"])
+    core_duration = property(lambda s: s._m["lapstream_core_duration_seconds"])
+    event_lag = property(lambda s: s._m["lapstream_event_time_lag_seconds"])
+    consumer_lag = property(lambda s: s._m["lapstream_consumer_lag_messages"])
+    active_races = property(lambda s: s._m["lapstream_active_races"])
+    active_venues = property(lambda s: s._m["lapstream_active_venues"])
+    state_size = property(lambda s: s._m["lapstream_state_size_bytes"])
+    heartbeat_age = property(lambda s: s._m["lapstream_decoder_heartbeat_age_seconds"])
+    ready = property(lambda s: s._m["lapstream_worker_ready"])
+    build = property(lambda s: s._m["lapstream_build"])

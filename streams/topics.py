@@ -1,0 +1,47 @@
+"""Topic names, keys and partition counts of the v1 contract (one place)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    key: str  # what the record key is, for documentation
+    compacted: bool = False
+
+
+RAW = TopicSpec("timing.raw", 12, "venue")
+RECORDS_REF = TopicSpec("timing.records.ref", 1, "record identity", compacted=True)
+SPLITS = TopicSpec("timing.splits", 12, "race_id")
+FINISHES = TopicSpec("timing.finishes", 12, "race_id")
+INCIDENTS = TopicSpec("timing.incidents", 12, "race_id")
+RECORDS = TopicSpec("timing.records", 12, "race_id")
+RESULTS = TopicSpec("timing.results", 12, "race_id")
+STANDINGS = TopicSpec("timing.standings", 12, "group (standings) / event (classification)")
+DEADLETTER = TopicSpec("timing.deadletter", 3, "source key")
+
+ALL = (RAW, RECORDS_REF, SPLITS, FINISHES, INCIDENTS, RECORDS, RESULTS, STANDINGS, DEADLETTER)
+DERIVED = (SPLITS, FINISHES, INCIDENTS, RECORDS, RESULTS, STANDINGS)
+
+# Which derived topic carries which derived kind.
+TOPIC_OF_KIND = {
+    "split": SPLITS.name,
+    "finish": FINISHES.name,
+    "incident": INCIDENTS.name,
+    "record": RECORDS.name,
+    "result": RESULTS.name,
+    "standings": STANDINGS.name,
+    "classification": STANDINGS.name,
+}
+
+
+def key_of(event: dict) -> str:
+    """The record key of a derived event, as the contract says."""
+    kind = event["kind"]
+    if kind == "standings":
+        return event["group"]
+    if kind == "classification":
+        return event["event"]
+    return event["race_id"]
