@@ -1,0 +1,982 @@
+"""The timing core: raw v1 messages in, derived v1 events out.
+
+Pure: no I/O, no clock reads, no framework. ``Engine.apply(msg)`` takes one
+decoded raw message (see ``schemas.decode``) and returns the derived events
+it causes, in emission order. It raises ``Rejected`` for a message that
+refers to something unknown (the caller dead-letters it).
+
+Event time drives everything. Each venue has a clock: the newest ``t_us`` of
+its passings and heartbeats. Reads may arrive out of order by up to
+``reorder_us`` (3 s), so a crossing is *closed* (its earliest read final)
+once the clock is more than ``reorder_us`` past it. Closed crossings and
+fall deadlines are processed on one timeline in event-time order, so the
+same feed gives the same events, with the same ids, in the same order,
+whatever the batching, replay speed, or shuffling of reads within the
+window.
+"""
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from dataclasses import dataclass
+
+from schemas.decode import IRM_CODES, Rejected, parse_record_time
+
+from .timefmt import elapsed_ms, event_id, fmt_hundredths, fmt_time, utc_date
+
+INF = float("inf")
+DEFAULT_SPRINTS = {4: [5, 3, 1], 8: [5, 3, 1], 12: [5, 3, 1]}
+DEFAULT_FINAL = [60, 40, 20]
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    reorder_us: int = 3_000_000       # reads may arrive this late (contract: a few seconds)
+    group_us: int = 2_000_000         # reads of one skater at one loop this close are one crossing
+    v_start_mps: float = 10.0         # assumed speed before a skater's first crossing
+    v_max_mps: float = 22.0           # faster than this between crossings is a misread
+    fall_factor: float = 1.15         # overdue: not seen at the next TWO loops within factor x pace
+    fall_slack_us: int = 500_000
+    clear_ratio: float = 0.75         # turned up at >= this share of its pace: a missed read, cleared
+    seq_keep_us: int = 120_000_000    # how long (source, seq) pairs are remembered for resends
+
+
+# ---------------------------------------------------------------------------
+# state
+# ---------------------------------------------------------------------------
+
+
+class Venue:
+    __slots__ = ("id", "name", "lap_m", "loops", "clock", "hb", "seqs", "transponders",
+                 "pending", "races", "next_due")
+
+    def __init__(self, msg: dict) -> None:
+        self.id = msg["venue"]
+        self.clock = -1
+        self.hb: dict[str, int] = {}
+        self.seqs: dict[str, dict[int, int]] = {}
+        self.transponders: dict[str, SkaterRun] = {}
+        self.pending: dict[tuple, list] = {}  # (SkaterRun id, loop) -> [min_t, run, loop, at_m]
+        self.races: list[Race] = []            # started races (current attempts)
+        self.next_due = INF
+        self.configure(msg)
+
+    def configure(self, msg: dict) -> None:
+        self.name = msg["name"]
+        self.lap_m = msg["lap_m"]
+        self.loops = {lp["loop"]: lp["at_m"] for lp in msg["loops"]}
+
+
+class RaceDef:
+    __slots__ = ("id", "venue", "competition", "level", "format", "gender", "distance", "group",
+                 "places", "laps", "sprint_at", "final", "competitors", "event", "msg")
+
+    def __init__(self, msg: dict, venue: Venue) -> None:
+        self.msg = msg
+        self.id = msg["race_id"]
+        self.venue = venue.id
+        self.competition = msg["competition"]
+        self.level = msg["level"]
+        self.format = msg["format"]
+        self.gender = msg["gender"]
+        self.distance = msg["distance_m"]
+        self.group = msg.get("group") or self.id
+        self.places = msg.get("places")
+        self.event = f"{self.competition}-{self.format}-{self.gender}-{self.distance}"
+        lap = venue.lap_m
+        for c in msg["competitors"]:
+            finish_at = (c["start_m"] + self.distance) % lap
+            if c["start_m"] >= lap:
+                raise Rejected("bad_value", f"race {self.id}: start_m {c['start_m']} of {c['competitor_id']!r} is not on a {lap} m lap")
+            if finish_at not in venue.loops.values():
+                raise Rejected("unknown_reference",
+                               f"race {self.id}: venue {venue.id} has no loop at {finish_at} m, "
+                               f"the finish of {c['competitor_id']!r}")
+        self.competitors = msg["competitors"]
+        self.sprint_at: dict[int, list[int]] = {}
+        self.final = None
+        self.laps = None
+        if self.format == "mass_start":
+            self.laps = msg.get("laps") or max(1, self.distance // lap)
+            sprints = msg.get("sprints")
+            sprints = {int(k): v for k, v in sprints.items()} if sprints else DEFAULT_SPRINTS
+            for k, pts in sprints.items():
+                if 0 < k < self.laps:
+                    self.sprint_at[self.distance - (self.laps - k) * lap] = list(pts)
+            self.final = list(msg.get("final") or DEFAULT_FINAL)
+
+
+class SkaterRun:
+    __slots__ = ("id", "name", "transponders", "comp", "race", "last_d", "last_t", "hist", "split_t",
+                 "finished", "finish_t", "last_cross", "deadline", "incident_n", "suspected",
+                 "overdue", "lost")
+
+    def __init__(self, s: dict, comp: "CompRun", race: "Race") -> None:
+        self.id = s["skater_id"]
+        self.name = s["name"]
+        self.transponders = s["transponders"]
+        self.comp = comp
+        self.race = race
+        self.last_d = 0
+        self.last_t = race.gun
+        self.hist: list[tuple[int, int]] = []   # closed crossings (distance, t_us)
+        self.split_t: dict[int, int] = {}      # distance -> crossing t_us
+        self.finished = False
+        self.finish_t = None
+        self.last_cross: dict[str, int] = {}   # loop -> t_us of the last closed crossing
+        self.deadline = INF
+        self.incident_n = 0
+        self.suspected = False   # an open suspected fall (until cleared or confirmed)
+        self.overdue = False     # not seen since its fall deadline passed
+        self.lost = False
+
+
+class CompRun:
+    __slots__ = ("id", "name", "nation", "start_m", "skaters", "offsets", "irm", "finish_tr",
+                 "finish_ms", "source", "finish_rev", "finish_t_us", "points", "records",
+                 "record_evals", "team_split", "caught", "order")
+
+    def __init__(self, c: dict, race: "Race", lap: int, loop_positions, order: int) -> None:
+        self.id = c["competitor_id"]
+        self.name = c["name"]
+        self.nation = c["nation"]
+        self.start_m = c["start_m"]
+        self.order = order
+        self.offsets = sorted({(a - self.start_m) % lap for a in loop_positions})
+        self.skaters = [SkaterRun(s, self, race) for s in c["skaters"]]
+        self.irm = None
+        self.finish_tr = None       # transponder finish crossing (t_us)
+        self.finish_ms = None       # effective finish time (photo or transponder)
+        self.source = None
+        self.finish_rev = -1
+        self.finish_t_us = None
+        self.points = 0
+        self.records: list[str] = []
+        self.record_evals: dict[tuple, dict] = {}  # book key -> record event state
+        self.team_split: dict[int, int] = {}      # team distance -> t_us (third skater)
+        self.caught = False
+
+
+class Race:
+    """One attempt of a race."""
+
+    __slots__ = ("d", "attempt", "gun", "status", "comps", "by_comp", "by_skater", "split_idx",
+                 "result_rev", "photos", "sprint_awards", "venue")
+
+    def __init__(self, d: RaceDef, attempt: int, gun: int, venue: Venue, result_rev: int) -> None:
+        self.d = d
+        self.attempt = attempt
+        self.gun = gun
+        self.venue = venue
+        self.status = "live"
+        self.result_rev = result_rev
+        positions = venue.loops.values()
+        self.comps = [CompRun(c, self, venue.lap_m, positions, i) for i, c in enumerate(d.competitors)]
+        self.by_comp = {c.id: c for c in self.comps}
+        self.by_skater = {s.id: s for c in self.comps for s in c.skaters}
+        self.split_idx: dict[tuple, list[int]] = {}
+        self.photos: dict[str, int] = {}
+        self.sprint_awards: dict[int, int] = {}
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ("official", "void")
+
+
+class Ref:
+    __slots__ = ("time_h", "time", "holder", "set_on", "venue", "race_id", "prev")
+
+    def __init__(self, time_h, time, holder, set_on, venue, race_id=None, prev=None):
+        self.time_h = time_h
+        self.time = time
+        self.holder = holder
+        self.set_on = set_on
+        self.venue = venue
+        self.race_id = race_id
+        self.prev = prev
+
+
+# ---------------------------------------------------------------------------
+# the engine
+# ---------------------------------------------------------------------------
+
+
+class Engine:
+    """All venues, races, record references, groups and events."""
+
+    def __init__(self, config: CoreConfig | None = None) -> None:
+        self.cfg = config or CoreConfig()
+        self.venues: dict[str, Venue] = {}
+        self.race_defs: dict[str, RaceDef] = {}
+        self.races: dict[str, Race] = {}          # current attempt of each started race
+        self.result_revs: dict[str, int] = {}
+        self.book: dict[tuple, Ref] = {}
+        self.groups: dict[str, list[str]] = {}
+        self.group_rev: dict[str, int] = {}
+        self.events: dict[str, list[str]] = {}
+        self.event_rev: dict[str, int] = {}
+        self.stats: dict[tuple[str, str], int] = {}
+        self.outcome = "applied"
+        self._handlers = {
+            "passing": self._passing,
+            "heartbeat": self._heartbeat,
+            "venue": self._venue,
+            "race": self._race,
+            "start": self._start,
+            "photo": self._photo,
+            "decision": self._decision,
+            "record_ref": self._record_ref,
+        }
+
+    # -- entry points ------------------------------------------------------
+
+    def apply(self, msg: dict) -> list[dict]:
+        """Apply one decoded raw message; return the derived events."""
+        out: list[dict] = []
+        self.outcome = "applied"
+        kind = msg["kind"]
+        self._handlers[kind](msg, out)
+        key = (kind, self.outcome)
+        self.stats[key] = self.stats.get(key, 0) + 1
+        return out
+
+    def count_rejected(self, kind: str) -> None:
+        key = (kind if kind in self._handlers else "unknown", "deadlettered")
+        self.stats[key] = self.stats.get(key, 0) + 1
+
+    def flush(self) -> list[dict]:
+        """End of a recorded feed: no later read can come, close every crossing."""
+        out: list[dict] = []
+        for v in self.venues.values():
+            if v.clock >= 0:
+                self._timeline(v, v.clock + 1, out)
+        return out
+
+    def venue_clock(self, venue: str) -> int:
+        v = self.venues.get(venue)
+        return v.clock if v else -1
+
+    def active_races(self) -> int:
+        return sum(1 for r in self.races.values() if not r.ended)
+
+    # -- raw kinds ---------------------------------------------------------
+
+    def _venue(self, msg: dict, out: list) -> None:
+        v = self.venues.get(msg["venue"])
+        if v is None:
+            self.venues[msg["venue"]] = Venue(msg)
+        else:
+            v.configure(msg)
+
+    def _race(self, msg: dict, out: list) -> None:
+        venue = self.venues.get(msg["venue"])
+        if venue is None:
+            raise Rejected("unknown_reference", f"race {msg['race_id']}: venue {msg['venue']!r} was never set up")
+        rid = msg["race_id"]
+        if rid in self.races and not self.races[rid].ended:
+            self.outcome = "ignored_late"   # a started race's start list no longer changes
+            return
+        d = RaceDef(msg, venue)
+        self.race_defs[rid] = d
+        members = self.groups.setdefault(d.group, [])
+        if rid not in members:
+            members.append(rid)
+        if d.places:
+            evr = self.events.setdefault(d.event, [])
+            if rid not in evr:
+                evr.append(rid)
+
+    def _start(self, msg: dict, out: list) -> None:
+        rid = msg["race_id"]
+        d = self.race_defs.get(rid)
+        if d is None:
+            raise Rejected("unknown_reference", f"start: race {rid!r} was never set up")
+        if d.venue != msg["venue"]:
+            raise Rejected("unknown_reference", f"start: race {rid!r} is at venue {d.venue!r}, not {msg['venue']!r}")
+        attempt = msg.get("attempt", 1)
+        old = self.races.get(rid)
+        if old is not None and attempt <= old.attempt:
+            self.outcome = "duplicate"
+            return
+        venue = self.venues[d.venue]
+        rev = self.result_revs.get(rid, -1)
+        race = Race(d, attempt, msg["t_us"], venue, rev)
+        if old is not None:
+            if old in venue.races:
+                venue.races.remove(old)
+            for key in [k for k, p in venue.pending.items() if p[1].race is old]:
+                del venue.pending[key]
+        self.races[rid] = race
+        venue.races.append(race)
+        for c in race.comps:
+            for s in c.skaters:
+                for tp in s.transponders:
+                    venue.transponders[tp] = s
+        if old is not None:   # a restart: tell subscribers attempt 1 is gone
+            self._emit_result(race, msg["t_us"], out)
+
+    def _heartbeat(self, msg: dict, out: list) -> None:
+        v = self.venues.get(msg["venue"])
+        if v is None:
+            raise Rejected("unknown_reference", f"heartbeat: venue {msg['venue']!r} was never set up")
+        t = msg["t_us"]
+        src = msg["source"]
+        if t > v.hb.get(src, -1):
+            v.hb[src] = t
+        if t > v.clock:
+            self._advance(v, t, out)
+
+    def _passing(self, msg: dict, out: list) -> None:
+        v = self.venues.get(msg["venue"])
+        if v is None:
+            raise Rejected("unknown_reference", f"passing: venue {msg['venue']!r} was never set up")
+        loop = msg["loop"]
+        at_m = v.loops.get(loop)
+        if at_m is None:
+            raise Rejected("unknown_reference", f"passing: venue {v.id} has no loop {loop!r}")
+        t = msg["t_us"]
+        src = msg["source"]
+        seqs = v.seqs.get(src)
+        if seqs is None:
+            seqs = v.seqs[src] = {}
+        seq = msg["seq"]
+        if seq in seqs:
+            self.outcome = "duplicate"
+            return
+        seqs[seq] = t
+        if len(seqs) > 4096:
+            self._prune_seqs(v, seqs)
+        self._read(v, msg["transponder"], loop, at_m, t)
+        if t > v.clock:
+            self._advance(v, t, out)
+
+    def _read(self, v: Venue, tp: str, loop: str, at_m: int, t: int) -> None:
+        run = v.transponders.get(tp)
+        if run is None:
+            self.outcome = "ignored_unknown_transponder"
+            return
+        race = run.race
+        if t < race.gun:
+            self.outcome = "ignored_before_start"
+            return
+        if run.finished or run.lost or run.comp.irm is not None or race.ended:
+            fin = run.finish_t
+            if fin is not None and abs(t - fin) <= self.cfg.group_us and loop == _finish_loop(run, v):
+                self.outcome = "duplicate"   # another read of the finish crossing
+            else:
+                self.outcome = "ignored_after_finish"
+            return
+        last = run.last_cross.get(loop)
+        if last is not None and abs(t - last) <= self.cfg.group_us:
+            self.outcome = "duplicate"       # another read of a crossing already closed
+            return
+        if t < v.clock - self.cfg.reorder_us:
+            self.outcome = "ignored_late"
+            return
+        key = (id(run), loop)
+        p = v.pending.get(key)
+        if p is None:
+            v.pending[key] = [t, run, loop, at_m]
+            if t < v.next_due:
+                v.next_due = t
+        elif t < p[0]:
+            p[0] = t
+            if t < v.next_due:
+                v.next_due = t
+
+    def _prune_seqs(self, v: Venue, seqs: dict) -> None:
+        horizon = v.clock - self.cfg.seq_keep_us
+        for k in [k for k, tt in seqs.items() if tt < horizon]:
+            del seqs[k]
+
+    def _photo(self, msg: dict, out: list) -> None:
+        race = self._race_of(msg, "photo")
+        sid = msg["skater_id"]
+        run = race.by_skater.get(sid)
+        if run is None:
+            raise Rejected("unknown_reference", f"photo: skater {sid!r} is not in race {race.d.id}")
+        race.photos[sid] = msg["finish_us"]
+        comp = run.comp
+        if comp.finish_tr is not None:
+            self._settle_finish(race, comp, msg["t_us"], out)
+
+    def _decision(self, msg: dict, out: list) -> None:
+        rid = msg["race_id"]
+        race = self.races.get(rid)
+        if race is None:
+            if rid in self.race_defs:
+                # a decision before the gun (e.g. DNS): start-list level, keep for the start
+                self.outcome = "ignored_before_start"
+                return
+            raise Rejected("unknown_reference", f"decision: race {rid!r} was never set up")
+        code = msg["code"]
+        t = msg["t_us"]
+        cid = msg.get("competitor_id")
+        comp = None
+        if cid is not None:
+            comp = race.by_comp.get(cid)
+            if comp is None:
+                raise Rejected("unknown_reference", f"decision: competitor {cid!r} is not in race {rid}")
+        if code in IRM_CODES:
+            if comp.irm == code:
+                self.outcome = "duplicate"
+                return
+            comp.irm = code
+            for s in comp.skaters:
+                s.deadline = INF
+            self._withdraw_records(race, comp, t, out)
+            self._after_change(race, t, out)
+        elif code == "FALL":
+            sid = msg.get("skater_id")
+            run = None
+            if sid is not None:
+                run = race.by_skater.get(sid)
+                if run is None or (comp is not None and run.comp is not comp):
+                    raise Rejected("unknown_reference", f"decision: skater {sid!r} is not in race {rid}"
+                                   + (f" for {cid!r}" if cid else ""))
+                comp = run.comp
+            elif len(comp.skaters) == 1:
+                run = comp.skaters[0]
+            if run is not None:
+                if not run.suspected:
+                    run.incident_n += 1
+                run.suspected = False
+                run.overdue = False
+                at = run.last_d
+            else:
+                at = None
+            out.append(self._incident(race, comp, run, "fall", "confirmed", at, t,
+                                      note=msg.get("note")))
+        elif code == "OFFICIAL":
+            if race.status == "official":
+                self.outcome = "duplicate"
+                return
+            if race.status == "void":
+                self.outcome = "ignored_late"
+                return
+            for c in race.comps:
+                if c.finish_ms is None and c.irm is None:
+                    c.irm = "DNF" if any(s.hist for s in c.skaters) else "DNS"
+                for s in c.skaters:
+                    s.deadline = INF
+            race.status = "official"
+            self._emit_result(race, t, out)
+            self._emit_group(race, t, out)
+        elif code == "VOID":
+            if race.status == "void":
+                self.outcome = "duplicate"
+                return
+            race.status = "void"
+            for c in race.comps:
+                self._withdraw_records(race, c, t, out)
+                for s in c.skaters:
+                    s.deadline = INF
+            self._emit_result(race, t, out)
+            self._emit_group(race, t, out)
+
+    def _record_ref(self, msg: dict, out: list) -> None:
+        key = (msg["record"], msg["format"], msg["gender"], msg["distance_m"], msg["scope"])
+        th = parse_record_time(msg["time"])
+        cur = self.book.get(key)
+        if cur is not None and th > cur.time_h:
+            self.outcome = "ignored_late"   # slower than the record the pipeline already holds
+            return
+        if cur is not None and th == cur.time_h and cur.holder == msg["holder"]:
+            self.outcome = "duplicate"
+            return
+        self.book[key] = Ref(th, fmt_hundredths(th), msg["holder"], msg.get("set_on"),
+                             msg.get("venue"), msg.get("race_id"), cur)
+
+    def _race_of(self, msg: dict, kind: str) -> Race:
+        rid = msg["race_id"]
+        race = self.races.get(rid)
+        if race is None:
+            if rid in self.race_defs:
+                raise Rejected("unknown_reference", f"{kind}: race {rid!r} has not started")
+            raise Rejected("unknown_reference", f"{kind}: race {rid!r} was never set up")
+        return race
+
+    # -- the event-time timeline ------------------------------------------
+
+    def _advance(self, v: Venue, t: int, out: list) -> None:
+        v.clock = t
+        horizon = t - self.cfg.reorder_us
+        if horizon > v.next_due:
+            self._timeline(v, horizon, out)
+
+    def _timeline(self, v: Venue, horizon: int, out: list) -> None:
+        """Process closed crossings and fall deadlines before ``horizon`` in time order."""
+        pending = v.pending
+        while True:
+            best_t = INF
+            best_key = None
+            for key, p in pending.items():
+                if p[0] < best_t or (p[0] == best_t and _order(p[1]) < _order(pending[best_key][1])):
+                    best_t = p[0]
+                    best_key = key
+            dl_t = INF
+            dl_run = None
+            for race in v.races:
+                for c in race.comps:
+                    for s in c.skaters:
+                        if s.deadline < dl_t:
+                            dl_t = s.deadline
+                            dl_run = s
+            if best_t <= dl_t and best_t < horizon:
+                p = pending.pop(best_key)
+                self._crossing(p[1], p[2], p[3], p[0], out)
+            elif dl_t < best_t and dl_t < horizon:
+                self._overdue(dl_run, int(dl_t), out)
+            else:
+                v.next_due = min(best_t, dl_t)
+                return
+
+    def _crossing(self, run: SkaterRun, loop: str, at_m: int, t: int, out: list) -> None:
+        race = run.race
+        if run.finished or run.lost or race.ended or run.comp.irm is not None:
+            return
+        d_race = race.d
+        lap = race.venue.lap_m
+        comp = run.comp
+        offset = (at_m - comp.start_m) % lap
+        last_d = run.last_d
+        last_t = run.last_t
+        dt = t - last_t
+        if dt <= 0:
+            return
+        v = self._pace(run)
+        d_est = last_d + dt * v
+        c_min = offset if offset > last_d else offset + ((last_d - offset) // lap + 1) * lap
+        j = round((d_est - c_min) / lap)
+        d = c_min + (j if j > 0 else 0) * lap
+        if (d - last_d) * 1e6 / dt > self.cfg.v_max_mps:
+            return  # e.g. a read on the start line just after the gun
+        run.last_cross[loop] = t
+        if d > d_race.distance:
+            # seen beyond the finish without a finish crossing: the finish read was missed
+            run.lost = True
+            run.deadline = INF
+            run.incident_n += 1
+            out.append(self._incident(race, comp, run, "anomaly", "suspected", last_d, t,
+                                      note="finish crossing not read"))
+            return
+        prev_v = v
+        run.hist.append((d, t))
+        run.last_d = d
+        run.last_t = t
+        run.split_t[d] = t
+        if run.overdue:
+            run.overdue = False
+            if (d - last_d) / dt >= self.cfg.clear_ratio * prev_v:
+                # it was only missed reads: the skater turned up at its pace
+                run.suspected = False
+                out.append(self._incident(race, comp, run, "fall", "cleared", d, t))
+            # else it turned up late: the suspicion stays open until the referee decides
+        team = d_race.format == "team_pursuit"
+        out.append(self._split(race, comp, run, d, t, loop, "skater" if team else "comp"))
+        if team:
+            n = sum(1 for s in comp.skaters if d in s.split_t)
+            if n == 3:
+                comp.team_split[d] = t
+                out.append(self._split(race, comp, None, d, t, loop, "comp"))
+                self._check_caught(race, comp, d, t, out)
+        elif d in d_race.sprint_at:
+            self._sprint(race, comp, d, t, out)
+        if d == d_race.distance:
+            run.finished = True
+            run.finish_t = t
+            run.deadline = INF
+            if team:
+                if sum(1 for s in comp.skaters if s.finished) == 3:
+                    comp.finish_tr = t
+                    self._settle_finish(race, comp, t, out)
+            else:
+                comp.finish_tr = t
+                self._settle_finish(race, comp, t, out)
+        else:
+            self._set_deadline(run)
+
+    def _pace(self, run: SkaterRun) -> float:
+        """Recent pace in metres per microsecond (over up to the last lap)."""
+        hist = run.hist
+        if not hist:
+            return self.cfg.v_start_mps / 1e6
+        last_d, last_t = hist[-1]
+        ref_d, ref_t = 0, run.race.gun
+        lap = run.race.venue.lap_m
+        for d, tt in reversed(hist[:-1]):
+            if last_d - d > lap:
+                break
+            ref_d, ref_t = d, tt
+        if last_t <= ref_t:
+            return self.cfg.v_start_mps / 1e6
+        return (last_d - ref_d) / (last_t - ref_t)
+
+    def _set_deadline(self, run: SkaterRun) -> None:
+        """When a skater not seen at its next two loops is overdue."""
+        offs = run.comp.offsets
+        lap = run.race.venue.lap_m
+        d = run.last_d
+        nxt = []
+        base = (d // lap) * lap
+        while len(nxt) < 2:
+            for o in offs:
+                x = base + o
+                if x > d and (not nxt or x > nxt[-1]):
+                    nxt.append(x)
+                    if len(nxt) == 2:
+                        break
+            base += lap
+        v = self._pace(run)
+        if not run.hist:
+            run.deadline = INF   # not moving yet: nothing to be overdue against
+            return
+        dl = run.last_t + (nxt[1] - d) / v * self.cfg.fall_factor + self.cfg.fall_slack_us
+        run.deadline = dl
+        venue = run.race.venue
+        if dl < venue.next_due:
+            venue.next_due = dl
+
+    def _overdue(self, run: SkaterRun, t: int, out: list) -> None:
+        run.deadline = INF
+        race = run.race
+        run.overdue = True
+        if run.suspected:
+            return   # a suspicion for this skater is still open
+        run.suspected = True
+        run.incident_n += 1
+        out.append(self._incident(race, run.comp, run, "fall", "suspected", run.last_d, t))
+
+    def _check_caught(self, race: Race, comp: CompRun, d: int, t: int, out: list) -> None:
+        lap = race.venue.lap_m
+        for other in race.comps:
+            if other is comp or other.caught or other.finish_tr is not None or other.irm:
+                continue
+            gap = (other.start_m - comp.start_m) % lap
+            if gap == 0:
+                continue
+            # the other team's trailing skater, estimated at time t
+            trailing = INF
+            for s in other.skaters:
+                if s.finished:
+                    continue
+                est = s.last_d + (t - s.last_t) * self._pace(s) if s.hist else 0
+                trailing = min(trailing, est)
+            if trailing is INF or trailing == 0:
+                continue
+            if d - gap >= trailing:
+                other.caught = True
+                out.append(self._incident(race, other, None, "caught", "confirmed", int(trailing), t,
+                                          note=f"caught by {comp.id}"))
+
+    def _sprint(self, race: Race, comp: CompRun, d: int, t: int, out: list) -> None:
+        pts = race.d.sprint_at[d]
+        n = race.sprint_awards.get(d, 0)
+        race.sprint_awards[d] = n + 1
+        if n < len(pts) and pts[n]:
+            comp.points += pts[n]
+            self._emit_result(race, t, out)
+
+    # -- finishes, records, results ---------------------------------------
+
+    def _effective_finish(self, race: Race, comp: CompRun) -> tuple[int, str]:
+        """Finish time in ms (photo over transponder) and its source."""
+        if race.d.format == "team_pursuit":
+            times = []
+            used_photo = False
+            for s in comp.skaters:
+                if not s.finished:
+                    continue
+                ph = race.photos.get(s.id)
+                if ph is not None:
+                    times.append((ph, True))
+                else:
+                    times.append((s.finish_t, False))
+            times.sort()
+            t_abs, used_photo = times[2]
+            return elapsed_ms(t_abs, race.gun), "photo" if used_photo else "transponder"
+        run = comp.skaters[0]
+        ph = race.photos.get(run.id)
+        if ph is not None:
+            return elapsed_ms(ph, race.gun), "photo"
+        return elapsed_ms(run.finish_t, race.gun), "transponder"
+
+    def _settle_finish(self, race: Race, comp: CompRun, t: int, out: list) -> None:
+        ms, source = self._effective_finish(race, comp)
+        if comp.finish_ms == ms and comp.source == source:
+            return
+        first = comp.finish_ms is None
+        comp.finish_ms = ms
+        comp.source = source
+        comp.finish_rev += 1
+        if first:
+            comp.finish_t_us = t
+        rank = self._rank_in_race(race, comp)
+        ev = {"kind": "finish", "v": 1,
+              "event_id": event_id("finish", race.d.id, race.attempt, comp.id, comp.finish_rev),
+              "race_id": race.d.id, "t_us": t, "attempt": race.attempt,
+              "competitor_id": comp.id, "time_ms": ms, "time": fmt_time(ms), "rank": rank,
+              "source": source, "revision": comp.finish_rev}
+        if race.d.format == "mass_start":
+            ev["points"] = comp.points
+        out.append(ev)
+        if comp.irm is None and race.status != "void":
+            self._evaluate_records(race, comp, t, out)
+        if all(c.finish_ms is not None or c.irm is not None for c in race.comps) and race.status == "live":
+            race.status = "unofficial"
+        self._after_change(race, t, out)
+
+    def _rank_in_race(self, race: Race, comp: CompRun) -> int | None:
+        for e in self._ranking(race):
+            if e["competitor_id"] == comp.id:
+                return e["rank"]
+        return None
+
+    def _book_keys(self, race: Race, comp: CompRun):
+        d = race.d
+        if d.format == "mass_start":
+            return
+        base = (d.format, d.gender, d.distance)
+        yield ("WR",) + base + (None,)
+        if d.level == "OWG":
+            yield ("OR",) + base + ("OWG",)
+        yield ("TR",) + base + (d.venue,)
+        yield ("NR",) + base + (comp.nation,)
+        if d.format == "individual":
+            sid = comp.skaters[0].id
+            yield ("PB",) + base + (sid,)
+            yield ("SB",) + base + (sid,)
+
+    def _evaluate_records(self, race: Race, comp: CompRun, t: int, out: list) -> None:
+        th = comp.finish_ms // 10
+        for key in self._book_keys(race, comp):
+            ev_state = comp.record_evals.get(key)
+            if ev_state is not None:
+                prev_h = ev_state["prev_h"]
+                prev = ev_state["prev"]
+            else:
+                prev = self.book.get(key)
+                if prev is None:
+                    continue
+                prev_h = prev.time_h
+            if th < prev_h:
+                equalled = False
+            elif th == prev_h:
+                equalled = True
+            else:
+                equalled = None
+            if ev_state is None and equalled is None:
+                continue
+            if ev_state is not None and ev_state["equalled"] == equalled and ev_state["th"] == th:
+                continue
+            rev = 0 if ev_state is None else ev_state["rev"] + 1
+            withdrawn = equalled is None
+            new_state = {"prev": prev, "prev_h": prev_h, "equalled": equalled, "th": th, "rev": rev}
+            comp.record_evals[key] = new_state
+            self._set_book(key, race, comp, th, prev, equalled, t)
+            out.append(self._record_event(race, comp, key, new_state, t))
+        comp.records = [("=" if s["equalled"] else "") + k[0]
+                        for k, s in comp.record_evals.items() if s["equalled"] is not None]
+
+    def _set_book(self, key, race, comp, th, prev, equalled, t) -> None:
+        cur = self.book.get(key)
+        mine = cur is not None and cur.race_id == race.d.id and cur.holder == comp.id
+        if equalled is False:
+            if mine:
+                cur.time_h = th
+                cur.time = fmt_hundredths(th)
+            else:
+                self.book[key] = Ref(th, fmt_hundredths(th), comp.id, utc_date(t), race.d.venue,
+                                     race.d.id, prev)
+        elif mine:  # no longer broken: restore the reference it replaced
+            if cur.prev is not None:
+                self.book[key] = cur.prev
+            else:
+                del self.book[key]
+
+    def _record_event(self, race: Race, comp: CompRun, key: tuple, st: dict, t: int) -> dict:
+        rec, fmt, gender, dist, scope = key
+        prev = st["prev"]
+        ev = {"kind": "record", "v": 1,
+              "event_id": event_id("record", race.d.id, race.attempt, comp.id, rec, st["rev"]),
+              "race_id": race.d.id, "t_us": t, "attempt": race.attempt,
+              "competitor_id": comp.id, "record": rec, "equalled": bool(st["equalled"]),
+              "time": fmt_hundredths(st["th"]), "previous_time": prev.time if prev else None,
+              "previous_holder": prev.holder if prev else None,
+              "time_ms": comp.finish_ms, "scope": scope, "format": fmt, "gender": gender,
+              "distance_m": dist, "holder": comp.id, "set_on": utc_date(t), "venue": race.d.venue,
+              "revision": st["rev"], "withdrawn": st["equalled"] is None}
+        return ev
+
+    def _withdraw_records(self, race: Race, comp: CompRun, t: int, out: list) -> None:
+        for key, st in list(comp.record_evals.items()):
+            if st["equalled"] is None:
+                continue
+            st = dict(st, equalled=None, rev=st["rev"] + 1)
+            comp.record_evals[key] = st
+            self._set_book(key, race, comp, st["th"], st["prev"], None, t)
+            out.append(self._record_event(race, comp, key, st, t))
+        comp.records = []
+
+    def _ranking(self, race: Race) -> list[dict]:
+        mass = race.d.format == "mass_start"
+        done = [c for c in race.comps if c.finish_ms is not None and c.irm is None]
+        if race.status == "void":
+            return []
+        if mass:
+            done.sort(key=lambda c: (-c.points, c.finish_ms, c.order))
+        else:
+            done.sort(key=lambda c: (c.finish_ms, c.order))
+        out = []
+        best = done[0].finish_ms if done else None
+        prev_key = None
+        rank = 0
+        for i, c in enumerate(done):
+            k = (c.points, c.finish_ms) if mass else c.finish_ms
+            if k != prev_key:
+                rank = i + 1
+                prev_key = k
+            e = {"rank": rank, "competitor_id": c.id, "time_ms": c.finish_ms,
+                 "time": fmt_time(c.finish_ms), "behind_ms": c.finish_ms - best,
+                 "irm": None, "records": list(c.records), "name": c.name, "nation": c.nation}
+            if mass:
+                e["points"] = c.points
+            out.append(e)
+        for c in race.comps:
+            if c.irm is not None:
+                e = {"rank": None, "competitor_id": c.id, "time_ms": None, "time": None,
+                     "behind_ms": None, "irm": c.irm, "records": [], "name": c.name,
+                     "nation": c.nation}
+                if mass:
+                    e["points"] = c.points
+                out.append(e)
+        return out
+
+    def _after_change(self, race: Race, t: int, out: list) -> None:
+        self._emit_result(race, t, out)
+        self._emit_group(race, t, out)
+
+    def _emit_result(self, race: Race, t: int, out: list) -> None:
+        race.result_rev += 1
+        self.result_revs[race.d.id] = race.result_rev
+        out.append({"kind": "result", "v": 1,
+                    "event_id": event_id("result", race.d.id, race.result_rev),
+                    "race_id": race.d.id, "t_us": t, "attempt": race.attempt,
+                    "status": race.status, "revision": race.result_rev,
+                    "ranking": self._ranking(race), "group": race.d.group,
+                    "format": race.d.format})
+
+    def _emit_group(self, race: Race, t: int, out: list) -> None:
+        d = race.d
+        group = d.group
+        entries = []
+        irms = []
+        complete = True
+        mass = d.format == "mass_start"
+        for rid in self.groups.get(group, ()):
+            r = self.races.get(rid)
+            if r is None:
+                complete = False
+                continue
+            if r.status not in ("official", "unofficial", "void"):
+                complete = False
+            for e in self._ranking(r):
+                e = dict(e, race_id=rid)
+                (entries if e["irm"] is None else irms).append(e)
+        if mass:
+            entries.sort(key=lambda e: (-e["points"], e["time_ms"]))
+        else:
+            entries.sort(key=lambda e: e["time_ms"])
+        best = entries[0]["time_ms"] if entries else None
+        prev_key = None
+        rank = 0
+        for i, e in enumerate(entries):
+            k = (e.get("points"), e["time_ms"])
+            if k != prev_key:
+                rank = i + 1
+                prev_key = k
+            e["rank"] = rank
+            e["behind_ms"] = e["time_ms"] - best
+        rev = self.group_rev.get(group, -1) + 1
+        self.group_rev[group] = rev
+        out.append({"kind": "standings", "v": 1, "event_id": event_id("standings", group, rev),
+                    "t_us": t, "group": group, "ranking": entries + irms, "complete": complete,
+                    "revision": rev})
+        if d.places:
+            self._emit_classification(d.event, t, out)
+
+    def _emit_classification(self, event: str, t: int, out: list) -> None:
+        rows = []
+        complete = True
+        places_seen = []
+        defs = sorted((self.race_defs[rid] for rid in self.events[event]), key=lambda d: min(d.places))
+        for d in defs:
+            r = self.races.get(d.id)
+            places_seen.extend(d.places)
+            if r is None or r.status != "official":
+                complete = False
+            if r is None:
+                continue
+            ranked = [e for e in self._ranking(r) if e["rank"] is not None]
+            for i, e in enumerate(ranked):
+                rows.append({"place": d.places[i] if i < len(d.places) else None,
+                             "competitor_id": e["competitor_id"], "race_id": d.id})
+            for e in self._ranking(r):
+                if e["rank"] is None:
+                    rows.append({"place": None, "competitor_id": e["competitor_id"], "race_id": d.id})
+        if sorted(places_seen) != list(range(1, len(places_seen) + 1)):
+            complete = False
+        rows.sort(key=lambda row: (row["place"] is None, row["place"] or 0))
+        rev = self.event_rev.get(event, -1) + 1
+        self.event_rev[event] = rev
+        out.append({"kind": "classification", "v": 1,
+                    "event_id": event_id("classification", event, rev), "t_us": t,
+                    "event": event, "ranking": rows, "complete": complete, "revision": rev})
+
+    # -- event builders ----------------------------------------------------
+
+    def _split(self, race: Race, comp: CompRun, run: SkaterRun | None, d: int, t: int,
+               loop: str, level: str) -> dict:
+        ms = elapsed_ms(t, race.gun)
+        lap = race.venue.lap_m
+        if run is not None:
+            prev = run.split_t.get(d - lap)
+        else:
+            prev = comp.team_split.get(d - lap)
+        lap_ms = ms - elapsed_ms(prev, race.gun) if prev is not None else None
+        idx = race.split_idx.get((level, d))
+        if idx is None:
+            idx = race.split_idx[(level, d)] = []
+        insort(idx, ms)
+        rank = bisect_left(idx, ms) + 1
+        sid = run.id if run is not None else None
+        return {"kind": "split", "v": 1,
+                "event_id": event_id("split", race.d.id, race.attempt, comp.id, sid, d),
+                "race_id": race.d.id, "t_us": t, "attempt": race.attempt,
+                "competitor_id": comp.id, "skater_id": sid, "distance_m": d, "time_ms": ms,
+                "time": fmt_time(ms), "lap_ms": lap_ms, "rank": rank, "behind_ms": ms - idx[0],
+                "loop": loop}
+
+    def _incident(self, race: Race, comp: CompRun, run: SkaterRun | None, typ: str, status: str,
+                  at_m, t: int, note: str | None = None) -> dict:
+        sid = run.id if run is not None else None
+        n = run.incident_n if run is not None else 1
+        ev = {"kind": "incident", "v": 1,
+              "event_id": event_id("incident", race.d.id, race.attempt, comp.id, sid, typ, n, status),
+              "race_id": race.d.id, "t_us": int(t), "attempt": race.attempt,
+              "competitor_id": comp.id, "skater_id": sid, "type": typ, "status": status,
+              "at_m": at_m}
+        if note:
+            ev["note"] = note
+        return ev
+
+
+def _order(run: SkaterRun) -> tuple:
+    return (run.comp.order, run.id)
+
+
+def _finish_loop(run: SkaterRun, v: Venue) -> str | None:
+    at = (run.comp.start_m + run.race.d.distance) % v.lap_m
+    for name, pos in v.loops.items():
+        if pos == at:
+            return name
+    return None
