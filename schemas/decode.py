@@ -78,7 +78,7 @@ _REQUIRED = {
     "venue": (("t_us", INT), ("venue", STR), ("name", STR), ("lap_m", INT), ("loops", LIST)),
     "race": (("t_us", INT), ("race_id", STR), ("venue", STR), ("competition", STR), ("level", STR),
              ("format", STR), ("gender", STR), ("distance_m", INT), ("competitors", LIST)),
-    "start": (("t_us", INT), ("venue", STR), ("race_id", STR)),
+    "start": (("t_us", INT), ("venue", STR), ("race_id", STR), ("attempt", INT)),
     "passing": (("t_us", INT), ("venue", STR), ("source", STR), ("seq", INT), ("loop", STR),
                 ("transponder", STR)),
     "heartbeat": (("t_us", INT), ("venue", STR), ("source", STR)),
@@ -200,8 +200,7 @@ def _race(msg: dict) -> None:
 
 
 def _start(msg: dict) -> None:
-    att = _check(msg, "start", "attempt", INT, required=False)
-    if att is not None and att < 1:
+    if msg["attempt"] < 1:
         raise Rejected("bad_value", "start: attempt must be >= 1")
 
 
@@ -233,6 +232,13 @@ def _record_ref(msg: dict) -> None:
     _check(msg, "record_ref", "venue", STR_OR_NULL, required=False)
     if msg["format"] not in FORMATS:
         raise Rejected("bad_value", f"record_ref: unknown format {msg['format']!r}")
+    rec, scope = msg["record"], msg["scope"]
+    if (rec == "WR") != (scope is None):
+        raise Rejected("bad_value", f"record_ref: a {rec} has {'no' if rec == 'WR' else 'a'} scope")
+    if rec == "OR" and scope != "OWG":
+        raise Rejected("bad_value", "record_ref: an OR has scope 'OWG'")
+    if rec in ("PB", "SB") and msg["format"] != "individual":
+        raise Rejected("bad_value", f"record_ref: {rec} applies to individual distances only")
     try:
         parse_record_time(msg["time"])
     except ValueError:

@@ -345,9 +345,11 @@ class Engine:
         seqs[seq] = t
         if len(seqs) > 4096:
             self._prune_seqs(v, seqs)
-        self._read(v, msg["transponder"], loop, at_m, t)
         if t > v.clock:
+            # close what this read proves final first: a read at t can only
+            # belong to a crossing later than t - reorder_us
             self._advance(v, t, out)
+        self._read(v, msg["transponder"], loop, at_m, t)
 
     def _read(self, v: Venue, tp: str, loop: str, at_m: int, t: int) -> None:
         run = v.transponders.get(tp)
@@ -580,7 +582,10 @@ class Engine:
                 out.append(self._split(race, comp, None, d, t, loop, "comp"))
                 self._check_caught(race, comp, d, t, out)
         elif d in d_race.sprint_at:
-            self._sprint(race, comp, d, t, out)
+            if self._award(race, comp, d, d_race.sprint_at[d]):
+                self._emit_result(race, t, out)
+        elif d_race.final is not None and d == d_race.distance:
+            self._award(race, comp, d, d_race.final)
         if d == d_race.distance:
             run.finished = True
             run.finish_t = t
@@ -668,13 +673,14 @@ class Engine:
                 out.append(self._incident(race, other, None, "caught", "confirmed", int(trailing), t,
                                           note=f"caught by {comp.id}"))
 
-    def _sprint(self, race: Race, comp: CompRun, d: int, t: int, out: list) -> None:
-        pts = race.d.sprint_at[d]
+    def _award(self, race: Race, comp: CompRun, d: int, pts: list[int]) -> bool:
+        """Mass start: points to the first across the line at a sprint or the finish."""
         n = race.sprint_awards.get(d, 0)
         race.sprint_awards[d] = n + 1
         if n < len(pts) and pts[n]:
             comp.points += pts[n]
-            self._emit_result(race, t, out)
+            return True
+        return False
 
     # -- finishes, records, results ---------------------------------------
 
