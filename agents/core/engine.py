@@ -210,6 +210,7 @@ class Engine:
         self.races: dict[str, Race] = {}          # current attempt of each started race
         self.result_revs: dict[str, int] = {}
         self.book: dict[tuple, Ref] = {}
+        self.foreign: dict[tuple, Ref] = {}   # references published by lapstream for other venues
         self.groups: dict[str, list[str]] = {}
         self.group_rev: dict[str, int] = {}
         self.events: dict[str, list[str]] = {}
@@ -478,6 +479,18 @@ class Engine:
     def _record_ref(self, msg: dict, out: list) -> None:
         key = (msg["record"], msg["format"], msg["gender"], msg["distance_m"], msg["scope"])
         th = parse_record_time(msg["time"])
+        if msg.get("origin") == "lapstream":
+            # A reference this pipeline published from a race. At the race's own
+            # venue the core derives it itself (and re-derives it on a rebuild),
+            # so it only counts where that venue is not ours.
+            fv = msg.get("venue")
+            cur = self.foreign.get(key)
+            if cur is not None and cur.time_h <= th:
+                self.outcome = "duplicate"
+                return
+            self.foreign[key] = Ref(th, fmt_hundredths(th), msg["holder"], msg.get("set_on"), fv,
+                                    msg.get("race_id"), cur)
+            return
         cur = self.book.get(key)
         if cur is not None and th > cur.time_h:
             self.outcome = "ignored_late"   # slower than the record the pipeline already holds
@@ -761,6 +774,9 @@ class Engine:
                 prev = ev_state["prev"]
             else:
                 prev = self.book.get(key)
+                f = self.foreign.get(key)
+                if f is not None and f.venue not in self.venues and (prev is None or f.time_h < prev.time_h):
+                    prev = f
                 if prev is None:
                     continue
                 prev_h = prev.time_h
@@ -986,3 +1002,20 @@ def _finish_loop(run: SkaterRun, v: Venue) -> str | None:
         if pos == at:
             return name
     return None
+
+
+def record_key(rec: str, fmt: str, gender: str, distance: int, scope) -> str:
+    """The identity of a record (the key on ``timing.records.ref``)."""
+    return f"{rec}|{fmt}|{gender}|{distance}|{'' if scope is None else scope}"
+
+
+def record_ref_of(ev: dict) -> dict | None:
+    """The new reference a broken record event establishes, as a v1 ``record_ref``
+    (with ``origin`` and ``race_id`` added), or None (equalled or withdrawn)."""
+    if ev["kind"] != "record" or ev["equalled"] or ev.get("withdrawn"):
+        return None
+    return {"kind": "record_ref", "v": 1, "t_us": ev["t_us"], "record": ev["record"],
+            "format": ev["format"], "gender": ev["gender"], "distance_m": ev["distance_m"],
+            "scope": ev["scope"], "time": ev["time"], "holder": ev["holder"], "set_on": ev["set_on"],
+            "venue": ev["venue"], "origin": "lapstream", "race_id": ev["race_id"],
+            "event_id": ev["event_id"]}
