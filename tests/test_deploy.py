@@ -1,0 +1,657 @@
+"""Static checks of everything under deploy/.
+
+No Docker engine or Kubernetes cluster is needed: the files are parsed and
+cross-checked against the code they describe (the metric catalogue in
+streams/metrics.py, the topic catalogue in streams/topics.py), and the
+Prometheus files go through promtool (`check config`, `check rules`,
+`test rules`). promtool is required: CI installs it (Debian package
+`prometheus`); a missing promtool fails, it is not skipped.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from streams import metrics, topics  # noqa: E402
+
+DEPLOY = REPO / "deploy"
+COMPOSE_FILE = DEPLOY / "docker-compose.yml"
+PROM_DIR = DEPLOY / "prometheus"
+DASHBOARD_FILE = DEPLOY / "grafana" / "dashboards" / "lapstream.json"
+GRAFANA_DS_FILE = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+GRAFANA_DASH_PROVIDER = DEPLOY / "grafana" / "provisioning" / "dashboards" / "lapstream.yml"
+K8S_DIR = DEPLOY / "k8s"
+HTTP_PORT = 9300
+
+# Series the rules and dashboard may use besides the catalogue.
+ALLOWED_BUILTINS = {"up", "scrape_duration_seconds", "scrape_samples_scraped", "ALERTS",
+                    "ALERTS_FOR_STATE"}
+CATALOGUE_NAMES = metrics.all_exposed_names()
+KNOWN_NAMES = CATALOGUE_NAMES | ALLOWED_BUILTINS
+# Labels Prometheus adds to every scraped series, plus the histogram bucket label.
+TARGET_LABELS = {"job", "instance"}
+
+
+# ----------------------------------------------------------------- helpers
+def load_yaml_docs(path: Path) -> list:
+    with path.open() as f:
+        return [d for d in yaml.safe_load_all(f) if d is not None]
+
+
+def load_yaml(path: Path):
+    docs = load_yaml_docs(path)
+    assert len(docs) == 1, f"{path}: expected one YAML document, got {len(docs)}"
+    return docs[0]
+
+
+def load_module(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def compose() -> dict:
+    return load_yaml(COMPOSE_FILE)
+
+
+def spec_of(sample_name: str) -> metrics.MetricSpec | None:
+    for spec in metrics.CATALOGUE:
+        if sample_name in metrics.exposed_names(spec):
+            return spec
+    return None
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+_IDENT = re.compile(r"(?<![\w.:$])([A-Za-z_:][\w:]*)")
+_KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left",
+             "group_right", "bool", "offset", "inf", "nan", "atan2"}
+_LABEL_VALUES = re.compile(r"label_values\(\s*([^,)]+?)\s*(?:,\s*(\w+)\s*)?\)")
+
+
+def promql_series_names(expr: str) -> set[str]:
+    """Metric names an expression selects (functions, keywords, labels removed).
+
+    Understands Grafana's ``label_values(metric, label)`` variable query too.
+    """
+    expr = _LABEL_VALUES.sub(lambda m: m.group(1), expr)
+    expr = _STRING.sub('""', expr)
+    expr = re.sub(r"\{[^}]*\}", " ", expr)
+    expr = re.sub(r"\[[^\]]*\]", " ", expr)
+    expr = _GROUPING.sub(" ", expr)
+    names = set()
+    for m in _IDENT.finditer(expr):
+        name = m.group(1)
+        if name in _KEYWORDS or re.match(r"\s*\(", expr[m.end():]):
+            continue  # keyword or function call
+        names.add(name)
+    return names
+
+
+def lapstream_identifiers(expr: str) -> set[str]:
+    return set(re.findall(r"(?<![\w.])lapstream_\w+", expr))
+
+
+def check_expression(expr: str, where: str) -> list[str]:
+    """Problems with one PromQL expression: unknown metrics or labels."""
+    problems = []
+    for name in sorted(lapstream_identifiers(expr) - CATALOGUE_NAMES):
+        problems.append(f"{where}: {name} is not in streams/metrics.py ({expr!r})")
+    for name in sorted(promql_series_names(expr) - KNOWN_NAMES):
+        problems.append(f"{where}: unknown series {name} ({expr!r})")
+    used = [spec_of(n) for n in lapstream_identifiers(expr)]
+    allowed = set(TARGET_LABELS)
+    has_info = False
+    for spec in used:
+        if spec is None:
+            continue
+        allowed.update(spec.labels)
+        if spec.type == "histogram":
+            allowed.add("le")
+        has_info |= spec.type == "info"
+    # Labels in selectors: metric{label="..."}
+    for m in re.finditer(r"(lapstream_\w+)\s*\{([^}]*)\}", expr):
+        spec = spec_of(m.group(1))
+        if spec is None or spec.type == "info":
+            continue
+        own = set(spec.labels) | TARGET_LABELS | ({"le"} if spec.type == "histogram" else set())
+        for label in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", m.group(2)):
+            if label not in own:
+                problems.append(f"{where}: {m.group(1)} has no label {label!r} ({expr!r})")
+    # Labels in by (...), on (...), ... clauses.
+    if used and not has_info:
+        for m in _GROUPING.finditer(_STRING.sub('""', expr)):
+            for label in filter(None, (s.strip() for s in m.group(1).split(","))):
+                if label not in allowed:
+                    problems.append(f"{where}: label {label!r} not on the metrics used ({expr!r})")
+    return problems
+
+
+def dashboard_expressions(dash: dict) -> list[tuple[str, str]]:
+    """(where, expression) for every query in the dashboard."""
+    out: list[tuple[str, str]] = []
+
+    def walk(node, where):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                here = f"{where}.{key}"
+                if key == "expr" and isinstance(value, str):
+                    out.append((here, value))
+                elif key in ("definition", "query") and isinstance(value, str) and where.startswith(
+                        "templating"):
+                    out.append((here, value))
+                else:
+                    walk(value, here)
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{where}[{i}]")
+
+    for section in ("panels", "annotations", "templating"):
+        walk(dash.get(section), section)
+    return out
+
+
+def alert_rules() -> list[dict]:
+    doc = load_yaml(PROM_DIR / "alerts.yml")
+    return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+# --------------------------------------------------------- parse everything
+def test_every_yaml_and_json_file_under_deploy_parses():
+    yamls = sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yml", ".yaml"))
+    jsons = sorted(DEPLOY.rglob("*.json"))
+    names = {p.relative_to(DEPLOY).as_posix() for p in yamls + jsons}
+    expected = {
+        "docker-compose.yml", "prometheus/prometheus.yml", "prometheus/alerts.yml",
+        "prometheus/alerts_test.yml", "grafana/provisioning/datasources/prometheus.yml",
+        "grafana/provisioning/dashboards/lapstream.yml", "grafana/dashboards/lapstream.json",
+        "k8s/lapstream.yaml", "k8s/kustomization.yaml",
+    }
+    assert expected <= names, f"missing: {sorted(expected - names)}"
+    for path in yamls:
+        docs = load_yaml_docs(path)
+        assert docs, f"{path} is empty"
+        assert all(isinstance(d, dict) for d in docs), f"{path}: every document must be a mapping"
+    for path in jsons:
+        assert isinstance(json.loads(path.read_text()), dict), path
+
+
+# ------------------------------------------------------------- metric names
+def test_dashboard_uses_only_catalogue_metrics():
+    dash = json.loads(DASHBOARD_FILE.read_text())
+    exprs = dashboard_expressions(dash)
+    assert len(exprs) >= 20, "expected the dashboard's queries to be found"
+    problems = [p for where, expr in exprs for p in check_expression(expr, where)]
+    assert not problems, "\n".join(problems)
+
+
+def test_dashboard_shows_every_catalogue_metric():
+    dash = json.loads(DASHBOARD_FILE.read_text())
+    used = set()
+    for _, expr in dashboard_expressions(dash):
+        used |= lapstream_identifiers(expr)
+    for spec in metrics.CATALOGUE:
+        assert used & set(metrics.exposed_names(spec)), f"{spec.name} is not on the dashboard"
+
+
+def test_alert_rules_use_only_catalogue_metrics():
+    problems = []
+    for rule in alert_rules():
+        problems += check_expression(rule["expr"], rule.get("alert") or rule.get("record"))
+    assert not problems, "\n".join(problems)
+
+
+def test_alert_unit_tests_use_only_catalogue_metrics():
+    doc = load_yaml(PROM_DIR / "alerts_test.yml")
+    problems = []
+    for case in doc["tests"]:
+        for series in case.get("input_series", []):
+            name = series["series"].split("{", 1)[0].strip()
+            if name not in KNOWN_NAMES:
+                problems.append(f"{case['name']}: input series {name} not in the catalogue")
+            problems += check_expression(series["series"], case["name"])
+        for t in case.get("promql_expr_test", []):
+            problems += check_expression(t["expr"], case["name"])
+    assert not problems, "\n".join(problems)
+
+
+def test_metric_name_check_catches_typos():
+    assert check_expression("rate(lapstream_raw_message_total[5m])", "x")
+    assert check_expression('sum by (venu) (lapstream_event_time_lag_seconds)', "x")
+    assert check_expression('lapstream_incidents_total{typ="fall"}', "x")
+    assert check_expression("rate(process_cpu_seconds_total[1m])", "x")
+    assert not check_expression(
+        'histogram_quantile(0.99, sum by (instance, le) '
+        '(rate(lapstream_processing_latency_seconds_bucket{job="lapstream"}[$__rate_interval])))', "x")
+    assert not check_expression("label_values(lapstream_event_time_lag_seconds, venue)", "x")
+
+
+# ------------------------------------------------------------------ alerts
+EXPECTED_ALERTS = {
+    "LapstreamWorkerDown", "LapstreamConsumerLagGrowing", "LapstreamLatencyP99OverBudget",
+    "LapstreamDeadLettersHigh", "LapstreamDecoderSilent", "LapstreamWorkerNotReady",
+}
+
+
+def test_alert_rules_are_complete():
+    rules = {r["alert"]: r for r in alert_rules() if "alert" in r}
+    assert EXPECTED_ALERTS <= set(rules), f"missing: {EXPECTED_ALERTS - set(rules)}"
+    for name, rule in rules.items():
+        assert rule.get("for"), f"{name} has no 'for:'"
+        assert rule.get("labels", {}).get("severity") in ("critical", "warning", "info"), name
+        assert rule.get("annotations", {}).get("summary"), f"{name} has no summary"
+        assert rule.get("annotations", {}).get("description"), f"{name} has no description"
+    assert 'job="lapstream"' in rules["LapstreamWorkerDown"]["expr"]
+    assert "0.025" in rules["LapstreamLatencyP99OverBudget"]["expr"]
+    assert "lapstream_active_races" in rules["LapstreamDecoderSilent"]["expr"]
+    assert "deriv(" in rules["LapstreamConsumerLagGrowing"]["expr"]
+    # The latency budget must be a bucket bound for the comparison to be exact.
+    assert 0.025 in metrics.BY_NAME["lapstream_processing_latency_seconds"].buckets
+
+
+def test_alert_unit_tests_cover_firing_and_silence_for_every_alert():
+    doc = load_yaml(PROM_DIR / "alerts_test.yml")
+    fired, silent = set(), set()
+    for case in doc["tests"]:
+        for t in case.get("alert_rule_test", []):
+            (fired if t.get("exp_alerts") else silent).add(t["alertname"])
+    names = {r["alert"] for r in alert_rules() if "alert" in r}
+    assert names <= fired, f"never shown firing: {names - fired}"
+    assert names <= silent, f"never shown not firing: {names - silent}"
+
+
+# ----------------------------------------------------------------- promtool
+def promtool(*args: str) -> subprocess.CompletedProcess:
+    exe = shutil.which("promtool")
+    if exe is None:
+        pytest.fail("promtool not found on PATH: install it (Debian/Ubuntu: "
+                    "apt-get install -y prometheus) to validate deploy/prometheus/")
+    return subprocess.run([exe, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_promtool_check_rules():
+    r = promtool("check", "rules", "deploy/prometheus/alerts.yml")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_promtool_check_config():
+    # rule_files in prometheus.yml resolve relative to the config file.
+    r = promtool("check", "config", "deploy/prometheus/prometheus.yml")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SUCCESS: 1 rule files found" in r.stdout + r.stderr
+
+
+def test_promtool_test_rules():
+    r = promtool("test", "rules", "deploy/prometheus/alerts_test.yml")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------- prometheus
+def test_prometheus_scrapes_both_workers_and_loads_alerts():
+    cfg = load_yaml(PROM_DIR / "prometheus.yml")
+    assert cfg["rule_files"] == ["alerts.yml"]
+    jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
+    job = jobs["lapstream"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    targets = {t for sc in job["static_configs"] for t in sc["targets"]}
+    workers = {name for name in compose()["services"] if name.startswith("worker-")}
+    assert targets == {f"{w}:{HTTP_PORT}" for w in workers}
+
+
+# ----------------------------------------------------------------- compose
+KAFKA_NODES = ("kafka-1", "kafka-2", "kafka-3")
+
+
+def kafka_env(svc: dict) -> dict:
+    return {k: str(v) for k, v in svc["environment"].items()}
+
+
+def listeners(value: str) -> dict[str, tuple[str, int]]:
+    out = {}
+    for item in value.split(","):
+        name, rest = item.split("://", 1)
+        host, port = rest.rsplit(":", 1)
+        out[name] = (host, int(port))
+    return out
+
+
+def test_compose_services_and_pinned_images():
+    services = compose()["services"]
+    for name in (*KAFKA_NODES, "kafka-init", "worker-1", "worker-2", "prometheus", "grafana"):
+        assert name in services, f"service {name} missing"
+    for name, svc in services.items():
+        if "image" in svc:
+            image = svc["image"]
+            assert ":" in image and not image.endswith(":latest"), f"{name}: pin {image}"
+    assert all(services[n]["image"].startswith("apache/kafka:") for n in (*KAFKA_NODES, "kafka-init"))
+    assert services["prometheus"]["image"].startswith("prom/prometheus:")
+    assert services["grafana"]["image"].startswith("grafana/grafana:")
+
+
+def test_compose_kafka_kraft_cluster():
+    services = compose()["services"]
+    envs = {n: kafka_env(services[n]) for n in KAFKA_NODES}
+    ids = {n: int(e["KAFKA_NODE_ID"]) for n, e in envs.items()}
+    assert len(set(ids.values())) == 3
+    voters_expected = {f"{ids[n]}@{n}:9093" for n in KAFKA_NODES}
+    for name, env in envs.items():
+        assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+        assert set(env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")) == voters_expected
+        assert re.fullmatch(r"[A-Za-z0-9_-]{22}", env["CLUSTER_ID"]), "CLUSTER_ID: 16 bytes base64url"
+        lst = listeners(env["KAFKA_LISTENERS"])
+        adv = listeners(env["KAFKA_ADVERTISED_LISTENERS"])
+        proto = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+        controller = env["KAFKA_CONTROLLER_LISTENER_NAMES"]
+        inter = env["KAFKA_INTER_BROKER_LISTENER_NAME"]
+        assert controller in lst and lst[controller][1] == 9093
+        assert controller not in adv
+        assert inter in lst and inter in adv and adv[inter] == (name, 9092)
+        assert set(lst) == set(proto), "every listener needs a security protocol"
+        assert set(adv) <= set(lst)
+        for listener, (host, port) in adv.items():
+            if host == "localhost":  # published to the host on the same port
+                assert f"{port}:{port}" in services[name].get("ports", []), (name, listener)
+        assert env["KAFKA_DEFAULT_REPLICATION_FACTOR"] == "3"
+        assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "3"
+        assert env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"] == "3"
+        assert env["KAFKA_MIN_INSYNC_REPLICAS"] == "2"
+        assert env["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"] == "2"
+        assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+        assert "healthcheck" in services[name]
+    assert len({e["CLUSTER_ID"] for e in envs.values()}) == 1
+
+
+def init_script() -> str:
+    init = compose()["services"]["kafka-init"]
+    command = init["command"]
+    return command if isinstance(command, str) else "\n".join(command)
+
+
+def parse_create(line: str) -> dict:
+    args = shlex.split(line)
+    out = {"configs": {}}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--topic":
+            out["name"] = args[i + 1]
+        elif a == "--partitions":
+            out["partitions"] = int(args[i + 1])
+        elif a == "--replication-factor":
+            out["replication"] = int(args[i + 1])
+        elif a == "--config":
+            key, value = args[i + 1].split("=", 1)
+            out["configs"][key] = value
+        i += 1
+    return out
+
+
+def test_compose_creates_exactly_the_topics_of_topics_py():
+    creates = [parse_create(line) for line in init_script().splitlines()
+               if "kafka-topics.sh" in line and "--create" in line]
+    by_name = {c["name"]: c for c in creates}
+    assert len(by_name) == len(creates), "a topic is created twice"
+    assert set(by_name) == {t.name for t in topics.ALL}
+    for spec in topics.ALL:
+        c = by_name[spec.name]
+        assert c["partitions"] == spec.partitions, spec.name
+        assert c["replication"] == 3, spec.name
+        assert c["configs"].get("min.insync.replicas") == "2", spec.name
+        policy = c["configs"].get("cleanup.policy", "delete")
+        assert policy == ("compact" if spec.compacted else "delete"), spec.name
+
+
+def test_compose_topic_block_is_what_gen_topics_prints():
+    gen = load_module("gen_topics", DEPLOY / "gen_topics.py")
+    assert gen.compose_block(COMPOSE_FILE.read_text()) == gen.topic_commands()
+    assert gen.main(["--check"]) == 0
+    init = compose()["services"]["kafka-init"]
+    for node in KAFKA_NODES:
+        assert init["depends_on"][node]["condition"] == "service_healthy"
+    for node in KAFKA_NODES:
+        assert f"{node}:9092" in gen.BOOTSTRAP
+
+
+def test_compose_workers():
+    services = compose()["services"]
+    workers = {n: s for n, s in services.items() if n.startswith("worker-")}
+    assert len(workers) >= 2
+    ids = set()
+    for name, svc in workers.items():
+        build = svc["build"]
+        context = (DEPLOY / build["context"]).resolve()
+        assert context == REPO
+        assert (context / build["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
+        assert svc["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
+        env = {k: str(v) for k, v in svc["environment"].items()}
+        assert env["LAPSTREAM_BROKER"] == "kafka://" + ",".join(f"{n}:9092" for n in KAFKA_NODES)
+        assert env["LAPSTREAM_HTTP_HOST"] == "0.0.0.0"
+        assert env["LAPSTREAM_HTTP_PORT"] == str(HTTP_PORT)
+        ids.add(env["LAPSTREAM_WORKER_ID"])
+        assert any(str(p).endswith(f":{HTTP_PORT}") for p in svc.get("ports", [])), name
+    assert len(ids) == len(workers), "worker ids must differ"
+
+
+def mount_target(svc: dict, source: str) -> str:
+    for volume in svc["volumes"]:
+        parts = volume.split(":")
+        if parts[0] == source:
+            return parts[1]
+    raise AssertionError(f"{source} is not mounted")
+
+
+def test_compose_prometheus_and_grafana_mounts():
+    services = compose()["services"]
+    prom = services["prometheus"]
+    assert mount_target(prom, "./prometheus") == "/etc/prometheus"
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prom["command"]
+    assert "9090:9090" in prom["ports"]
+    graf = services["grafana"]
+    assert mount_target(graf, "./grafana/provisioning") == "/etc/grafana/provisioning"
+    provider = load_yaml(GRAFANA_DASH_PROVIDER)["providers"][0]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"] == mount_target(graf, "./grafana/dashboards")
+    assert "3000:3000" in graf["ports"]
+    for volume in prom["volumes"] + graf["volumes"]:
+        source = volume.split(":")[0]
+        if source.startswith("."):
+            assert (DEPLOY / source).exists(), source
+
+
+# ----------------------------------------------------------------- grafana
+def test_grafana_datasource_and_dashboard_agree():
+    ds = load_yaml(GRAFANA_DS_FILE)["datasources"]
+    assert len(ds) == 1 and ds[0]["type"] == "prometheus"
+    uid = ds[0]["uid"]
+    assert ds[0]["url"] == "http://prometheus:9090"
+    dash = json.loads(DASHBOARD_FILE.read_text())
+    assert 36 <= dash["schemaVersion"] <= 41
+    assert dash["uid"] and dash["title"]
+    refs = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("datasource"), dict):
+                refs.append(node["datasource"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(dash)
+    prom_refs = [r for r in refs if r.get("type") == "prometheus"]
+    assert prom_refs and all(r.get("uid") == uid for r in prom_refs)
+    assert all(r.get("type") in ("prometheus", "grafana") for r in refs)
+
+
+def test_grafana_dashboard_panels_variables_and_annotations():
+    dash = json.loads(DASHBOARD_FILE.read_text())
+    panels = dash["panels"]
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for p in panels:
+        assert {"h", "w", "x", "y"} <= set(p["gridPos"]), p["title"]
+        assert p["gridPos"]["x"] + p["gridPos"]["w"] <= 24, p["title"]
+        if p["type"] != "row":
+            assert p.get("targets") and all(t.get("expr") for t in p["targets"]), p["title"]
+    assert sum(p["type"] == "stat" for p in panels) >= 4
+    venue = {v["name"]: v for v in dash["templating"]["list"]}["venue"]
+    query = venue["query"]["query"] if isinstance(venue["query"], dict) else venue["query"]
+    assert query == "label_values(lapstream_event_time_lag_seconds, venue)"
+    assert any('venue=~"$venue"' in t["expr"] for p in panels for t in p.get("targets", []))
+    annos = {a["name"]: a for a in dash["annotations"]["list"]}
+    assert 'lapstream_incidents_total{type="fall"}' in annos["Falls"]["expr"]
+    assert "lapstream_records_total" in annos["Records"]["expr"]
+    for name in ("Falls", "Records"):
+        assert "increase(" in annos[name]["expr"] and annos[name]["enable"]
+    latency = " ".join(t["expr"] for p in panels for t in p.get("targets", []))
+    for q in ("0.50", "0.99"):
+        assert f"histogram_quantile({q}, sum by (le) (rate(lapstream_processing_latency_seconds_bucket" \
+            in latency
+
+
+# ------------------------------------------------------------ Dockerfile
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile():
+    ins = dockerfile_instructions()
+    args = {rest.split("=", 1)[0]: rest.split("=", 1)[1] for w, rest in ins if w == "ARG" and "=" in rest}
+    froms = [args.get(r.split()[0].strip("${}"), r.split()[0]) for w, r in ins if w == "FROM"]
+    assert froms and all(f == "python:3.11-slim" for f in froms)
+    final = ins[max(i for i, (w, _) in enumerate(ins) if w == "FROM"):]
+    users = [r for w, r in final if w == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert ("EXPOSE", str(HTTP_PORT)) in final
+    health = [r for w, r in final if w == "HEALTHCHECK"]
+    assert health and "/healthz" in health[0]
+    assert ("ENTRYPOINT", '["lapstream"]') in final
+    assert ("CMD", '["worker"]') in final
+    assert any(w == "RUN" and "pip" in r and "install" in r for w, r in final)
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
+    assert "!deploy/healthcheck.py" in ignore
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802
+        self.send_response(200 if self.path == "/healthz" else 503)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_healthcheck_script(monkeypatch):
+    hc = load_module("lapstream_healthcheck", DEPLOY / "healthcheck.py")
+    server = HTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("LAPSTREAM_HTTP_PORT", str(server.server_port))
+        assert hc.main(["hc"]) == 0
+        assert hc.main(["hc", "/readyz"]) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+    monkeypatch.setenv("LAPSTREAM_HTTP_PORT", str(server.server_port))
+    assert hc.main(["hc"]) == 1  # nothing listening
+
+
+# -------------------------------------------------------------- kubernetes
+def k8s_objects() -> list[dict]:
+    objs = []
+    for path in sorted(K8S_DIR.rglob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for doc in load_yaml_docs(path):
+            assert {"apiVersion", "kind", "metadata"} <= set(doc), path
+            objs.append(doc)
+    return objs
+
+
+def k8s_by_kind(kind: str) -> list[dict]:
+    return [o for o in k8s_objects() if o["kind"] == kind]
+
+
+def resolve_port(port, container: dict) -> int:
+    if isinstance(port, int):
+        return port
+    named = {p["name"]: p["containerPort"] for p in container.get("ports", []) if "name" in p}
+    assert port in named, f"named port {port} not declared"
+    return named[port]
+
+
+def test_k8s_deployment_probes_resources_and_config():
+    (deploy,) = k8s_by_kind("Deployment")
+    spec = deploy["spec"]
+    assert spec["replicas"] >= 2
+    template = spec["template"]
+    assert set(spec["selector"]["matchLabels"].items()) <= set(template["metadata"]["labels"].items())
+    (container,) = template["spec"]["containers"]
+    live, ready = container["livenessProbe"]["httpGet"], container["readinessProbe"]["httpGet"]
+    assert live["path"] == "/healthz"
+    assert ready["path"] == "/readyz"
+    assert resolve_port(live["port"], container) == HTTP_PORT
+    assert resolve_port(ready["port"], container) == HTTP_PORT
+    if "startupProbe" in container:
+        assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(container["resources"][kind])
+    (cm,) = k8s_by_kind("ConfigMap")
+    refs = [e["configMapRef"]["name"] for e in container.get("envFrom", []) if "configMapRef" in e]
+    assert cm["metadata"]["name"] in refs
+    assert cm["data"]["LAPSTREAM_HTTP_PORT"] == str(HTTP_PORT)
+    assert cm["data"]["LAPSTREAM_HTTP_HOST"] == "0.0.0.0"
+    assert cm["data"]["LAPSTREAM_BROKER"].startswith("kafka://")
+    env = {e["name"]: e for e in container.get("env", [])}
+    assert env["LAPSTREAM_WORKER_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert template["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_k8s_service_pdb_and_hpa_match_the_workers():
+    (deploy,) = k8s_by_kind("Deployment")
+    pod_labels = set(deploy["spec"]["template"]["metadata"]["labels"].items())
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    (svc,) = k8s_by_kind("Service")
+    assert set(svc["spec"]["selector"].items()) <= pod_labels
+    (port,) = svc["spec"]["ports"]
+    assert resolve_port(port["targetPort"], container) == HTTP_PORT
+    ann = svc["metadata"]["annotations"]
+    assert ann["prometheus.io/scrape"] == "true"
+    assert ann["prometheus.io/port"] == str(HTTP_PORT)
+    assert ann["prometheus.io/path"] == "/metrics"
+    (pdb,) = k8s_by_kind("PodDisruptionBudget")
+    assert set(pdb["spec"]["selector"]["matchLabels"].items()) <= pod_labels
+    assert "maxUnavailable" in pdb["spec"] or "minAvailable" in pdb["spec"]
+    for hpa in k8s_by_kind("HorizontalPodAutoscaler"):
+        # More workers than timing.raw partitions would sit idle.
+        assert hpa["spec"]["maxReplicas"] <= topics.RAW.partitions
+        assert hpa["spec"]["scaleTargetRef"]["name"] == deploy["metadata"]["name"]
+    kust = load_yaml(K8S_DIR / "kustomization.yaml")
+    for res in kust["resources"]:
+        assert (K8S_DIR / res).is_file(), res
