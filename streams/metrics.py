@@ -13,6 +13,13 @@ from typing import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+try:  # no *_created series: they double the scrape for nothing ops uses
+    from prometheus_client import disable_created_metrics
+
+    disable_created_metrics()
+except ImportError:  # pragma: no cover - older prometheus_client
+    pass
+
 
 @dataclass(frozen=True)
 class MetricSpec:

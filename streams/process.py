@@ -14,28 +14,43 @@ from agents.core import CoreConfig, Engine
 from schemas.decode import Rejected, decode
 
 
-class Processor:
-    """Decode + core, for one stream of raw messages (one venue partition or a file)."""
+RAW_KINDS = frozenset(("venue", "race", "start", "passing", "heartbeat", "photo", "decision", "record_ref"))
 
-    __slots__ = ("engine",)
+
+class Processor:
+    """Decode + core, for one stream of raw messages (one venue partition or a file).
+
+    After ``handle``, ``kind`` and ``outcome`` say what the message was and
+    what became of it (for metrics); ``kind`` is ``"unknown"`` for a message
+    whose kind could not be read.
+    """
+
+    __slots__ = ("engine", "kind", "outcome")
 
     def __init__(self, engine: Engine | None = None, config: CoreConfig | None = None) -> None:
         self.engine = engine if engine is not None else Engine(config)
+        self.kind = "unknown"
+        self.outcome = "applied"
 
     def handle(self, raw: bytes) -> tuple[list[dict], Rejected | None]:
         """One raw message: (derived events, None) or ([], the rejection)."""
         try:
             msg = decode(raw)
-            return self.engine.apply(msg), None
+            self.kind = msg["kind"]
+            events = self.engine.apply(msg)
+            self.outcome = self.engine.outcome
+            return events, None
         except Rejected as rej:
-            kind = None
+            kind = "unknown"
             try:
                 obj = orjson.loads(raw)
-                if isinstance(obj, dict):
-                    kind = obj.get("kind")
+                if isinstance(obj, dict) and obj.get("kind") in RAW_KINDS:
+                    kind = obj["kind"]
             except orjson.JSONDecodeError:
                 pass
-            self.engine.count_rejected(kind if isinstance(kind, str) else "unknown")
+            self.kind = kind
+            self.outcome = "deadlettered"
+            self.engine.count_rejected(kind)
             return [], rej
 
 

@@ -1,0 +1,152 @@
+"""The live adapter: Kafka records in, the core, Kafka records out.
+
+Framework-free on purpose: the Faust agent (``streams.app``) hands each
+record of ``timing.raw`` to ``LiveAdapter.on_raw`` and gives it a ``send``
+coroutine; tests can drive the same adapter in memory.
+
+State and recovery. The state of a partition is a pure function of the raw
+records before the current offset (the core is deterministic). So the raw
+topic is the changelog: when a worker gets a partition (first start, a
+rebalance, or a restart after kill -9), the first record it is handed sits
+at the committed offset ``o``; the adapter rebuilds the partition's core by
+reading records ``[0, o)`` silently, then carries on. Derived events between
+the last commit and a crash are emitted again with the same ``event_id``s,
+which subscribers deduplicate. Faust flushes the producer before it commits
+an offset, so no derived fact is lost.
+"""
+from __future__ import annotations
+
+import time
+from typing import AsyncIterator, Awaitable, Callable, Iterable, Optional
+
+import orjson
+
+from agents.core.engine import CoreConfig, Engine, record_key, record_ref_of
+from streams.process import Processor
+from streams.topics import DEADLETTER, RECORDS_REF, TOPIC_OF_KIND, key_of
+
+Send = Callable[[str, Optional[bytes], bytes, Optional[list]], Awaitable[None]]
+RebuildSource = Callable[[int, int], AsyncIterator[bytes]]
+
+
+class LiveAdapter:
+    def __init__(self, send: Send, rebuild_source: RebuildSource | None = None, metrics=None,
+                 config: CoreConfig | None = None, clock: Callable[[], float] = time.time,
+                 perf: Callable[[], float] = time.perf_counter) -> None:
+        self.send = send
+        self.rebuild_source = rebuild_source
+        self.metrics = metrics
+        self.config = config
+        self.procs: dict[int, Processor] = {}
+        self.refs: list[bytes] = []          # record references seen, in order
+        self.rebuilding = 0
+        self.wall = clock
+        self.perf = perf
+        self.rebuilt_messages = 0
+
+    # -- partitions ------------------------------------------------------------
+
+    def _new_processor(self) -> Processor:
+        proc = Processor(Engine(self.config))
+        for raw in self.refs:
+            proc.handle(raw)
+        return proc
+
+    async def processor(self, partition: int, offset: int) -> Processor:
+        proc = self.procs.get(partition)
+        if proc is None:
+            proc = self._new_processor()
+            if offset > 0 and self.rebuild_source is not None:
+                self.rebuilding += 1
+                try:
+                    async for raw in self.rebuild_source(partition, offset):
+                        proc.handle(raw)
+                        self.rebuilt_messages += 1
+                finally:
+                    self.rebuilding -= 1
+            self.procs[partition] = proc
+        return proc
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        for p in partitions:
+            self.procs.pop(p, None)
+
+    # -- record references -----------------------------------------------------
+
+    def on_ref(self, raw: bytes) -> None:
+        """A record reference from ``timing.records.ref`` (global: every worker reads all)."""
+        self.refs.append(raw)
+        for proc in self.procs.values():
+            proc.handle(raw)
+
+    # -- raw records -----------------------------------------------------------
+
+    async def on_raw(self, partition: int, offset: int, key: bytes | None, value: bytes,
+                     source_topic: str = "timing.raw") -> list[dict]:
+        t0 = self.perf()
+        proc = await self.processor(partition, offset)
+        c0 = self.perf()
+        events, rej = proc.handle(value)
+        c1 = self.perf()
+        m = self.metrics
+        if rej is not None:
+            await self.send(DEADLETTER.name, key, value, [
+                ("error", str(rej).encode()),
+                ("source-topic", source_topic.encode()),
+                ("source-partition", str(partition).encode()),
+                ("source-offset", str(offset).encode()),
+            ])
+            if m is not None:
+                m.deadletters.labels(rej.reason).inc()
+        dumps = orjson.dumps
+        for ev in events:
+            kind = ev["kind"]
+            await self.send(TOPIC_OF_KIND[kind], key_of(ev).encode(), dumps(ev), None)
+            if kind == "record":
+                ref = record_ref_of(ev)
+                if ref is not None:
+                    rk = record_key(ref["record"], ref["format"], ref["gender"], ref["distance_m"],
+                                    ref["scope"])
+                    await self.send(RECORDS_REF.name, rk.encode(), dumps(ref), None)
+        if m is not None:
+            m.raw.labels(proc.kind, proc.outcome).inc()
+            m.core_duration.observe(c1 - c0)
+            for ev in events:
+                kind = ev["kind"]
+                m.derived.labels(kind).inc()
+                if kind == "record" and not ev.get("withdrawn"):
+                    m.records.labels(ev["record"], "true" if ev["equalled"] else "false").inc()
+                elif kind == "incident":
+                    m.incidents.labels(ev["type"], ev["status"]).inc()
+            m.latency.observe(self.perf() - t0)
+        return events
+
+    # -- gauges ----------------------------------------------------------------
+
+    def update_gauges(self) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        now = self.wall()
+        races = 0
+        venues = 0
+        for proc in self.procs.values():
+            eng = proc.engine
+            races += eng.active_races()
+            for vid, v in eng.venues.items():
+                venues += 1
+                if v.clock >= 0:
+                    m.event_lag.labels(vid).set(now - v.clock / 1e6)
+                for src, t in v.hb.items():
+                    m.heartbeat_age.labels(vid, src).set(now - t / 1e6)
+        m.active_races.set(races)
+        m.active_venues.set(venues)
+
+    def state_size(self) -> int:
+        """Bytes of the pickled core state (a measure for the ops gauge)."""
+        import pickle
+
+        total = 0
+        for proc in self.procs.values():
+            total += len(pickle.dumps(proc.engine, protocol=pickle.HIGHEST_PROTOCOL))
+        return total

@@ -1,0 +1,227 @@
+"""The bootstrap: settings -> Faust app, topics, the agent, health and metrics.
+
+This is the one place where the live dependencies are wired. The agent is
+thin: it hands each ``timing.raw`` record to ``agents.live.LiveAdapter`` and
+sends what comes back.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+
+import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from agents.live import LiveAdapter
+from streams import topics as T
+from streams.metrics import Metrics
+
+log = logging.getLogger("lapstream")
+
+
+@dataclass
+class Settings:
+    bootstrap: str = "127.0.0.1:9092"          # host:port[,host:port]
+    http_host: str = "127.0.0.1"
+    http_port: int = 9300
+    worker_id: str = "lapstream-1"
+    app_id: str = "lapstream"
+    data_dir: str = ""
+    session_timeout_s: float = 6.0
+    heartbeat_s: float = 1.0
+    commit_interval_s: float = 1.0
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, **over) -> "Settings":
+        s = cls(
+            http_host=os.environ.get("LAPSTREAM_HTTP_HOST", "127.0.0.1"),
+            http_port=int(os.environ.get("LAPSTREAM_HTTP_PORT", "9300")),
+            worker_id=os.environ.get("LAPSTREAM_WORKER_ID", "lapstream-1"),
+        )
+        for k, v in over.items():
+            if v is not None:
+                setattr(s, k, v)
+        return s
+
+
+class Health:
+    def __init__(self) -> None:
+        self.assigned = False
+        self.refs_loaded = False
+        self.started = False
+        self.refs_event = asyncio.Event()
+
+    def ready(self, adapter: LiveAdapter) -> bool:
+        return self.started and self.assigned and self.refs_loaded and adapter.rebuilding == 0
+
+
+def create_app(settings: Settings) -> faust.App:
+    data_dir = settings.data_dir or os.path.join(os.environ.get("TMPDIR", "/tmp"),
+                                                 f"lapstream-{settings.worker_id}")
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{hp}" for hp in settings.bootstrap.split(",")],
+        value_serializer="raw",
+        key_serializer="raw",
+        store="memory://",
+        datadir=data_dir,
+        web_enabled=True,
+        web_host=settings.http_host,
+        web_port=settings.http_port,
+        web_bind=settings.http_host,
+        topic_allow_declare=False,         # topics are created explicitly (partition counts matter)
+        topic_disable_leader=True,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_s,
+        broker_commit_interval=settings.commit_interval_s,
+        producer_acks=-1,
+        producer_linger_ms=0,
+        stream_wait_empty=False,
+        table_standby_replicas=0,
+        **settings.extra,
+    )
+    metrics = Metrics()
+    metrics.build.info({"version": _version(), "worker": settings.worker_id})
+    health = Health()
+    topics = {
+        spec.name: app.topic(spec.name, partitions=spec.partitions, key_type=bytes, value_type=bytes,
+                             internal=False)
+        for spec in T.ALL
+    }
+
+    async def send(topic: str, key, value: bytes, headers) -> None:
+        await topics[topic].send(key=key, value=value, headers=headers)
+
+    bootstrap = settings.bootstrap
+
+    async def rebuild_source(partition: int, upto: int):
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                    group_id=None, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            tp = TopicPartition(T.RAW.name, partition)
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            done = False
+            while not done:
+                batch = await consumer.getmany(tp, timeout_ms=1000, max_records=2000)
+                for rec in batch.get(tp, ()):
+                    if rec.offset >= upto:
+                        done = True
+                        break
+                    yield rec.value
+                    if rec.offset == upto - 1:
+                        done = True
+                        break
+        finally:
+            await consumer.stop()
+
+    adapter = LiveAdapter(send, rebuild_source, metrics)
+    app.lapstream = adapter          # for tests and the demo
+    app.lapstream_metrics = metrics
+    app.lapstream_health = health
+
+    @app.agent(topics[T.RAW.name], name="timing")
+    async def timing(stream):
+        # record references first: a race is judged against the records in force
+        await health.refs_event.wait()
+        async for event in stream.events():
+            msg = event.message
+            await adapter.on_raw(msg.partition, msg.offset, event.key, event.value)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app_, revoked, **kwargs) -> None:
+        adapter.revoke(tp.partition for tp in revoked if tp.topic == T.RAW.name)
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app_, assigned, **kwargs) -> None:
+        mine = {tp.partition for tp in assigned if tp.topic == T.RAW.name}
+        adapter.revoke([p for p in list(adapter.procs) if p not in mine])
+        health.assigned = True
+
+    @app.task
+    async def record_refs() -> None:
+        """Every worker reads all of ``timing.records.ref`` (no group)."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                    group_id=None, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            parts = consumer.partitions_for_topic(T.RECORDS_REF.name) or {0}
+            tps = [TopicPartition(T.RECORDS_REF.name, p) for p in sorted(parts)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            while True:
+                batch = await consumer.getmany(*tps, timeout_ms=200)
+                for tp, recs in batch.items():
+                    for rec in recs:
+                        adapter.on_ref(rec.value)
+                if not health.refs_loaded:
+                    caught_up = True
+                    for tp in tps:
+                        if await consumer.position(tp) < ends[tp]:
+                            caught_up = False
+                    if caught_up:
+                        health.refs_loaded = True
+                        health.refs_event.set()
+        finally:
+            await consumer.stop()
+
+    @app.timer(interval=1.0)
+    async def gauges() -> None:
+        health.started = True
+        adapter.update_gauges()
+        metrics.ready.set(1 if health.ready(adapter) else 0)
+        try:
+            for tp in app.consumer.assignment():
+                hw = app.consumer.highwater(tp)
+                pos = await app.consumer.position(tp)
+                if hw is not None and pos is not None:
+                    metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, hw - pos))
+        except Exception:  # the consumer may be rebalancing; lag is best effort
+            pass
+
+    @app.timer(interval=15.0)
+    async def state_size() -> None:
+        metrics.state_size.set(adapter.state_size())
+
+    @app.page("/metrics")
+    async def metrics_page(web, request):
+        return web.bytes(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.page("/healthz")
+    async def healthz(web, request):
+        return web.json({"status": "ok", "worker": settings.worker_id})
+
+    @app.page("/readyz")
+    async def readyz(web, request):
+        ok = health.ready(adapter)
+        body = {"ready": ok, "assigned": health.assigned, "refs_loaded": health.refs_loaded,
+                "rebuilding": adapter.rebuilding, "partitions": sorted(adapter.procs)}
+        return web.json(body, status=200 if ok else 503)
+
+    return app
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("lapstream")
+    except Exception:
+        return "0+unknown"
+
+
+def run_worker(settings: Settings, loglevel: str = "warning") -> None:
+    """Run a Faust worker in this process until it is stopped (SIGINT/SIGTERM)."""
+    from faust.worker import Worker
+
+    app = create_app(settings)
+    worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()

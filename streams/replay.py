@@ -1,0 +1,153 @@
+"""Replay a recorded feed into Kafka, and record derived topics back to JSON Lines."""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Callable, Iterable, Optional
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from agents.core.engine import record_key
+from streams import topics as T
+
+
+def route(line: bytes, race_venue: dict[str, str], last_venue: Optional[str]) -> tuple[str, Optional[bytes], Optional[int]]:
+    """(topic, key, t_us) of one feed line: record refs to ``timing.records.ref``
+    keyed by identity, the rest to ``timing.raw`` keyed by venue. Photos and
+    decisions carry no venue; they are keyed by their race's venue. A line
+    that is not a message still goes to ``timing.raw`` (the worker
+    dead-letters it), keyed by the last venue seen so it stays in order."""
+    try:
+        msg = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return T.RAW.name, last_venue.encode() if last_venue else None, None
+    if not isinstance(msg, dict):
+        return T.RAW.name, last_venue.encode() if last_venue else None, None
+    t_us = msg.get("t_us") if type(msg.get("t_us")) is int else None
+    kind = msg.get("kind")
+    if kind == "record_ref":
+        try:
+            key = record_key(msg["record"], msg["format"], msg["gender"], msg["distance_m"], msg.get("scope"))
+        except (KeyError, TypeError):
+            key = "invalid"
+        return T.RECORDS_REF.name, key.encode(), t_us
+    venue = msg.get("venue") if isinstance(msg.get("venue"), str) else None
+    if kind == "race" and venue and isinstance(msg.get("race_id"), str):
+        race_venue[msg["race_id"]] = venue
+    if venue is None and isinstance(msg.get("race_id"), str):
+        venue = race_venue.get(msg["race_id"])
+    venue = venue or last_venue
+    return T.RAW.name, venue.encode() if venue else None, t_us
+
+
+async def replay(bootstrap: str, lines: Iterable[bytes], speed: Optional[float] = 1.0,
+                 progress: Optional[Callable[[int], None]] = None, ref_settle_s: float = 1.0,
+                 producer: Optional[AIOKafkaProducer] = None,
+                 on_sent: Optional[Callable[[bytes, str, float], None]] = None) -> dict:
+    """Produce a feed paced by ``t_us`` (``speed`` None = as fast as possible).
+
+    Pacing never waits for a line older than one already sent (the contract).
+    Returns counts by topic.
+    """
+    own = producer is None
+    if own:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+                                    enable_idempotence=False, max_request_size=4 * 1024 * 1024)
+        await producer.start()
+    counts = {T.RAW.name: 0, T.RECORDS_REF.name: 0}
+    race_venue: dict[str, str] = {}
+    last_venue = None
+    t_first = None
+    t_max = None
+    wall0 = None
+    sent_raw = False
+    refs_pending = False
+    try:
+        for n, line in enumerate(lines, 1):
+            line = line.rstrip(b"\r\n")
+            if not line.strip():
+                continue
+            topic, key, t_us = route(line, race_venue, last_venue)
+            if topic == T.RAW.name and key is not None:
+                last_venue = key.decode()
+            if speed is not None and t_us is not None:
+                if t_first is None:
+                    t_first, wall0 = t_us, time.monotonic()
+                if t_max is None or t_us > t_max:
+                    due = wall0 + (t_us - t_first) / 1e6 / speed
+                    delay = due - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    t_max = t_us
+            if topic == T.RAW.name and refs_pending:
+                # let workers read the references before the races they apply to
+                await producer.flush()
+                if ref_settle_s:
+                    await asyncio.sleep(ref_settle_s)
+                refs_pending = False
+            await producer.send(topic, value=line, key=key)
+            if on_sent is not None:
+                on_sent(line, topic, time.perf_counter())
+            counts[topic] += 1
+            if topic == T.RECORDS_REF.name:
+                refs_pending = True
+            else:
+                sent_raw = True
+            if progress is not None:
+                progress(n)
+        await producer.flush()
+    finally:
+        if own:
+            await producer.stop()
+    return counts
+
+
+def deadletter_record(value: bytes, headers) -> dict:
+    h = {k: (v.decode("utf-8", "replace") if isinstance(v, (bytes, bytearray)) else v) for k, v in (headers or ())}
+    return {"kind": "deadletter", "v": 1, "error": h.get("error", ""),
+            "raw": value.decode("utf-8", "backslashreplace"),
+            "source_topic": h.get("source-topic"), "source_partition": _int(h.get("source-partition")),
+            "source_offset": _int(h.get("source-offset"))}
+
+
+def _int(x):
+    try:
+        return int(x)
+    except (TypeError, ValueError):
+        return None
+
+
+async def record(bootstrap: str, out, topics: Iterable[str], idle_exit_s: Optional[float] = None,
+                 stop: Optional[asyncio.Event] = None, from_beginning: bool = True,
+                 on_record: Optional[Callable[[str, bytes], None]] = None) -> int:
+    """Write what arrives on ``topics`` as JSON Lines (the shape ``process`` prints)."""
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None,
+                                enable_auto_commit=False,
+                                auto_offset_reset="earliest" if from_beginning else "latest")
+    await consumer.start()
+    n = 0
+    last = time.monotonic()
+    try:
+        while stop is None or not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=200)
+            got = False
+            for tp, recs in batch.items():
+                for rec in recs:
+                    got = True
+                    if tp.topic == T.DEADLETTER.name:
+                        line = orjson.dumps(deadletter_record(rec.value, rec.headers))
+                    else:
+                        line = rec.value
+                    out.write(line + b"\n")
+                    n += 1
+                    if on_record is not None:
+                        on_record(tp.topic, rec.value)
+            if got:
+                out.flush()
+                last = time.monotonic()
+            elif idle_exit_s is not None and time.monotonic() - last >= idle_exit_s:
+                break
+    finally:
+        await consumer.stop()
+    return n
