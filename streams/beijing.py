@@ -174,7 +174,7 @@ RECORDS_BEFORE_WFA = (RECORDS_BEFORE["W"][0],
 TAKAGI = "JPN-TAKAGI-N"
 TAKAGI_FALL_AT_M = 2370  # JPN starts at 200: position 170, the last inner curve before its line
 TAKAGI_UNFALLEN_US = 173_335_000  # where she would have crossed without the fall
-WFA_JPN_FINISHES = {"JPN-SATO": 173_196_518, "JPN-TAKAGI-M": 173_268_027}
+WFA_JPN_FINISHES = {"JPN-SATO": 173_206_518, "JPN-TAKAGI-M": 173_268_027}
 
 SEEDS = {"W": "OWG2022-TPW", "M": "OWG2022-TPM"}
 OPTIONS = SimOptions.realistic()
