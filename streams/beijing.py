@@ -36,7 +36,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from .sim import (S, CompetitorSpec, Decision, Fall, Pacing, RaceSpec, RecordRef, SimFeed,
-                  SimOptions, SkaterSpec, VenueSpec, format_time, simulate)
+                  SimOptions, SkaterSpec, VenueSpec, simulate)
 
 FEEDS_DIR = Path(__file__).resolve().parent / "feeds"
 WOMEN_FILE = "beijing2022-tp-women.jsonl"

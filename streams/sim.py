@@ -30,12 +30,26 @@ Inputs (frozen dataclasses):
 - ``SimOptions`` -- noise knobs (sources, delays, missed-read and resend
   rates, warm-up transponders, cool-down, heartbeats...). ``SimOptions()`` is
   clean (no missed reads, no resends, no warm-up, no cool-down);
-  ``SimOptions.realistic()`` is the level used for the shipped feeds.
+  ``SimOptions.realistic()`` is the level used for the shipped feeds (1.5 %
+  missed single reads, 0.4 % resends, one warm-up transponder per race,
+  cool-down). Random thinning never removes the last read of a crossing nor
+  (``protect_finish_exact``) the read that IS a finish crossing's time; whole
+  crossings go missing only where ``RaceSpec.missed`` says so.
 
 ``simulate(venue, races, records=(), seed=0, options=SimOptions()) -> SimFeed``
 with ``.lines`` (compact JSON strings in ARRIVAL order), ``.truth``
-(``SimTruth``) and ``.write(path)``. ``format_time(elapsed_us)`` prints an
-elapsed time the way the contract does (hundredths, truncated).
+(``SimTruth``), ``.write(path)`` (UTF-8 JSON Lines), ``.data()`` (those
+bytes) and ``.messages()`` (parsed). ``format_time(elapsed_us)`` prints an
+elapsed time the way the contract does (hundredths, truncated);
+``individual(...)`` builds a one-skater competitor.
+
+Timeline of a feed: the venue message (2 minutes before the first set-up),
+the record references (same t_us), then per race the ``race`` set-up
+(``setup_lead_us``, 60 s, before the gun), ``start`` attempt 1 at the gun
+(attempt 2 at ``gun + Restart.new_gun_after_us``; attempt-1 reads stop at
+the recall), the reads, photos (20-60 s after the finish), decisions
+(``Decision.after_us`` after the race's last finish, may be negative) and
+OFFICIAL 30-90 s after the last finish (after any photo or decision).
 
 How a race is skated
 --------------------
@@ -67,16 +81,21 @@ Per crossing, per transponder, per source one read. One transponder is read
 at offset 0 (by one source exactly at the crossing time, the other source up
 to 0.3 ms later); the other transponder 5-40 ms later (sources within
 +-0.3 ms). The crossing time is the earliest read and stays exact. ``seq``
-increases per source in read-time order over the whole feed. The first
-source's lines arrive 0-50 ms after their ``t_us``, the others 0-``max_delay_us``
-(<= 3 s) later; heartbeats (every whole second per source, while a session
-is running) and non-read messages arrive at their ``t_us``. Lines are sorted
-by arrival (stable), so ``t_us`` is not monotonic in the file.
+increases per source in read-time order over the whole feed (missed reads
+take no number; a resend repeats the line, same source and seq, up to 1 s
+later). The first source's lines arrive 0-50 ms after their ``t_us``, the
+others 0-``max_delay_us`` (<= 3 s) later. Heartbeats (every whole second,
+per source) run from 30 s before a race's set-up to 10 s after its last
+line; idle gaps under ``heartbeat_bridge_us`` (20 min) keep them running,
+longer ones (another day) pause them. Heartbeats and non-read messages arrive
+at their ``t_us``. Lines are sorted by arrival (stable), so ``t_us`` is not
+monotonic in the file, but never more than the largest delay below the
+newest ``t_us`` before it.
 
 Truth
 -----
-``SimTruth.races[race_id]`` -> ``RaceTruth`` (guns, setup, last finish,
-official time, competitors) -> ``CompetitorTruth`` (finish elapsed time:
+``SimTruth.races[race_id]`` -> ``RaceTruth`` (guns, set-up, last finish,
+the photo and decision messages, competitors) -> ``CompetitorTruth`` (finish elapsed time:
 team = third skater) -> ``SkaterTruth``: per race distance the loop, the
 physical crossing time, the crossing as read (EARLIEST EMITTED read, after
 thinning), the set of entirely missed crossings, the finish, the cool-down
