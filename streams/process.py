@@ -41,17 +41,21 @@ class Processor:
             self.outcome = self.engine.outcome
             return events, None
         except Rejected as rej:
-            kind = "unknown"
-            try:
-                obj = orjson.loads(raw)
-                if isinstance(obj, dict) and obj.get("kind") in RAW_KINDS:
-                    kind = obj["kind"]
-            except orjson.JSONDecodeError:
-                pass
-            self.kind = kind
-            self.outcome = "deadlettered"
-            self.engine.count_rejected(kind)
+            self.rejected(raw)
             return [], rej
+
+    def rejected(self, raw: bytes) -> None:
+        """Book a rejected message: its kind if readable, outcome dead-lettered."""
+        kind = "unknown"
+        try:
+            obj = orjson.loads(raw)
+            if isinstance(obj, dict) and obj.get("kind") in RAW_KINDS:
+                kind = obj["kind"]
+        except orjson.JSONDecodeError:
+            pass
+        self.kind = kind
+        self.outcome = "deadlettered"
+        self.engine.count_rejected(kind)
 
 
 def deadletter_line(line_no: int, error: str, raw: bytes) -> dict:
@@ -63,14 +67,20 @@ def process_lines(lines: Iterable[bytes], processor: Processor | None = None,
                   flush: bool = True) -> Iterator[dict]:
     """Every derived event (and dead-letter line) of a recorded feed, in emission order."""
     proc = processor or Processor()
+    apply = proc.engine.apply
     for n, line in enumerate(lines, 1):
-        raw = line.rstrip(b"\r\n")
-        if not raw.strip():
+        if line[-1:] == b"\n":
+            line = line.rstrip(b"\r\n")
+        if not line or (line[0] != 123 and line.isspace()):   # 123: "{"
             continue
-        events, rej = proc.handle(raw)
-        if rej is not None:
-            yield deadletter_line(n, str(rej), raw)
-        else:
+        try:
+            # the same decode + core as Processor.handle, minus its bookkeeping
+            events = apply(decode(line))
+        except Rejected as rej:
+            proc.rejected(line)
+            yield deadletter_line(n, str(rej), line)
+            continue
+        if events:
             yield from events
     if flush:
         yield from proc.engine.flush()

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, ValidationError
 
-from schemacheck import SCHEMA_KINDS, load_schemas, validate, validator_for
+from tests.schemacheck import SCHEMA_KINDS, load_schemas, validate, validator_for
 
 RAW_KINDS = {"venue", "race", "start", "passing", "heartbeat", "photo", "decision", "record_ref"}
 DERIVED_KINDS = {"split", "finish", "incident", "record", "result", "standings",

@@ -237,7 +237,8 @@ class Engine:
         kind = msg["kind"]
         self._handlers[kind](msg, out)
         key = (kind, self.outcome)
-        self.stats[key] = self.stats.get(key, 0) + 1
+        stats = self.stats
+        stats[key] = stats.get(key, 0) + 1
         return out
 
     def count_rejected(self, kind: str) -> None:
@@ -320,11 +321,14 @@ class Engine:
         if v is None:
             raise Rejected("unknown_reference", f"heartbeat: venue {msg['venue']!r} was never set up")
         t = msg["t_us"]
+        hb = v.hb
         src = msg["source"]
-        if t > v.hb.get(src, -1):
-            v.hb[src] = t
+        if t > hb.get(src, -1):
+            hb[src] = t
         if t > v.clock:
-            self._advance(v, t, out)
+            v.clock = t
+            if t - self.cfg.reorder_us > v.next_due:
+                self._timeline(v, t - self.cfg.reorder_us, out)
 
     def _passing(self, msg: dict, out: list) -> None:
         v = self.venues.get(msg["venue"])
@@ -462,6 +466,7 @@ class Engine:
                 for s in c.skaters:
                     s.deadline = INF
             race.status = "official"
+            self._retire(race)
             self._emit_result(race, t, out)
             self._emit_group(race, t, out)
         elif code == "VOID":
@@ -469,12 +474,23 @@ class Engine:
                 self.outcome = "duplicate"
                 return
             race.status = "void"
+            self._retire(race)
             for c in race.comps:
                 self._withdraw_records(race, c, t, out)
                 for s in c.skaters:
                     s.deadline = INF
             self._emit_result(race, t, out)
             self._emit_group(race, t, out)
+
+    def _retire(self, race: Race) -> None:
+        """An official or void race no longer takes part in the venue's timeline
+        (its pending crossings are dropped; its transponders stay known so that
+        cool-down reads are counted as such)."""
+        v = race.venue
+        if race in v.races:
+            v.races.remove(race)
+        for key in [k for k, p in v.pending.items() if p[1].race is race]:
+            del v.pending[key]
 
     def _record_ref(self, msg: dict, out: list) -> None:
         key = (msg["record"], msg["format"], msg["gender"], msg["distance_m"], msg["scope"])
