@@ -99,9 +99,11 @@ class LiveAdapter:
             if m is not None:
                 m.deadletters.labels(rej.reason).inc()
         dumps = orjson.dumps
+        # provenance for audits and latency measurement (not part of the payload)
+        trace = [("lapstream-source", f"{source_topic}:{partition}:{offset}".encode())] if events else None
         for ev in events:
             kind = ev["kind"]
-            await self.send(TOPIC_OF_KIND[kind], key_of(ev).encode(), dumps(ev), None)
+            await self.send(TOPIC_OF_KIND[kind], key_of(ev).encode(), dumps(ev), trace)
             if kind == "record":
                 ref = record_ref_of(ev)
                 if ref is not None:

@@ -1,0 +1,272 @@
+"""Benchmark of the Kafka path: broker + lapstream worker vs. a bare pass-through.
+
+1. Throughput. The Beijing feeds are produced as fast as possible into
+   ``timing.raw`` with a worker running; messages/s = raw messages / time
+   until the worker has consumed them all (its own counter). Baseline, same
+   broker, same run: a bare aiokafka consume -> produce pass-through of the
+   same messages (no group, no processing). Ratio target >= 0.25.
+2. Latency at a steady load: N venues (default 50) skating the women's final
+   A at the same time, replayed at real speed for ``--seconds``. For every
+   derived event the latency is from producing the raw message that caused it
+   (the worker puts its partition:offset in the ``lapstream-source`` header)
+   to consuming the derived event. Prints p50/p99 (target p99 < 25 ms).
+
+    python bench/bench_kafka.py [--broker tansu|noida] [--venues 50] [--seconds 40]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from streams import beijing  # noqa: E402
+from streams import topics as T  # noqa: E402
+from streams.broker import EmbeddedBroker, ensure_topics, free_port  # noqa: E402
+from streams.demo import start_worker, stop_process, wait_http  # noqa: E402
+from streams.replay import route  # noqa: E402
+from streams.topics import TopicSpec  # noqa: E402
+
+
+def raw_counter(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(float(v) for v in re.findall(r"^lapstream_raw_messages_total\{[^}]*\} (\S+)$", text, re.M))
+
+
+def keyed(lines):
+    race_venue, last = {}, None
+    out = []
+    for ln in lines:
+        topic, key, _ = route(ln, race_venue, last)
+        if topic == T.RAW.name:
+            last = key.decode() if key else last
+            out.append((key, ln))
+    return out
+
+
+async def produce_all(boot: str, topic: str, msgs) -> float:
+    p = AIOKafkaProducer(bootstrap_servers=boot, linger_ms=5, acks=1, max_batch_size=256 * 1024)
+    await p.start()
+    t0 = time.perf_counter()
+    for key, value in msgs:
+        await p.send(topic, value=value, key=key)
+    await p.flush()
+    await p.stop()
+    return t0
+
+
+async def passthrough(boot: str, msgs, partitions: int) -> float:
+    """Bare consume -> produce of the same messages; seconds from first produce to last forwarded."""
+    src, dst = "bench.in", "bench.out"
+    await ensure_topics(boot, [TopicSpec(src, partitions, "venue"), TopicSpec(dst, partitions, "venue")])
+    cons = AIOKafkaConsumer(bootstrap_servers=boot, group_id=None, enable_auto_commit=False,
+                            auto_offset_reset="earliest")
+    prod = AIOKafkaProducer(bootstrap_servers=boot, linger_ms=0, acks=1)
+    await cons.start()
+    await prod.start()
+    tps = [TopicPartition(src, p) for p in range(partitions)]
+    cons.assign(tps)
+    await cons.seek_to_beginning(*tps)
+    n = len(msgs)
+    done = 0
+    producer_task = asyncio.create_task(produce_all(boot, src, msgs))
+    while done < n:
+        batch = await cons.getmany(timeout_ms=500)
+        for tp, recs in batch.items():
+            for rec in recs:
+                await prod.send(dst, value=rec.value, key=rec.key)
+                done += 1
+    await prod.flush()
+    t1 = time.perf_counter()
+    t0 = await producer_task
+    await cons.stop()
+    await prod.stop()
+    return t1 - t0
+
+
+def multi_venue_feed(n: int) -> list[bytes]:
+    """n copies of the women's final A at venues V01..Vn, skated at the same
+    time: line j of every copy, then line j + 1 (each venue keeps its order)."""
+    base = [orjson.loads(ln) for ln in (beijing.FEEDS_DIR / beijing.FINAL_A_FILE).read_bytes().splitlines()]
+    refs = [orjson.dumps(m) for m in base if m["kind"] == "record_ref"]
+    body = [m for m in base if m["kind"] != "record_ref"]
+    out = list(refs)
+    for m in body:
+        for i in range(n):
+            vid = f"V{i + 1:02d}"
+            c = dict(m)
+            if "venue" in c:
+                c["venue"] = vid
+            if "race_id" in c:
+                c["race_id"] = f"{c['race_id']}-{vid}"
+            if c["kind"] == "passing":
+                c["transponder"] = f"{vid}{c['transponder']}"
+            elif c["kind"] == "race":
+                c["group"] = c["race_id"]
+                c["competitors"] = [dict(comp, skaters=[dict(s, transponders=[f"{vid}{t}" for t in s["transponders"]])
+                                                        for s in comp["skaters"]]) for comp in c["competitors"]]
+            out.append(orjson.dumps(c))
+    return out
+
+
+async def latency_run(boot: str, lines: list[bytes], seconds: float) -> list[float]:
+    sent: dict[tuple[int, int], float] = {}
+    lat: list[float] = []
+    stop = asyncio.Event()
+    cons = AIOKafkaConsumer(*[t.name for t in T.DERIVED], bootstrap_servers=boot, group_id=None, fetch_max_wait_ms=5,
+                            enable_auto_commit=False, auto_offset_reset="latest")
+    await cons.start()
+    await asyncio.sleep(1.0)
+
+    async def consume():
+        while not stop.is_set():
+            batch = await cons.getmany(timeout_ms=100)
+            now = time.perf_counter()
+            for recs in batch.values():
+                for rec in recs:
+                    for k, v in rec.headers or ():
+                        if k == "lapstream-source":
+                            _, p, o = v.decode().rsplit(":", 2)
+                            t = sent.get((int(p), int(o)))
+                            if t is not None:
+                                lat.append(now - t)
+
+    ctask = asyncio.create_task(consume())
+    prod = AIOKafkaProducer(bootstrap_servers=boot, linger_ms=0, acks=1)
+    await prod.start()
+    race_venue, last = {}, None
+    # the race set-up minute before the gun goes at full speed; pacing starts
+    # 3 s before the first gun, so the window is racing
+    gun = min(orjson.loads(ln)["t_us"] for ln in lines if b'"kind":"start"' in ln)
+    pace_from = gun - 3_000_000
+    first_t = None
+    wall0 = time.perf_counter()
+    tmax = None
+    for ln in lines:
+        topic, key, t_us = route(ln, race_venue, last)
+        if topic == T.RAW.name and key:
+            last = key.decode()
+        if t_us is not None and topic == T.RAW.name and t_us >= pace_from:
+            if first_t is None:
+                first_t = t_us
+            if tmax is None or t_us > tmax:
+                tmax = t_us
+                due = wall0 + (t_us - first_t) / 1e6
+                if due - wall0 > seconds:
+                    break
+                d = due - time.perf_counter()
+                if d > 0:
+                    await asyncio.sleep(d)
+        t_send = time.perf_counter()
+        fut = await prod.send(topic, value=ln, key=key)
+        if topic == T.RAW.name and first_t is not None:
+            fut.add_done_callback(lambda f, t=t_send: sent.__setitem__((f.result().partition, f.result().offset), t)
+                                  if not f.exception() else None)
+    await asyncio.sleep(4.0)
+    stop.set()
+    await ctask
+    await prod.stop()
+    await cons.stop()
+    return lat
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def throughput(args, tmp: Path) -> None:
+    lines = []
+    for f in (beijing.WOMEN_FILE, beijing.MEN_FILE):
+        # the men's tournament at its own venue, so both run in one pass
+        for ln in (beijing.FEEDS_DIR / f).read_bytes().splitlines():
+            if f == beijing.MEN_FILE:
+                ln = ln.replace(b'"venue":"NSO"', b'"venue":"NSO-M"')
+            lines.append(ln)
+    raw = keyed(lines)
+    n = len(raw)
+    print(f"broker: embedded {args.broker}; {n} raw messages (Beijing 2022 women + men)")
+    with EmbeddedBroker(args.broker, log_path=tmp / "broker.log") as broker:
+        boot = broker.bootstrap
+        asyncio.run(ensure_topics(boot))
+        base_s = asyncio.run(passthrough(boot, raw, T.RAW.partitions))
+        port = free_port()
+        worker = start_worker(boot, port, log_path=str(tmp / "worker.log"),
+                              session_timeout=2.0 if args.broker == "tansu" else 6.0)
+        try:
+            assert wait_http(f"http://127.0.0.1:{port}/readyz", 90, worker), "worker not ready"
+            refs = [ln for ln in lines if b'"record_ref"' in ln]
+
+            async def go():
+                p = AIOKafkaProducer(bootstrap_servers=boot)
+                await p.start()
+                for r in refs:
+                    await p.send(T.RECORDS_REF.name, value=r, key=b"ref")
+                await p.stop()
+                await asyncio.sleep(1.0)
+                return await produce_all(boot, T.RAW.name, raw)
+
+            t0 = asyncio.run(go())
+            while raw_counter(port) < n:
+                time.sleep(0.02)
+            live_s = time.perf_counter() - t0
+        finally:
+            stop_process(worker)
+    print(f"bare aiokafka pass-through: {n / base_s:10,.0f} msg/s ({base_s:.2f} s)")
+    print(f"lapstream worker:           {n / live_s:10,.0f} msg/s ({live_s:.2f} s)")
+    print(f"ratio worker/pass-through:  {base_s / live_s:.3f}  (target >= 0.25)")
+
+
+def latency(args, tmp: Path) -> int:
+    with EmbeddedBroker(args.broker, log_path=tmp / "broker2.log") as broker:
+        boot = broker.bootstrap
+        asyncio.run(ensure_topics(boot))
+        port = free_port()
+        worker = start_worker(boot, port, log_path=str(tmp / "worker2.log"),
+                              session_timeout=2.0 if args.broker == "tansu" else 6.0)
+        try:
+            assert wait_http(f"http://127.0.0.1:{port}/readyz", 90, worker), "worker not ready"
+            feed = multi_venue_feed(args.venues)
+            lat = asyncio.run(latency_run(boot, feed, args.seconds))
+            msgs = raw_counter(port)
+        finally:
+            stop_process(worker)
+    if not lat:
+        print("latency: no derived events seen")
+        return 1
+    print(f"steady load: {args.venues} venues, {args.seconds:.0f} s, {msgs:.0f} raw messages, "
+          f"{len(lat)} derived events")
+    print(f"latency produce -> derived consumed: p50 {pct(lat, 0.5) * 1000:.1f} ms, "
+          f"p99 {pct(lat, 0.99) * 1000:.1f} ms, max {max(lat) * 1000:.1f} ms  (target p99 < 25 ms)")
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--broker", choices=("tansu", "noida"), default="tansu")
+    ap.add_argument("--venues", type=int, default=50)
+    ap.add_argument("--seconds", type=float, default=40.0)
+    ap.add_argument("--only", choices=("throughput", "latency"), default=None)
+    args = ap.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="lapstream-bench-"))
+    if args.only != "latency":
+        throughput(args, tmp)
+    if args.only != "throughput":
+        return latency(args, tmp)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""The live pipeline against a real Kafka-protocol broker on loopback.
+
+Broker (tansu or noida, ``LAPSTREAM_TEST_BROKER``) and workers are real
+processes; the feeds are the shipped Beijing 2022 recordings.
+"""
+from __future__ import annotations
+
+import re
+import time
+
+import orjson
+import pytest
+
+from streams import beijing
+from streams import topics as T
+from tests import livekit as L
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture
+def stack():
+    tmp = L.tmpdir()
+    broker = L.start_broker(tmp)
+    workers = []
+
+    def worker(wid="w1"):
+        w = L.Worker(broker.bootstrap, tmp, wid).start()
+        workers.append(w)
+        return w
+
+    yield broker, worker, tmp
+    for w in workers:
+        w.stop()
+    broker.stop()
+
+
+def feed_lines(name):
+    return (beijing.FEEDS_DIR / name).read_bytes().splitlines()
+
+
+@pytest.mark.parametrize("name", [beijing.FINAL_A_FILE, beijing.WOMEN_FILE, beijing.MEN_FILE])
+def test_live_equals_offline(stack, name):
+    broker, worker, _ = stack
+    w = worker()
+    w.wait_ready()
+    lines = feed_lines(name)
+    want = L.offline(lines)
+    counts = L.replay_lines(broker.bootstrap, lines, speed=None)
+    assert counts[T.RECORDS_REF.name] == sum(1 for ln in lines if b'"record_ref"' in ln)
+    got = L.record_all(broker.bootstrap, expect=len(want))
+    # same events, same ids, same order per topic and key
+    assert sorted(e["event_id"] for e in got) == sorted(e["event_id"] for e in want)
+    assert L.per_key_sequences(got) == L.per_key_sequences(want)
+    # the new Olympic records went to the compacted reference topic too
+    refs = L.record_all(broker.bootstrap, topics=[T.RECORDS_REF.name], idle_s=1.0)
+    published = [r for r in refs if r.get("origin") == "lapstream"]
+    assert [(r["race_id"], r["holder"], r["time"]) for r in published] == \
+        [(e["race_id"], e["competitor_id"], e["time"]) for e in want
+         if e["kind"] == "record" and not e["equalled"] and not e["withdrawn"]]
+
+
+def test_kill_9_mid_race_loses_and_changes_nothing(stack):
+    broker, worker, tmp = stack
+    lines = feed_lines(beijing.WOMEN_FILE)
+    want = L.offline(lines)
+    by_id = {e["event_id"]: orjson.dumps(e, option=orjson.OPT_SORT_KEYS) for e in want}
+    w1 = worker("w1")
+    w1.wait_ready()
+    # the first 60% of the tournament (mid-way through the semi-finals) ...
+    cut = int(len(lines) * 0.6)
+    L.replay_lines(broker.bootstrap, lines[:cut], speed=None)
+    first = L.record_all(broker.bootstrap, idle_s=3.0)
+    assert first, "the worker produced nothing before the kill"
+    # ... then the rest arrives while the worker is killed mid-stream
+    import threading
+
+    t = threading.Thread(target=L.replay_lines, args=(broker.bootstrap, lines[cut:], None))
+    t.start()
+    time.sleep(0.3)
+    w1.kill9()
+    t.join()
+    w2 = worker("w2")
+    w2.wait_ready()
+    got = L.record_all(broker.bootstrap, expect=len(want), timeout=180)
+    seen = {}
+    for e in got:
+        b = orjson.dumps(e, option=orjson.OPT_SORT_KEYS)
+        # a repeated event only with the same id and the same content
+        assert seen.setdefault(e["event_id"], b) == b
+    assert set(seen) == set(by_id), (len(set(by_id) - set(seen)), len(set(seen) - set(by_id)))
+    assert all(seen[i] == by_id[i] for i in by_id)
+    # after deduplication by id, each race's events come in the offline order
+    dedup = []
+    ids = set()
+    for e in got:
+        if e["event_id"] not in ids:
+            ids.add(e["event_id"])
+            dedup.append(e)
+    assert L.per_key_sequences(dedup) == L.per_key_sequences(want)
+    # the restarted worker rebuilt its state from the raw topic
+    metrics = w2.get("/metrics")
+    assert "lapstream_raw_messages_total" in metrics
+
+
+BAD = [
+    b"{not json at all",
+    b'{"kind":"passing","v":1,"t_us":1644652800000000,"venue":"NSO","source":"X2-A","seq":"x","loop":"L000","transponder":"1"}',
+    b'{"kind":"teleport","v":1}',
+    b'{"kind":"heartbeat","v":1,"t_us":1644652800000000,"venue":"ATLANTIS","source":"X2-A"}',
+    b'{"kind":"passing","v":1,"t_us":1644652800000000,"venue":"NSO","source":"X2-A","seq":99999999,"loop":"L999","transponder":"1"}',
+]
+
+
+def test_bad_input_goes_to_the_dead_letter_topic_and_the_race_goes_on(stack):
+    broker, worker, _ = stack
+    w = worker()
+    w.wait_ready()
+    lines = feed_lines(beijing.FINAL_A_FILE)
+    want = L.offline(lines)
+    mixed = list(lines)
+    positions = [5, 300, 600, 900, 1200]
+    for pos, bad in sorted(zip(positions, BAD), reverse=True):
+        mixed.insert(pos, bad)
+    L.replay_lines(broker.bootstrap, mixed, speed=None)
+    got = L.record_all(broker.bootstrap, expect=len(want) + len(BAD))
+    dl = [e for e in got if e["kind"] == "deadletter"]
+    assert sorted(d["raw"] for d in dl) == sorted(b.decode() for b in BAD)
+    for d in dl:
+        assert d["error"] and "\n" not in d["error"]
+        assert d["source_topic"] == T.RAW.name
+        assert isinstance(d["source_partition"], int) and isinstance(d["source_offset"], int)
+    good = [e for e in got if e["kind"] != "deadletter"]
+    assert L.per_key_sequences(good) == L.per_key_sequences(want)
+    # the worker counted what it consumed and dead-lettered
+    text = w.get("/metrics")
+    total = sum(float(v) for v in re.findall(r'^lapstream_raw_messages_total\{[^}]*\} (\S+)$', text, re.M))
+    raw_lines = sum(1 for ln in mixed if b'"record_ref"' not in ln)
+    assert total == raw_lines
+    dead = sum(float(v) for v in re.findall(r'^lapstream_deadletters_total\{[^}]*\} (\S+)$', text, re.M))
+    assert dead == len(BAD)
