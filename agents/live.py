@@ -43,6 +43,7 @@ class LiveAdapter:
         self.wall = clock
         self.perf = perf
         self.rebuilt_messages = 0
+        self.heard: dict[tuple[str, str], float] = {}   # (venue, source) -> wall time of last heartbeat
 
     # -- partitions ------------------------------------------------------------
 
@@ -69,7 +70,23 @@ class LiveAdapter:
 
     def revoke(self, partitions: Iterable[int]) -> None:
         for p in partitions:
-            self.procs.pop(p, None)
+            proc = self.procs.pop(p, None)
+            if proc is not None and self.metrics is not None:
+                # venues of a lost partition are another worker's now: drop their series
+                m = self.metrics
+                for vid, v in proc.engine.venues.items():
+                    for metric in (m.event_lag,):
+                        try:
+                            metric.remove(vid)
+                        except KeyError:
+                            pass
+                    for src in v.hb:
+                        for metric in (m.heartbeat_age, m.silence):
+                            try:
+                                metric.remove(vid, src)
+                            except KeyError:
+                                pass
+                        self.heard.pop((vid, src), None)
 
     # -- record references -----------------------------------------------------
 
@@ -110,6 +127,8 @@ class LiveAdapter:
                     rk = record_key(ref["record"], ref["format"], ref["gender"], ref["distance_m"],
                                     ref["scope"])
                     await self.send(RECORDS_REF.name, rk.encode(), dumps(ref), None)
+        if proc.kind == "heartbeat" and proc.msg is not None:
+            self.heard[(proc.msg["venue"], proc.msg["source"])] = self.wall()
         if m is not None:
             m.raw.labels(proc.kind, proc.outcome).inc()
             m.core_duration.observe(c1 - c0)
@@ -141,6 +160,8 @@ class LiveAdapter:
                     m.event_lag.labels(vid).set(now - v.clock / 1e6)
                 for src, t in v.hb.items():
                     m.heartbeat_age.labels(vid, src).set(now - t / 1e6)
+        for (vid, src), t in self.heard.items():
+            m.silence.labels(vid, src).set(now - t)
         m.active_races.set(races)
         m.active_venues.set(venues)
 

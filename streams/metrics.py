@@ -88,6 +88,11 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("lapstream_decoder_heartbeat_age_seconds", "gauge",
                "Wall clock minus the event time of the last heartbeat of a decoder source.",
                ("venue", "source")),
+    MetricSpec("lapstream_decoder_silence_seconds", "gauge",
+               "Seconds (worker clock) since this worker last consumed a heartbeat of a decoder "
+               "source; unlike the heartbeat age it does not depend on the feed's own clock, so "
+               "it is the one to alert on (replays of old feeds included).",
+               ("venue", "source")),
     MetricSpec("lapstream_worker_ready", "gauge",
                "1 when the worker has joined its group, has partitions assigned and state recovered."),
     MetricSpec("lapstream_build", "info", "lapstream version of this worker."),
@@ -154,5 +159,6 @@ class Metrics:
     active_venues = property(lambda s: s._m["lapstream_active_venues"])
     state_size = property(lambda s: s._m["lapstream_state_size_bytes"])
     heartbeat_age = property(lambda s: s._m["lapstream_decoder_heartbeat_age_seconds"])
+    silence = property(lambda s: s._m["lapstream_decoder_silence_seconds"])
     ready = property(lambda s: s._m["lapstream_worker_ready"])
     build = property(lambda s: s._m["lapstream_build"])

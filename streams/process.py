@@ -25,17 +25,18 @@ class Processor:
     whose kind could not be read.
     """
 
-    __slots__ = ("engine", "kind", "outcome")
+    __slots__ = ("engine", "kind", "outcome", "msg")
 
     def __init__(self, engine: Engine | None = None, config: CoreConfig | None = None) -> None:
         self.engine = engine if engine is not None else Engine(config)
         self.kind = "unknown"
         self.outcome = "applied"
+        self.msg = None
 
     def handle(self, raw: bytes) -> tuple[list[dict], Rejected | None]:
         """One raw message: (derived events, None) or ([], the rejection)."""
         try:
-            msg = decode(raw)
+            self.msg = msg = decode(raw)
             self.kind = msg["kind"]
             events = self.engine.apply(msg)
             self.outcome = self.engine.outcome
@@ -46,6 +47,7 @@ class Processor:
 
     def rejected(self, raw: bytes) -> None:
         """Book a rejected message: its kind if readable, outcome dead-lettered."""
+        self.msg = None
         kind = "unknown"
         try:
             obj = orjson.loads(raw)
