@@ -496,3 +496,15 @@ def test_same_feed_twice_gives_identical_events_and_unique_ids():
     assert len(ids) == len(set(ids))
     for e in a:
         validate(e)
+
+
+def test_a_withdrawal_before_the_gun_applies_from_the_start():
+    gun = T0 + 60 * S
+    race = M.race("R1", [M.comp("A", 300), M.comp("B", 300)])
+    ra, _ = M.skate("A", 300, gun, 500)
+    feed = [M.venue(), race, M.decision("R1", "WDR", gun - 30 * S, competitor_id="B"), M.start("R1", gun)] + \
+        M.by_time(ra + M.heartbeats(gun, gun + 60 * S))
+    events = M.run(feed)
+    res = last(events, "result")
+    assert res["status"] == "unofficial"      # A finished, B withdrew: everyone is accounted for
+    assert [(r["competitor_id"], r["rank"], r["irm"]) for r in res["ranking"]] == [("A", 1, None), ("B", None, "WDR")]

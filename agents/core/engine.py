@@ -209,6 +209,7 @@ class Engine:
         self.race_defs: dict[str, RaceDef] = {}
         self.races: dict[str, Race] = {}          # current attempt of each started race
         self.result_revs: dict[str, int] = {}
+        self.pre_irm: dict[str, dict[str, str]] = {}   # IRM decisions given before the gun
         self.book: dict[tuple, Ref] = {}
         self.foreign: dict[tuple, Ref] = {}   # references published by lapstream for other venues
         self.groups: dict[str, list[str]] = {}
@@ -307,6 +308,8 @@ class Engine:
                 venue.races.remove(old)
             for key in [k for k, p in venue.pending.items() if p[1].race is old]:
                 del venue.pending[key]
+        for cid, code in self.pre_irm.get(rid, {}).items():
+            race.by_comp[cid].irm = code
         self.races[rid] = race
         venue.races.append(race)
         for c in race.comps:
@@ -410,11 +413,18 @@ class Engine:
         rid = msg["race_id"]
         race = self.races.get(rid)
         if race is None:
-            if rid in self.race_defs:
-                # a decision before the gun (e.g. DNS): start-list level, keep for the start
+            d = self.race_defs.get(rid)
+            if d is None:
+                raise Rejected("unknown_reference", f"decision: race {rid!r} was never set up")
+            cid = msg.get("competitor_id")
+            if msg["code"] in IRM_CODES and cid is not None:
+                if cid not in {c["competitor_id"] for c in d.competitors}:
+                    raise Rejected("unknown_reference", f"decision: competitor {cid!r} is not in race {rid}")
+                # before the gun (a DNS or WDR): it applies from the start
+                self.pre_irm.setdefault(rid, {})[cid] = msg["code"]
+            else:
                 self.outcome = "ignored_before_start"
-                return
-            raise Rejected("unknown_reference", f"decision: race {rid!r} was never set up")
+            return
         code = msg["code"]
         t = msg["t_us"]
         cid = msg.get("competitor_id")
