@@ -246,6 +246,7 @@ def test_metric_name_check_catches_typos():
 EXPECTED_ALERTS = {
     "LapstreamWorkerDown", "LapstreamConsumerLagGrowing", "LapstreamLatencyP99OverBudget",
     "LapstreamDeadLettersHigh", "LapstreamDecoderSilent", "LapstreamWorkerNotReady",
+    "LapstreamDecoderUnheardSinceTakeover",
 }
 
 
@@ -259,7 +260,14 @@ def test_alert_rules_are_complete():
         assert rule.get("annotations", {}).get("description"), f"{name} has no description"
     assert 'job="lapstream"' in rules["LapstreamWorkerDown"]["expr"]
     assert "0.025" in rules["LapstreamLatencyP99OverBudget"]["expr"]
-    assert "lapstream_active_races" in rules["LapstreamDecoderSilent"]["expr"]
+    # Silence by the worker's clock, not the feed's: replays of old feeds must not page.
+    silent = rules["LapstreamDecoderSilent"]["expr"]
+    assert "lapstream_active_races" in silent
+    assert "lapstream_decoder_silence_seconds" in silent
+    assert "lapstream_decoder_heartbeat_age_seconds" not in silent
+    unheard = rules["LapstreamDecoderUnheardSinceTakeover"]["expr"]
+    assert "unless on (job, instance, venue, source)" in unheard
+    assert "lapstream_decoder_silence_seconds" in unheard and "lapstream_active_races" in unheard
     assert "deriv(" in rules["LapstreamConsumerLagGrowing"]["expr"]
     # The latency budget must be a bucket bound for the comparison to be exact.
     assert 0.025 in metrics.BY_NAME["lapstream_processing_latency_seconds"].buckets
