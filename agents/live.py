@@ -166,10 +166,15 @@ class LiveAdapter:
         m.active_venues.set(venues)
 
     def state_size(self) -> int:
-        """Bytes of the pickled core state (a measure for the ops gauge)."""
+        """Bytes of the pickled core state (for the ops gauge), refreshed for one
+        partition per call, round-robin, so a call never stalls the loop for long."""
         import pickle
 
-        total = 0
-        for proc in self.procs.values():
-            total += len(pickle.dumps(proc.engine, protocol=pickle.HIGHEST_PROTOCOL))
-        return total
+        parts = sorted(self.procs)
+        self._sizes = {p: n for p, n in getattr(self, "_sizes", {}).items() if p in self.procs}
+        if parts:
+            i = getattr(self, "_size_turn", 0) % len(parts)
+            self._size_turn = i + 1
+            p = parts[i]
+            self._sizes[p] = len(pickle.dumps(self.procs[p].engine, protocol=pickle.HIGHEST_PROTOCOL))
+        return sum(self._sizes.values())

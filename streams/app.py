@@ -241,7 +241,7 @@ def create_app(settings: Settings) -> faust.App:
         except Exception:  # the consumer may be rebalancing; lag is best effort
             pass
 
-    @app.timer(interval=15.0)
+    @app.timer(interval=5.0)
     async def state_size() -> None:
         metrics.state_size.set(adapter.state_size())
 
