@@ -419,6 +419,7 @@ class EmbeddedBroker:
         env = dict(os.environ)
         for name in ("LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE"):
             env.pop(name, None)  # tansu reads these; the flags must win
+        env["NO_COLOR"] = "1"  # plain text in the log
         t0 = time.monotonic()
         self._proc = subprocess.Popen(
             self._command(binary, port),
@@ -448,8 +449,13 @@ class EmbeddedBroker:
                 last = exc
             else:
                 if any(p == port for _, _, p in brokers):
-                    self.started_in = time.monotonic() - t0
-                    return
+                    # a broker that failed to bind exits at once (tansu with
+                    # code 0): make sure the one answering is ours
+                    time.sleep(0.05)
+                    if self._proc.poll() is None:
+                        self.started_in = time.monotonic() - t0
+                        return
+                    continue
                 # something else answers on this port
                 last = ConnectionError(f"port {port} answers as {brokers}")
             if time.monotonic() > deadline:
@@ -660,12 +666,14 @@ async def ensure_topics(
 
 
 async def _partition_counts(admin, names: Sequence[str]) -> dict[str, Optional[int]]:
-    counts: dict[str, Optional[int]] = {}
-    for topic in await admin.describe_topics(list(names)):
-        if topic["error_code"] == 0:
+    # Metadata for *all* topics: naming topics would auto-create missing ones
+    # (aiokafka asks with allow_auto_topic_creation, and both brokers obey;
+    # tansu makes 4 partitions, noida 1).
+    wanted = set(names)
+    counts: dict[str, Optional[int]] = {n: None for n in names}
+    for topic in await admin.describe_topics(None):
+        if topic["topic"] in wanted and topic["error_code"] == 0:
             counts[topic["topic"]] = len(topic["partitions"])
-        else:
-            counts[topic["topic"]] = None
     return counts
 
 
@@ -679,7 +687,8 @@ class TopicLayout:
 async def describe_topics(
     bootstrap: str, names: Iterable[str], *, timeout: float = 30.0
 ) -> dict[str, TopicLayout]:
-    """Partition counts (Metadata) and configs (DescribeConfigs) of topics.
+    """Partition counts (Metadata) and configs (DescribeConfigs) of topics,
+    without creating missing ones (their ``partitions`` is None).
 
     tansu 0.6 reports only the configs set at creation; noida reports all.
     """
