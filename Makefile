@@ -6,7 +6,7 @@ PYTHON ?= python3
 .PHONY: demo test deps bench
 
 demo:
-	$(PYTHON) -m pip install --quiet .
+	$(PYTHON) -m pip install --quiet ".[embedded]"
 	lapstream demo
 
 deps:

@@ -16,6 +16,7 @@ an offset, so no derived fact is lost.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import AsyncIterator, Awaitable, Callable, Iterable, Optional
 
@@ -26,7 +27,7 @@ from streams.process import Processor
 from streams.topics import DEADLETTER, RECORDS_REF, TOPIC_OF_KIND, key_of
 
 Send = Callable[[str, Optional[bytes], bytes, Optional[list]], Awaitable[None]]
-RebuildSource = Callable[[int, int], AsyncIterator[bytes]]
+RebuildSource = Callable[[int, int, int], AsyncIterator[bytes]]   # (partition, start, end)
 
 
 class LiveAdapter:
@@ -43,6 +44,8 @@ class LiveAdapter:
         self.wall = clock
         self.perf = perf
         self.rebuilt_messages = 0
+        self.next: dict[int, int] = {}                  # partition -> next offset the state lacks
+        self.pending: dict[int, asyncio.Future] = {}    # partition -> state being rebuilt
         self.heard: dict[tuple[str, str], float] = {}   # (venue, source) -> wall time of last heartbeat
 
     # -- partitions ------------------------------------------------------------
@@ -53,23 +56,64 @@ class LiveAdapter:
             proc.handle(raw)
         return proc
 
+    async def _replay(self, proc: Processor, partition: int, start: int, end: int) -> None:
+        """Feed records [start, end) of the partition into ``proc``, emitting nothing."""
+        if end <= start or self.rebuild_source is None:
+            return
+        self.rebuilding += 1
+        try:
+            async for raw in self.rebuild_source(partition, start, end):
+                proc.handle(raw)
+                self.rebuilt_messages += 1
+        finally:
+            self.rebuilding -= 1
+
+    def assign(self, partitions: Iterable[int], committed: Callable[[int], Awaitable[int]]) -> None:
+        """Partitions given to this worker: rebuild their state now (not at their
+        first record), so a venue whose decoders are silent is still watched."""
+        for p in partitions:
+            if p not in self.procs and p not in self.pending:
+                self.pending[p] = asyncio.ensure_future(self._build(p, committed))
+
+    async def _build(self, partition: int, committed: Callable[[int], Awaitable[int]]) -> None:
+        upto = max(0, await committed(partition))
+        proc = self._new_processor()
+        await self._replay(proc, partition, 0, upto)
+        self.procs[partition] = proc
+        self.next[partition] = upto
+        # silence counts from the takeover for every decoder the state knows
+        now = self.wall()
+        for vid, v in proc.engine.venues.items():
+            for src in v.hb:
+                self.heard.setdefault((vid, src), now)
+
     async def processor(self, partition: int, offset: int) -> Processor:
+        task = self.pending.get(partition)
+        if task is not None:
+            try:
+                await task
+            finally:
+                self.pending.pop(partition, None)
         proc = self.procs.get(partition)
         if proc is None:
+            # no assignment callback (or it failed): the first record sits at
+            # the committed offset, everything before it is state
             proc = self._new_processor()
-            if offset > 0 and self.rebuild_source is not None:
-                self.rebuilding += 1
-                try:
-                    async for raw in self.rebuild_source(partition, offset):
-                        proc.handle(raw)
-                        self.rebuilt_messages += 1
-                finally:
-                    self.rebuilding -= 1
+            await self._replay(proc, partition, 0, offset)
             self.procs[partition] = proc
+            self.next[partition] = offset
+        elif offset > self.next.get(partition, 0):
+            # records handled elsewhere in between (another worker had it)
+            await self._replay(proc, partition, self.next[partition], offset)
+            self.next[partition] = offset
         return proc
 
     def revoke(self, partitions: Iterable[int]) -> None:
         for p in partitions:
+            task = self.pending.pop(p, None)
+            if task is not None:
+                task.cancel()
+            self.next.pop(p, None)
             proc = self.procs.pop(p, None)
             if proc is not None and self.metrics is not None:
                 # venues of a lost partition are another worker's now: drop their series
@@ -102,6 +146,9 @@ class LiveAdapter:
                      source_topic: str = "timing.raw") -> list[dict]:
         t0 = self.perf()
         proc = await self.processor(partition, offset)
+        if offset < self.next[partition]:
+            return []    # redelivered (at-least-once): already in the state, its events already sent
+        self.next[partition] = offset + 1
         c0 = self.perf()
         events, rej = proc.handle(value)
         c1 = self.perf()

@@ -108,7 +108,8 @@ class Health:
         self.refs_event = asyncio.Event()
 
     def ready(self, adapter: LiveAdapter) -> bool:
-        return self.started and self.assigned and self.refs_loaded and adapter.rebuilding == 0
+        return (self.started and self.assigned and self.refs_loaded and adapter.rebuilding == 0
+                and all(t.done() for t in adapter.pending.values()))
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -151,25 +152,40 @@ def create_app(settings: Settings) -> faust.App:
 
     bootstrap = settings.bootstrap
 
-    async def rebuild_source(partition: int, upto: int):
+    async def rebuild_source(partition: int, start: int, end: int):
+        """Records [start, end) of a timing.raw partition (a plain consumer, no group)."""
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                     group_id=None, auto_offset_reset="earliest")
         await consumer.start()
         try:
             tp = TopicPartition(T.RAW.name, partition)
             consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            done = False
+            consumer.seek(tp, start)
+            done = start >= end
             while not done:
                 batch = await consumer.getmany(tp, timeout_ms=1000, max_records=2000)
                 for rec in batch.get(tp, ()):
-                    if rec.offset >= upto:
+                    if rec.offset >= end:
                         done = True
                         break
                     yield rec.value
-                    if rec.offset == upto - 1:
+                    if rec.offset == end - 1:
                         done = True
                         break
+        finally:
+            await consumer.stop()
+
+    async def committed(partition: int) -> int:
+        """Where this group resumes a timing.raw partition (0 if it never committed).
+        Waits for the record references first: a rebuild must judge records
+        against the same references as the original run."""
+        await health.refs_event.wait()
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                    group_id=settings.app_id)
+        await consumer.start()
+        try:
+            off = await consumer.committed(TopicPartition(T.RAW.name, partition))
+            return off or 0
         finally:
             await consumer.stop()
 
@@ -196,7 +212,8 @@ def create_app(settings: Settings) -> faust.App:
     @app.on_partitions_assigned.connect
     async def on_assigned(app_, assigned, **kwargs) -> None:
         mine = {tp.partition for tp in assigned if tp.topic == T.RAW.name}
-        adapter.revoke([p for p in list(adapter.procs) if p not in mine])
+        adapter.revoke([p for p in list(adapter.procs) + list(adapter.pending) if p not in mine])
+        adapter.assign(sorted(mine), committed)
         health.assigned = True
 
     @app.task
@@ -216,7 +233,9 @@ def create_app(settings: Settings) -> faust.App:
                 for tp, recs in batch.items():
                     for rec in recs:
                         adapter.on_ref(rec.value)
-                if not health.refs_loaded:
+                # loaded = at the end offsets AND a fetch came back empty (an end
+                # offset can be low on a broker with tansu's ListOffsets answer)
+                if not health.refs_loaded and not batch:
                     caught_up = True
                     for tp in tps:
                         if await consumer.position(tp) < ends[tp]:
@@ -257,7 +276,9 @@ def create_app(settings: Settings) -> faust.App:
     async def readyz(web, request):
         ok = health.ready(adapter)
         body = {"ready": ok, "assigned": health.assigned, "refs_loaded": health.refs_loaded,
-                "rebuilding": adapter.rebuilding, "partitions": sorted(adapter.procs)}
+                "rebuilding": adapter.rebuilding + sum(1 for t in adapter.pending.values() if not t.done()),
+                "partitions": sorted(set(adapter.procs) | set(adapter.pending)),
+                "rebuilt_messages": adapter.rebuilt_messages}
         return web.json(body, status=200 if ok else 503)
 
     return app

