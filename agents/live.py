@@ -22,7 +22,7 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable, Optional
 
 import orjson
 
-from agents.core.engine import CoreConfig, Engine, record_key, record_ref_of
+from agents.core.engine import CoreConfig, Engine, own_record_key, record_ref_of
 from streams.process import Processor
 from streams.topics import DEADLETTER, RECORDS_REF, TOPIC_OF_KIND, key_of
 
@@ -171,9 +171,7 @@ class LiveAdapter:
             if kind == "record":
                 ref = record_ref_of(ev)
                 if ref is not None:
-                    rk = record_key(ref["record"], ref["format"], ref["gender"], ref["distance_m"],
-                                    ref["scope"])
-                    await self.send(RECORDS_REF.name, rk.encode(), dumps(ref), None)
+                    await self.send(RECORDS_REF.name, own_record_key(ref).encode(), dumps(ref), None)
         if proc.kind == "heartbeat" and proc.msg is not None:
             self.heard[(proc.msg["venue"], proc.msg["source"])] = self.wall()
         if m is not None:

@@ -171,8 +171,9 @@ def _race(msg: dict) -> None:
         raise Rejected("bad_value", "race: distance_m must be > 0")
     _check(msg, "race", "group", STR, required=False)
     places = _check(msg, "race", "places", LIST, required=False)
-    if places is not None and any(type(p) is not int or p < 1 for p in places):
-        raise Rejected("bad_value", "race: places must be positive integers")
+    if places is not None and (not places or any(type(p) is not int or p < 1 for p in places)
+                               or len(set(places)) != len(places)):
+        raise Rejected("bad_value", "race: places must be distinct positive integers")
     laps = _check(msg, "race", "laps", INT, required=False)
     if laps is not None and laps <= 0:
         raise Rejected("bad_value", "race: laps must be > 0")
@@ -205,6 +206,11 @@ def _race(msg: dict) -> None:
         skaters = _check(c, "race", "skaters", LIST)
         if not skaters:
             raise Rejected("bad_value", f"race: competitor {cid!r} has no skaters")
+        if msg["format"] == "team_pursuit":
+            if len(skaters) < 3:
+                raise Rejected("bad_value", f"race: team {cid!r} needs at least 3 skaters")
+        elif len(skaters) != 1:
+            raise Rejected("bad_value", f"race: a {msg['format']} competitor ({cid!r}) is one skater")
         for j, s in enumerate(skaters):
             if type(s) is not dict:
                 raise Rejected("wrong_type", f"race: competitor {cid!r} skaters[{j}] must be an object")

@@ -56,6 +56,7 @@ DEADLETTER_REASONS = (
     "wrong_type",
     "bad_value",
     "unknown_reference",
+    "internal",
 )
 
 CATALOGUE: tuple[MetricSpec, ...] = (

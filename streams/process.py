@@ -44,6 +44,10 @@ class Processor:
         except Rejected as rej:
             self.rejected(raw)
             return [], rej
+        except Exception as exc:  # a bug in the core must not stop the pipeline
+            rej = Rejected("internal", f"internal error on this message: {type(exc).__name__}: {exc}")
+            self.rejected(raw)
+            return [], rej
 
     def rejected(self, raw: bytes) -> None:
         """Book a rejected message: its kind if readable, outcome dead-lettered."""
@@ -81,6 +85,10 @@ def process_lines(lines: Iterable[bytes], processor: Processor | None = None,
         except Rejected as rej:
             proc.rejected(line)
             yield deadletter_line(n, str(rej), line)
+            continue
+        except Exception as exc:  # a bug in the core must not stop the pipeline
+            proc.rejected(line)
+            yield deadletter_line(n, f"internal error on this message: {type(exc).__name__}: {exc}", line)
             continue
         if events:
             yield from events

@@ -220,7 +220,8 @@ def test_a_skater_who_stops_is_suspected_and_dnf_by_the_referee():
     off = M.decision("R1", "OFFICIAL", gun + 150 * S)
     feed, _, _ = pair_feed(gun=gun, distance=1500, a=dict(stop_at=900), extra=[dnf, off], end_s=160)
     events = M.run(feed)
-    assert [i["status"] for i in kinds(events, "incident")] == ["suspected"]
+    # the referee gave a DNF, no FALL: at OFFICIAL the open suspicion is closed
+    assert [i["status"] for i in kinds(events, "incident")] == ["suspected", "cleared"]
     res = last(events, "result")
     assert res["status"] == "official"
     assert res["ranking"][0]["competitor_id"] == "NOR-B" and res["ranking"][0]["rank"] == 1
@@ -508,3 +509,127 @@ def test_a_withdrawal_before_the_gun_applies_from_the_start():
     res = last(events, "result")
     assert res["status"] == "unofficial"      # A finished, B withdrew: everyone is accounted for
     assert [(r["competitor_id"], r["rank"], r["irm"]) for r in res["ranking"]] == [("A", 1, None), ("B", None, "WDR")]
+
+
+# -- regressions found in review ------------------------------------------------------
+
+
+def test_a_start_list_with_two_skaters_for_an_individual_competitor_is_rejected():
+    race = M.race("R1", [M.comp("A", 300, [M.skater("A1"), M.skater("A2")])])
+    out = M.run([M.venue(), race])
+    assert [e["kind"] for e in out] == ["deadletter"] and "one skater" in out[0]["error"]
+
+
+def test_start_list_republished_without_a_withdrawn_competitor_or_places():
+    gun = T0 + 60 * S
+    r1 = M.race("R1", [M.comp("A", 300), M.comp("B", 300)], places=[1, 2])
+    r1b = M.race("R1", [M.comp("A", 300)])          # B gone, no places any more
+    ra, _ = M.skate("A", 300, gun, 500)
+    feed = [M.venue(), r1, M.decision("R1", "WDR", gun - 20 * S, competitor_id="B"), r1b,
+            M.start("R1", gun)] + M.by_time(ra + M.heartbeats(gun, gun + 50 * S)) + \
+        [M.decision("R1", "OFFICIAL", gun + 51 * S)]
+    events = M.run(feed)
+    assert not kinds(events, "deadletter") and not kinds(events, "classification")
+    assert [(r["competitor_id"], r["rank"]) for r in last(events, "result")["ranking"]] == [("A", 1)]
+
+
+def test_a_photo_gives_the_finish_the_loops_missed():
+    gun = T0 + 60 * S
+    feed, ta, tb = pair_feed(gun=gun, a=dict(miss={500}))
+    ph = M.photo("R1", "NED-A", ta[500] + 1_000, gun + 70 * S)
+    events = M.run(feed + [ph, M.decision("R1", "OFFICIAL", gun + 80 * S)])
+    fa = [e for e in kinds(events, "finish") if e["competitor_id"] == "NED-A"]
+    assert [(f["source"], f["time_ms"]) for f in fa] == [("photo", (ta[500] + 1_000 - gun) // 1000)]
+    assert [r["irm"] for r in last(events, "result")["ranking"]] == [None, None]
+    early = M.run(feed + [M.photo("R1", "NED-A", gun - 5, gun + 70 * S)])
+    assert "not after the gun" in kinds(early, "deadletter")[0]["error"]
+
+
+def test_a_dq_withdraws_a_record_and_the_older_reference_is_back_in_force():
+    g1, g2 = T0 + 60 * S, T0 + 400 * S
+    r1 = M.race("R1", [M.comp("A", 300)])
+    r2 = M.race("R2", [M.comp("C", 300)], t=g1 + 100 * S)
+    ra, ta = M.skate("A", 300, g1, 500, per100_s=6.0)     # ~33.5: a WR
+    rc, tc = M.skate("C", 300, g2, 500, per100_s=6.2)     # slower than A, faster than 40.00
+    feed = [M.venue(), M.record_ref("WR", "40.00", "OLD"), r1, M.start("R1", g1)] + \
+        M.by_time(ra + M.heartbeats(g1, g1 + 50 * S)) + \
+        [M.decision("R1", "DQ", g1 + 55 * S, competitor_id="A"), r2, M.start("R2", g2)] + \
+        M.by_time(rc + M.heartbeats(g2, g2 + 50 * S))
+    events = M.run(feed)
+    recs = [(r["race_id"], r["competitor_id"], r["withdrawn"], r["previous_time"]) for r in kinds(events, "record")]
+    assert recs == [("R1", "A", False, "40.00"), ("R1", "A", True, "40.00"), ("R2", "C", False, "40.00")]
+
+
+def test_a_restart_withdraws_the_records_of_the_first_attempt():
+    g1, g2 = T0 + 60 * S, T0 + 120 * S
+    race = M.race("R1", [M.comp("A", 300)])
+    r1, _ = M.skate("A", 300, g1, 500, per100_s=6.0)
+    r2, _ = M.skate("A", 300, g2, 500, per100_s=6.3)
+    feed = [M.venue(), M.record_ref("WR", "40.00", "OLD"), race, M.start("R1", g1)] + \
+        M.by_time(r1 + M.heartbeats(g1, g2 - S)) + [M.start("R1", g2, attempt=2)] + \
+        M.by_time(r2 + M.heartbeats(g2, g2 + 50 * S))
+    recs = [(r["attempt"], r["withdrawn"], r["previous_time"]) for r in kinds(M.run(feed), "record")]
+    assert recs == [(1, False, "40.00"), (1, True, "40.00"), (2, False, "40.00")]
+
+
+def test_fall_confirmed_before_any_suspicion_and_a_resent_decision():
+    gun = T0 + 60 * S
+    fall = M.decision("R1", "FALL", gun + 75 * S, competitor_id="NED-A", skater_id="NED-A")
+    feed, _, _ = pair_feed(gun=gun, distance=1500, a=dict(lose=(1000, 14.0)), end_s=160)
+    # the referee is quicker than the timing: confirmed at 75 s, before the deadline
+    events = M.run(feed[:3] + M.by_time(feed[3:] + [fall, dict(fall)]))
+    inc = [(i["status"]) for i in kinds(events, "incident")]
+    assert inc == ["confirmed"]
+
+
+def test_classification_places_a_dq_finalist_last_and_ties_share_a_place():
+    gun = T0 + 60 * S
+    fa = M.race("FA", [M.comp("A", 300), M.comp("B", 300)], places=[1, 2])
+    ra, _ = M.skate("A", 300, gun, 500)
+    rb, _ = M.skate("B", 300, gun, 500, per100_s=7.2)
+    feed = [M.venue(), fa, M.start("FA", gun)] + M.by_time(ra + rb + M.heartbeats(gun, gun + 50 * S)) + \
+        [M.decision("FA", "DQ", gun + 55 * S, competitor_id="A"), M.decision("FA", "OFFICIAL", gun + 56 * S)]
+    cls = last(M.run(feed), "classification")
+    assert [(r["place"], r["competitor_id"]) for r in cls["ranking"]] == [(1, "B"), (2, "A")]
+    assert cls["complete"] is True
+    # a dead heat in thousandths shares the place
+    g = gun
+    fb = M.race("FB", [M.comp("C", 300), M.comp("D", 300)], places=[3, 4])
+    body = M.heartbeats(g, g + 40 * S)
+    for d, secs in ((100, 9.5), (200, 15.7), (300, 21.9), (400, 28.1), (500, 34.3)):
+        body += [M.read("C-T1", (300 + d) % 400, g + int(secs * S)),
+                 M.read("D-T1", (300 + d) % 400, g + int(secs * S) + 400)]
+    cls = last(M.run([M.venue(), fb, M.start("FB", g)] + M.by_time(body)), "classification")
+    assert [(r["place"], r["competitor_id"]) for r in cls["ranking"]] == [(3, "C"), (3, "D")]
+
+
+def test_team_pursuit_caught_with_a_reserve_on_the_start_list():
+    gun = T0 + 60 * S
+    feed, _ = tp_feed(gun, {"CAN": 6.0, "JPN": 9.5})
+    race = feed[1]
+    race["competitors"][1]["skaters"].append(M.skater("JPN-R", "JPN"))   # the reserve never skates
+    caught = [e for e in kinds(M.run(feed), "incident") if e["type"] == "caught"]
+    assert [(e["competitor_id"], e["status"]) for e in caught] == [("JPN", "confirmed")]
+
+
+def test_a_decoder_clock_leaping_ahead_mid_race_is_dead_lettered():
+    gun = T0 + 60 * S
+    feed, _, _ = pair_feed(gun=gun)
+    bad = M.hb(gun + 20 * S + 3600 * S)
+    i = next(k for k, m in enumerate(feed) if m["t_us"] > gun + 20 * S)
+    events = M.run(feed[:i] + [bad] + feed[i:])
+    assert len(kinds(events, "deadletter")) == 1 and "ahead" in kinds(events, "deadletter")[0]["error"]
+    assert len(kinds(events, "finish")) == 2
+
+
+def test_a_decoder_that_restarts_its_numbering_later_is_not_a_resend():
+    gun = T0 + 60 * S
+    feed, _, _ = pair_feed(gun=gun)
+    g2 = gun + 600 * S
+    race2 = M.race("R2", [M.comp("X", 300)], t=g2 - 60 * S)
+    r2, _ = M.skate("X", 300, g2, 500)
+    for m in r2:
+        m["seq"] = m["seq"] % 7 + 1   # numbers the first race already used
+    events = M.run(feed + M.heartbeats(gun + 80 * S, g2 - S) + [race2, M.start("R2", g2)] +
+                   M.by_time(r2 + M.heartbeats(g2, g2 + 50 * S)))
+    assert [e["competitor_id"] for e in kinds(events, "finish")][-1] == "X"

@@ -32,12 +32,14 @@ DEFAULT_FINAL = [60, 40, 20]
 class CoreConfig:
     reorder_us: int = 3_000_000       # reads may arrive this late (contract: a few seconds)
     group_us: int = 2_000_000         # reads of one skater at one loop this close are one crossing
-    v_start_mps: float = 10.0         # assumed speed before a skater's first crossing
+    v_start_mps: float = 10.0         # assumed pace before a skater's first crossing
+    v_cruise_mps: float = 12.5        # assumed speed after the start, to place a first crossing
     v_max_mps: float = 22.0           # faster than this between crossings is a misread
     fall_factor: float = 1.15         # overdue: not seen at the next TWO loops within factor x pace
     fall_slack_us: int = 500_000
     clear_ratio: float = 0.75         # turned up at >= this share of its pace: a missed read, cleared
     seq_keep_us: int = 120_000_000    # how long (source, seq) pairs are remembered for resends
+    max_jump_us: int = 60_000_000     # a clock leap beyond this during a race is out of contract
 
 
 # ---------------------------------------------------------------------------
@@ -47,7 +49,7 @@ class CoreConfig:
 
 class Venue:
     __slots__ = ("id", "name", "lap_m", "loops", "clock", "hb", "seqs", "transponders",
-                 "pending", "races", "next_due")
+                 "pending", "races", "next_due", "seq_pruned")
 
     def __init__(self, msg: dict) -> None:
         self.id = msg["venue"]
@@ -58,6 +60,7 @@ class Venue:
         self.pending: dict[tuple, list] = {}  # (SkaterRun id, loop) -> [min_t, run, loop, at_m]
         self.races: list[Race] = []            # started races (current attempts)
         self.next_due = INF
+        self.seq_pruned = -1
         self.configure(msg)
 
     def configure(self, msg: dict) -> None:
@@ -108,7 +111,7 @@ class RaceDef:
 class SkaterRun:
     __slots__ = ("id", "name", "transponders", "comp", "race", "last_d", "last_t", "hist", "split_t",
                  "finished", "finish_t", "last_cross", "deadline", "incident_n", "suspected",
-                 "overdue", "lost")
+                 "overdue", "lost", "confirmed_t")
 
     def __init__(self, s: dict, comp: "CompRun", race: "Race") -> None:
         self.id = s["skater_id"]
@@ -127,13 +130,14 @@ class SkaterRun:
         self.incident_n = 0
         self.suspected = False   # an open suspected fall (until cleared or confirmed)
         self.overdue = False     # not seen since its fall deadline passed
+        self.confirmed_t = None  # when the referee last confirmed a fall
         self.lost = False
 
 
 class CompRun:
     __slots__ = ("id", "name", "nation", "start_m", "skaters", "offsets", "irm", "finish_tr",
                  "finish_ms", "source", "finish_rev", "finish_t_us", "points", "records",
-                 "record_evals", "team_split", "caught", "order")
+                 "record_evals", "team_split", "caught", "order", "team_incidents")
 
     def __init__(self, c: dict, race: "Race", lap: int, loop_positions, order: int) -> None:
         self.id = c["competitor_id"]
@@ -154,13 +158,14 @@ class CompRun:
         self.record_evals: dict[tuple, dict] = {}  # book key -> record event state
         self.team_split: dict[int, int] = {}      # team distance -> t_us (third skater)
         self.caught = False
+        self.team_incidents = 0
 
 
 class Race:
     """One attempt of a race."""
 
     __slots__ = ("d", "attempt", "gun", "status", "comps", "by_comp", "by_skater", "split_idx",
-                 "result_rev", "photos", "sprint_awards", "venue")
+                 "result_rev", "photos", "sprint_awards", "venue", "falls_confirmed")
 
     def __init__(self, d: RaceDef, attempt: int, gun: int, venue: Venue, result_rev: int) -> None:
         self.d = d
@@ -176,6 +181,7 @@ class Race:
         self.split_idx: dict[tuple, list[int]] = {}
         self.photos: dict[str, int] = {}
         self.sprint_awards: dict[int, int] = {}
+        self.falls_confirmed: set = set()
 
     @property
     def ended(self) -> bool:
@@ -183,16 +189,17 @@ class Race:
 
 
 class Ref:
-    __slots__ = ("time_h", "time", "holder", "set_on", "venue", "race_id", "prev")
+    """A record reference: from a record_ref message, or a record set in a race."""
 
-    def __init__(self, time_h, time, holder, set_on, venue, race_id=None, prev=None):
+    __slots__ = ("time_h", "time", "holder", "set_on", "venue", "race_id")
+
+    def __init__(self, time_h, time, holder, set_on, venue, race_id=None):
         self.time_h = time_h
         self.time = time
         self.holder = holder
         self.set_on = set_on
         self.venue = venue
         self.race_id = race_id
-        self.prev = prev
 
 
 # ---------------------------------------------------------------------------
@@ -210,8 +217,13 @@ class Engine:
         self.races: dict[str, Race] = {}          # current attempt of each started race
         self.result_revs: dict[str, int] = {}
         self.pre_irm: dict[str, dict[str, str]] = {}   # IRM decisions given before the gun
+        # Record references, per record identity (record, format, gender, distance, scope):
+        # ``book`` the references in force from record_ref messages; ``claims`` the
+        # records set in races here and still valid; ``foreign`` those lapstream
+        # published from other venues. The reference in force is the fastest of all.
         self.book: dict[tuple, Ref] = {}
-        self.foreign: dict[tuple, Ref] = {}   # references published by lapstream for other venues
+        self.claims: dict[tuple, dict[tuple, Ref]] = {}
+        self.foreign: dict[tuple, dict[tuple, Ref]] = {}
         self.groups: dict[str, list[str]] = {}
         self.group_rev: dict[str, int] = {}
         self.events: dict[str, list[str]] = {}
@@ -279,6 +291,17 @@ class Engine:
             self.outcome = "ignored_late"   # a started race's start list no longer changes
             return
         d = RaceDef(msg, venue)
+        old = self.race_defs.get(rid)
+        if old is not None:   # a new start list: leave the old group and event
+            if old.group in self.groups and rid in self.groups[old.group]:
+                self.groups[old.group].remove(rid)
+            if old.places and rid in self.events.get(old.event, ()):
+                self.events[old.event].remove(rid)
+            kept = {c["competitor_id"] for c in d.competitors}
+            pre = self.pre_irm.get(rid)
+            if pre:
+                for cid in [c for c in pre if c not in kept]:
+                    del pre[cid]
         self.race_defs[rid] = d
         members = self.groups.setdefault(d.group, [])
         if rid not in members:
@@ -309,7 +332,8 @@ class Engine:
             for key in [k for k, p in venue.pending.items() if p[1].race is old]:
                 del venue.pending[key]
         for cid, code in self.pre_irm.get(rid, {}).items():
-            race.by_comp[cid].irm = code
+            if cid in race.by_comp:
+                race.by_comp[cid].irm = code
         self.races[rid] = race
         venue.races.append(race)
         for c in race.comps:
@@ -317,13 +341,17 @@ class Engine:
                 for tp in s.transponders:
                     venue.transponders[tp] = s
         if old is not None:   # a restart: tell subscribers attempt 1 is gone
+            for c in old.comps:
+                self._withdraw_records(old, c, msg["t_us"], out)
             self._emit_result(race, msg["t_us"], out)
+            self._emit_group(race, msg["t_us"], out)
 
     def _heartbeat(self, msg: dict, out: list) -> None:
         v = self.venues.get(msg["venue"])
         if v is None:
             raise Rejected("unknown_reference", f"heartbeat: venue {msg['venue']!r} was never set up")
         t = msg["t_us"]
+        self._check_jump(v, t, "heartbeat")
         hb = v.hb
         src = msg["source"]
         if t > hb.get(src, -1):
@@ -342,6 +370,7 @@ class Engine:
         if at_m is None:
             raise Rejected("unknown_reference", f"passing: venue {v.id} has no loop {loop!r}")
         t = msg["t_us"]
+        self._check_jump(v, t, "passing")
         src = msg["source"]
         seqs = v.seqs.get(src)
         if seqs is None:
@@ -351,8 +380,10 @@ class Engine:
             self.outcome = "duplicate"
             return
         seqs[seq] = t
-        if len(seqs) > 4096:
-            self._prune_seqs(v, seqs)
+        if t > v.seq_pruned + self.cfg.seq_keep_us:
+            v.seq_pruned = t
+            for sq in v.seqs.values():
+                self._prune_seqs(v, sq)
         if t > v.clock:
             # close what this read proves final first: a read at t can only
             # belong to a crossing later than t - reorder_us
@@ -393,6 +424,19 @@ class Engine:
             if t < v.next_due:
                 v.next_due = t
 
+    def _check_jump(self, v: Venue, t: int, kind: str) -> None:
+        """A decoder clock leaping far ahead during a race would close every open
+        crossing and suspect every skater: that message is out of contract."""
+        if v.clock < 0 or t <= v.clock + self.cfg.max_jump_us:
+            return
+        recent = v.clock - 1_800_000_000   # a race started in the last half hour and still running
+        ref = max([v.clock] + [r.gun for r in v.races if r.status == "live" and r.gun >= recent])
+        if ref > v.clock or any(r.status == "live" and r.gun >= recent for r in v.races):
+            if t <= ref + self.cfg.max_jump_us:
+                return
+            raise Rejected("bad_value", f"{kind}: t_us {t} is {(t - v.clock) / 1e6:.0f} s ahead of venue "
+                                        f"{v.id}'s clock during a race (a decoder clock jump?)")
+
     def _prune_seqs(self, v: Venue, seqs: dict) -> None:
         horizon = v.clock - self.cfg.seq_keep_us
         for k in [k for k, tt in seqs.items() if tt < horizon]:
@@ -404,8 +448,20 @@ class Engine:
         run = race.by_skater.get(sid)
         if run is None:
             raise Rejected("unknown_reference", f"photo: skater {sid!r} is not in race {race.d.id}")
-        race.photos[sid] = msg["finish_us"]
+        fin = msg["finish_us"]
+        if fin <= race.gun:
+            raise Rejected("bad_value", f"photo: finish_us of {sid!r} is not after the gun of {race.d.id}")
+        race.photos[sid] = fin
         comp = run.comp
+        if not run.finished and (run.hist or run.lost) and comp.irm is None and not race.ended:
+            # the camera saw a finish the loops missed
+            run.finished = True
+            run.lost = False
+            run.finish_t = fin
+            run.deadline = INF
+            need = 3 if race.d.format == "team_pursuit" else 1
+            if comp.finish_tr is None and sum(1 for x in comp.skaters if x.finished) >= need:
+                comp.finish_tr = fin
         if comp.finish_tr is not None:
             self._settle_finish(race, comp, msg["t_us"], out)
 
@@ -443,7 +499,12 @@ class Engine:
             self._withdraw_records(race, comp, t, out)
             self._after_change(race, t, out)
         elif code == "FALL":
-            sid = msg.get("skater_id")
+            ident = (sid_ := msg.get("skater_id"), cid, t)
+            if ident in race.falls_confirmed:
+                self.outcome = "duplicate"
+                return
+            race.falls_confirmed.add(ident)
+            sid = sid_
             run = None
             if sid is not None:
                 run = race.by_skater.get(sid)
@@ -458,8 +519,11 @@ class Engine:
                     run.incident_n += 1
                 run.suspected = False
                 run.overdue = False
+                run.deadline = INF
+                run.confirmed_t = t   # no suspicion for the gap this fall explains
                 at = run.last_d
             else:
+                comp.team_incidents += 1
                 at = None
             out.append(self._incident(race, comp, run, "fall", "confirmed", at, t,
                                       note=msg.get("note")))
@@ -475,6 +539,11 @@ class Engine:
                     c.irm = "DNF" if any(s.hist for s in c.skaters) else "DNS"
                 for s in c.skaters:
                     s.deadline = INF
+                    if s.suspected:
+                        # the referee has spoken without confirming it
+                        s.suspected = False
+                        out.append(self._incident(race, c, s, "fall", "cleared", s.last_d, t,
+                                                  note="not confirmed by the referee"))
             race.status = "official"
             self._retire(race)
             self._emit_result(race, t, out)
@@ -506,26 +575,40 @@ class Engine:
         key = (msg["record"], msg["format"], msg["gender"], msg["distance_m"], msg["scope"])
         th = parse_record_time(msg["time"])
         if msg.get("origin") == "lapstream":
-            # A reference this pipeline published from a race. At the race's own
-            # venue the core derives it itself (and re-derives it on a rebuild),
-            # so it only counts where that venue is not ours.
-            fv = msg.get("venue")
-            cur = self.foreign.get(key)
-            if cur is not None and cur.time_h <= th:
+            # A record this pipeline set in a race (or withdrew). At the race's own
+            # venue the core derives it itself (and again on a rebuild), so it
+            # only counts where that venue is not ours.
+            claims = self.foreign.setdefault(key, {})
+            ck = (msg.get("race_id"), msg["holder"])
+            if msg.get("withdrawn"):
+                if claims.pop(ck, None) is None:
+                    self.outcome = "duplicate"
+                return
+            cur = claims.get(ck)
+            if cur is not None and cur.time_h == th:
                 self.outcome = "duplicate"
                 return
-            self.foreign[key] = Ref(th, fmt_hundredths(th), msg["holder"], msg.get("set_on"), fv,
-                                    msg.get("race_id"), cur)
+            claims[ck] = Ref(th, fmt_hundredths(th), msg["holder"], msg.get("set_on"), msg.get("venue"),
+                             msg.get("race_id"))
             return
         cur = self.book.get(key)
-        if cur is not None and th > cur.time_h:
-            self.outcome = "ignored_late"   # slower than the record the pipeline already holds
-            return
         if cur is not None and th == cur.time_h and cur.holder == msg["holder"]:
             self.outcome = "duplicate"
             return
-        self.book[key] = Ref(th, fmt_hundredths(th), msg["holder"], msg.get("set_on"),
-                             msg.get("venue"), msg.get("race_id"), cur)
+        self.book[key] = Ref(th, fmt_hundredths(th), msg["holder"], msg.get("set_on"), msg.get("venue"))
+
+    def _reference(self, key: tuple, exclude: tuple | None = None) -> Ref | None:
+        """The reference in force: the fastest of the book, the valid records set
+        here (but ``exclude``'s own) and those set at other venues; on a tie the
+        older stands."""
+        best = self.book.get(key)
+        for ck, r in self.claims.get(key, {}).items():
+            if ck != exclude and (best is None or r.time_h < best.time_h):
+                best = r
+        for r in self.foreign.get(key, {}).values():
+            if r.venue not in self.venues and (best is None or r.time_h < best.time_h):
+                best = r
+        return best
 
     def _race_of(self, msg: dict, kind: str) -> Race:
         rid = msg["race_id"]
@@ -585,7 +668,10 @@ class Engine:
         if dt <= 0:
             return
         v = self._pace(run)
-        d_est = last_d + dt * v
+        if run.hist:
+            d_est = last_d + dt * v
+        else:   # no crossing yet: a standing start (~2 s lost), then cruising
+            d_est = max(0.0, dt - 2_000_000) * self.cfg.v_cruise_mps / 1e6
         c_min = offset if offset > last_d else offset + ((last_d - offset) // lap + 1) * lap
         j = round((d_est - c_min) / lap)
         d = c_min + (j if j > 0 else 0) * lap
@@ -686,6 +772,8 @@ class Engine:
         run.overdue = True
         if run.suspected:
             return   # a suspicion for this skater is still open
+        if run.confirmed_t is not None and run.confirmed_t >= run.last_t:
+            return   # the referee already confirmed the fall that explains this gap
         run.suspected = True
         run.incident_n += 1
         out.append(self._incident(race, run.comp, run, "fall", "suspected", run.last_d, t))
@@ -700,13 +788,11 @@ class Engine:
                 continue
             # the other team's trailing skater, estimated at time t
             trailing = INF
-            for s in other.skaters:
-                if s.finished:
-                    continue
-                est = s.last_d + (t - s.last_t) * self._pace(s) if s.hist else 0
-                trailing = min(trailing, est)
-            if trailing is INF or trailing == 0:
-                continue
+            moving = [s for s in other.skaters if s.hist and not s.finished]
+            if len(moving) < 3:
+                continue   # not three skaters on the track (a reserve never skates)
+            for s in moving:
+                trailing = min(trailing, s.last_d + (t - s.last_t) * self._pace(s))
             if d - gap >= trailing:
                 other.caught = True
                 out.append(self._incident(race, other, None, "caught", "confirmed", int(trailing), t,
@@ -768,6 +854,8 @@ class Engine:
             self._evaluate_records(race, comp, t, out)
         if all(c.finish_ms is not None or c.irm is not None for c in race.comps) and race.status == "live":
             race.status = "unofficial"
+            if race in race.venue.races:   # nobody left on the track: out of the timeline
+                race.venue.races.remove(race)
         self._after_change(race, t, out)
 
     def _rank_in_race(self, race: Race, comp: CompRun) -> int | None:
@@ -793,16 +881,15 @@ class Engine:
 
     def _evaluate_records(self, race: Race, comp: CompRun, t: int, out: list) -> None:
         th = comp.finish_ms // 10
+        me = (race.d.id, comp.id)
         for key in self._book_keys(race, comp):
             ev_state = comp.record_evals.get(key)
             if ev_state is not None:
-                prev_h = ev_state["prev_h"]
+                # a revision: judged against the reference this finish was judged against
                 prev = ev_state["prev"]
+                prev_h = ev_state["prev_h"]
             else:
-                prev = self.book.get(key)
-                f = self.foreign.get(key)
-                if f is not None and f.venue not in self.venues and (prev is None or f.time_h < prev.time_h):
-                    prev = f
+                prev = self._reference(key, exclude=me)
                 if prev is None:
                     continue
                 prev_h = prev.time_h
@@ -817,29 +904,21 @@ class Engine:
             if ev_state is not None and ev_state["equalled"] == equalled and ev_state["th"] == th:
                 continue
             rev = 0 if ev_state is None else ev_state["rev"] + 1
-            withdrawn = equalled is None
             new_state = {"prev": prev, "prev_h": prev_h, "equalled": equalled, "th": th, "rev": rev}
             comp.record_evals[key] = new_state
-            self._set_book(key, race, comp, th, prev, equalled, t)
+            self._claim(key, me, race, comp, th, equalled, t)
             out.append(self._record_event(race, comp, key, new_state, t))
         comp.records = [("=" if s["equalled"] else "") + k[0]
                         for k, s in comp.record_evals.items() if s["equalled"] is not None]
 
-    def _set_book(self, key, race, comp, th, prev, equalled, t) -> None:
-        cur = self.book.get(key)
-        mine = cur is not None and cur.race_id == race.d.id and cur.holder == comp.id
+    def _claim(self, key, me, race, comp, th, equalled, t) -> None:
+        claims = self.claims.setdefault(key, {})
         if equalled is False:
-            if mine:
-                cur.time_h = th
-                cur.time = fmt_hundredths(th)
-            else:
-                self.book[key] = Ref(th, fmt_hundredths(th), comp.id, utc_date(t), race.d.venue,
-                                     race.d.id, prev)
-        elif mine:  # no longer broken: restore the reference it replaced
-            if cur.prev is not None:
-                self.book[key] = cur.prev
-            else:
-                del self.book[key]
+            cur = claims.get(me)
+            claims[me] = Ref(th, fmt_hundredths(th), comp.id, cur.set_on if cur else utc_date(t),
+                             race.d.venue, race.d.id)
+        else:
+            claims.pop(me, None)
 
     def _record_event(self, race: Race, comp: CompRun, key: tuple, st: dict, t: int) -> dict:
         rec, fmt, gender, dist, scope = key
@@ -856,12 +935,13 @@ class Engine:
         return ev
 
     def _withdraw_records(self, race: Race, comp: CompRun, t: int, out: list) -> None:
+        me = (race.d.id, comp.id)
         for key, st in list(comp.record_evals.items()):
             if st["equalled"] is None:
                 continue
             st = dict(st, equalled=None, rev=st["rev"] + 1)
             comp.record_evals[key] = st
-            self._set_book(key, race, comp, st["th"], st["prev"], None, t)
+            self._claim(key, me, race, comp, st["th"], None, t)
             out.append(self._record_event(race, comp, key, st, t))
         comp.records = []
 
@@ -925,7 +1005,7 @@ class Engine:
             if r is None:
                 complete = False
                 continue
-            if r.status not in ("official", "unofficial", "void"):
+            if r.status not in ("official", "unofficial"):
                 complete = False
             for e in self._ranking(r):
                 e = dict(e, race_id=rid)
@@ -964,13 +1044,18 @@ class Engine:
                 complete = False
             if r is None:
                 continue
-            ranked = [e for e in self._ranking(r) if e["rank"] is not None]
-            for i, e in enumerate(ranked):
-                rows.append({"place": d.places[i] if i < len(d.places) else None,
+            # places in ranking order: tied competitors share a place; those with
+            # an IRM (DNF, DQ...) take the places left, in the ranking's order
+            # (DNS and WDR never skated the final: no place)
+            for i, e in enumerate(self._ranking(r)):
+                if e["rank"] is not None:
+                    k = e["rank"] - 1
+                elif e["irm"] in ("DNF", "DQ"):
+                    k = i
+                else:
+                    k = None
+                rows.append({"place": d.places[k] if k is not None and k < len(d.places) else None,
                              "competitor_id": e["competitor_id"], "race_id": d.id})
-            for e in self._ranking(r):
-                if e["rank"] is None:
-                    rows.append({"place": None, "competitor_id": e["competitor_id"], "race_id": d.id})
         if sorted(places_seen) != list(range(1, len(places_seen) + 1)):
             complete = False
         rows.sort(key=lambda row: (row["place"] is None, row["place"] or 0))
@@ -1007,7 +1092,7 @@ class Engine:
     def _incident(self, race: Race, comp: CompRun, run: SkaterRun | None, typ: str, status: str,
                   at_m, t: int, note: str | None = None) -> dict:
         sid = run.id if run is not None else None
-        n = run.incident_n if run is not None else 1
+        n = run.incident_n if run is not None else (comp.team_incidents if typ == "fall" else 1)
         ev = {"kind": "incident", "v": 1,
               "event_id": event_id("incident", race.d.id, race.attempt, comp.id, sid, typ, n, status),
               "race_id": race.d.id, "t_us": int(t), "attempt": race.attempt,
@@ -1036,12 +1121,22 @@ def record_key(rec: str, fmt: str, gender: str, distance: int, scope) -> str:
 
 
 def record_ref_of(ev: dict) -> dict | None:
-    """The new reference a broken record event establishes, as a v1 ``record_ref``
-    (with ``origin`` and ``race_id`` added), or None (equalled or withdrawn)."""
-    if ev["kind"] != "record" or ev["equalled"] or ev.get("withdrawn"):
+    """What a record event tells the other venues, as a v1 ``record_ref`` (with
+    ``origin``, ``race_id`` and ``withdrawn`` added): a broken record is a new
+    reference, a withdrawn one is taken back. None for an equalled record
+    (the reference does not change)."""
+    if ev["kind"] != "record" or (ev["equalled"] and not ev.get("withdrawn")):
         return None
     return {"kind": "record_ref", "v": 1, "t_us": ev["t_us"], "record": ev["record"],
             "format": ev["format"], "gender": ev["gender"], "distance_m": ev["distance_m"],
             "scope": ev["scope"], "time": ev["time"], "holder": ev["holder"], "set_on": ev["set_on"],
             "venue": ev["venue"], "origin": "lapstream", "race_id": ev["race_id"],
-            "event_id": ev["event_id"]}
+            "withdrawn": bool(ev.get("withdrawn")), "event_id": ev["event_id"]}
+
+
+def own_record_key(ref: dict) -> str:
+    """Key of a reference lapstream publishes: one per race and holder, so that
+    compaction keeps the federation's reference (another key) and the latest
+    word on each record set here."""
+    return (record_key(ref["record"], ref["format"], ref["gender"], ref["distance_m"], ref["scope"])
+            + f"|{ref['race_id']}|{ref['holder']}")
