@@ -11,11 +11,12 @@ from agents.core import Engine
 from schemas.decode import Rejected, decode
 from streams.process import process_lines
 from tests import msgs as M
+from tests.paths import example_feed
 from tests.schemacheck import validate
 
 S = M.S
 T0 = M.T0
-EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples" / "m500-pair.jsonl"
+EXAMPLE = example_feed()
 
 
 def kinds(events, kind):
@@ -42,7 +43,6 @@ def pair_feed(gun=T0 + 60 * S, distance=500, a=dict(), b=dict(), extra=(), end_s
 # -- the worked example of the contract ----------------------------------------
 
 
-@pytest.mark.skipif(not EXAMPLE.exists(), reason="shared/spec example not beside the checkout")
 def test_worked_example_m500_pair():
     with open(EXAMPLE, "rb") as f:
         events = list(process_lines(f))

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, ValidationError
 
+from tests.paths import example_feed
 from tests.schemacheck import SCHEMA_KINDS, load_schemas, validate, validator_for
 
 RAW_KINDS = {"venue", "race", "start", "passing", "heartbeat", "photo", "decision", "record_ref"}
@@ -19,8 +20,7 @@ DERIVED_KINDS = {"split", "finish", "incident", "record", "result", "standings",
                  "classification", "deadletter"}
 RACE_BOUND = {"split", "finish", "incident", "record", "result"}  # derived kinds carrying race_id
 
-EXAMPLE_FEED = pathlib.Path(os.environ.get(
-    "LAPSTREAM_EXAMPLE_FEED", "/work/shared/spec/examples/m500-pair.jsonl"))
+EXAMPLE_FEED = pathlib.Path(os.environ.get("LAPSTREAM_EXAMPLE_FEED", "") or example_feed())
 
 DELETE = object()
 
@@ -49,8 +49,6 @@ def mutate(event: dict, path: tuple, value: Any) -> dict:
 # --------------------------------------------------------------------- valid samples
 
 def _feed_lines() -> list[dict]:
-    if not EXAMPLE_FEED.exists():
-        pytest.skip(f"example feed not found: {EXAMPLE_FEED}")
     with EXAMPLE_FEED.open(encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
 
