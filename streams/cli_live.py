@@ -102,7 +102,7 @@ def _cmd_replay(args) -> int:
     with Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   disable=args.quiet or not sys.stderr.isatty(), transient=False) as prog:
         task = prog.add_task("replay", total=len(lines))
-        counts = asyncio.run(replay(boot, lines, speed=args.speed,
+        counts = asyncio.run(replay(boot, lines, speed=args.speed, skip_idle=args.skip_idle,
                                     progress=lambda n: prog.update(task, completed=n)))
     print(f"lapstream replay: {counts[T.RAW.name]} to {T.RAW.name}, "
           f"{counts[T.RECORDS_REF.name]} to {T.RECORDS_REF.name}", file=sys.stderr)
@@ -160,6 +160,8 @@ def add_commands(sub) -> None:
     p.add_argument("feed")
     _broker_arg(p)
     p.add_argument("--speed", type=_speed, default=1.0, help="N times real time, or 'max' (default 1)")
+    p.add_argument("--skip-idle", action="store_true",
+                   help="no waiting while no race is on the track (before a gun, after OFFICIAL)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_replay)
 
@@ -179,6 +181,8 @@ def add_commands(sub) -> None:
     p.add_argument("--broker", default="embedded", help="'embedded' (default) or kafka://host:port")
     p.add_argument("--http-port", type=int, default=9300, help="worker metrics port (default %(default)s)")
     p.add_argument("--plain", action="store_true", help="print events as lines instead of the live view")
+    p.add_argument("--no-skip-idle", action="store_true",
+                   help="replay the quiet time between races too (by default it is skipped)")
     p.add_argument("--exit-when-done", action="store_true",
                    help="stop once the feed is replayed and the last result is official")
     p.set_defaults(func=_cmd_demo)

@@ -141,7 +141,7 @@ async def _live(console, boot: str, path: Path, args, metrics_url: str) -> int:
             console.print(_line(ev))
 
     async def run_replay() -> None:
-        await replay(boot, lines, speed=args.speed)
+        await replay(boot, lines, speed=args.speed, skip_idle=not args.no_skip_idle)
         done["replayed"] = True
 
     rec_task = asyncio.create_task(record(boot, Sink(), [t.name for t in T.DERIVED] + [T.DEADLETTER.name],

@@ -41,15 +41,49 @@ def route(line: bytes, race_venue: dict[str, str], last_venue: Optional[str]) ->
     return T.RAW.name, venue.encode() if venue else None, t_us
 
 
+def idle_windows(lines: list[bytes], lead_us: int = 5_000_000) -> list[tuple[int, int]]:
+    """Event-time windows with no race on the track: from the feed's start or a
+    race's OFFICIAL/VOID to ``lead_us`` before the next gun."""
+    guns, ends = [], []
+    for line in lines:
+        if b'"start"' in line or b'"decision"' in line:
+            try:
+                m = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if m.get("kind") == "start" and type(m.get("t_us")) is int:
+                guns.append(m["t_us"])
+            elif m.get("kind") == "decision" and m.get("code") in ("OFFICIAL", "VOID") and type(m.get("t_us")) is int:
+                ends.append(m["t_us"])
+    windows = []
+    prev_end = None
+    for g in sorted(guns):
+        before = [e for e in ends if e < g]
+        start = max(before) if before else None
+        if start is None and prev_end is None:
+            start = -1
+        elif start is None:
+            continue
+        if g - lead_us > start:
+            windows.append((start, g - lead_us))
+        prev_end = start
+    return windows
+
+
 async def replay(bootstrap: str, lines: Iterable[bytes], speed: Optional[float] = 1.0,
                  progress: Optional[Callable[[int], None]] = None, ref_settle_s: float = 1.0,
                  producer: Optional[AIOKafkaProducer] = None,
-                 on_sent: Optional[Callable[[bytes, str, float], None]] = None) -> dict:
+                 on_sent: Optional[Callable[[bytes, str, float], None]] = None,
+                 skip_idle: bool = False) -> dict:
     """Produce a feed paced by ``t_us`` (``speed`` None = as fast as possible).
 
     Pacing never waits for a line older than one already sent (the contract).
+    ``skip_idle``: no waiting while no race is on the track (before a gun,
+    after an OFFICIAL), so a recorded session plays race after race.
     Returns counts by topic.
     """
+    lines = list(lines)
+    idle = idle_windows(lines) if skip_idle and speed is not None else []
     own = producer is None
     if own:
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
@@ -74,7 +108,11 @@ async def replay(bootstrap: str, lines: Iterable[bytes], speed: Optional[float] 
             if speed is not None and t_us is not None:
                 if t_first is None:
                     t_first, wall0 = t_us, time.monotonic()
-                if t_max is None or t_us > t_max:
+                if idle and any(a <= t_us < b for a, b in idle):
+                    # nothing on the track: go on at once, and pace from here
+                    t_first, wall0 = t_us, time.monotonic()
+                    t_max = t_us if t_max is None else max(t_max, t_us)
+                elif t_max is None or t_us > t_max:
                     due = wall0 + (t_us - t_first) / 1e6 / speed
                     delay = due - time.monotonic()
                     if delay > 0:

@@ -63,3 +63,18 @@ def test_the_demo_board_shows_the_final_as_a_broadcaster_would():
     console.print(board.render())
     text = console.export_text()
     assert "OWG2022-TPW-FA" in text and "2:53.44" in text and "classification" in text
+
+
+def test_replay_skips_the_quiet_time_between_races_only():
+    from streams.replay import idle_windows
+
+    lines = (beijing.FEEDS_DIR / beijing.WOMEN_FILE).read_bytes().splitlines()
+    msgs = [orjson.loads(ln) for ln in lines]
+    guns = sorted(m["t_us"] for m in msgs if m["kind"] == "start")
+    offs = sorted(m["t_us"] for m in msgs if m["kind"] == "decision" and m["code"] == "OFFICIAL")
+    w = idle_windows(lines)
+    assert [b for _, b in w] == [g - 5_000_000 for g in guns]
+    assert [a for a, _ in w][1:] == offs[:-1]
+    # nothing between a gun and its OFFICIAL is ever skipped
+    for g, o in zip(guns, offs):
+        assert not any(a < o and b > g for a, b in w)
