@@ -35,7 +35,9 @@ class Settings:
     session_timeout_s: float = 6.0
     heartbeat_s: float = 1.0
     commit_interval_s: float = 1.0
-    fetch_max_wait_ms: int = 10
+    fetch_max_wait_ms: int = 5
+    batch_max: int = 1000          # records the agent takes at once ...
+    batch_wait_s: float = 0.002    # ... or what arrived within this time
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -43,7 +45,10 @@ class Settings:
         s = cls(
             http_host=os.environ.get("LAPSTREAM_HTTP_HOST", "127.0.0.1"),
             http_port=int(os.environ.get("LAPSTREAM_HTTP_PORT", "9300")),
-            fetch_max_wait_ms=int(os.environ.get("LAPSTREAM_FETCH_MAX_WAIT_MS", "10")),
+            fetch_max_wait_ms=int(os.environ.get("LAPSTREAM_FETCH_MAX_WAIT_MS", "5")),
+            batch_max=int(os.environ.get("LAPSTREAM_BATCH_MAX", "1000")),
+            commit_interval_s=float(os.environ.get("LAPSTREAM_COMMIT_INTERVAL_S", "1.0")),
+            batch_wait_s=float(os.environ.get("LAPSTREAM_BATCH_WAIT_MS", "2")) / 1000,
             worker_id=os.environ.get("LAPSTREAM_WORKER_ID", "lapstream-1"),
         )
         extra = os.environ.get("LAPSTREAM_FAUST_SETTINGS")
@@ -200,7 +205,7 @@ def create_app(settings: Settings) -> faust.App:
         await health.refs_event.wait()
         # batches of what has arrived (at most 5 ms of waiting): fewer wake-ups
         # of the agent per record; records are still handled one by one, in order
-        async for batch in stream.take_events(1000, within=0.005):
+        async for batch in stream.take_events(settings.batch_max, within=settings.batch_wait_s):
             for event in batch:
                 msg = event.message
                 await adapter.on_raw(msg.partition, msg.offset, event.key, event.value)
