@@ -281,6 +281,10 @@ def _child_setup() -> None:  # runs in the child between fork and exec
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
+#: ``preexec_fn`` for any helper process (a demo's worker): SIGTERM when we die.
+die_with_parent = _child_setup
+
+
 class EmbeddedBroker:
     """One single-node Kafka-protocol broker process on a loopback port.
 

@@ -51,9 +51,11 @@ def start_worker(bootstrap: str, http_port: int, worker_id: str = "demo-1", log_
     cmd = [sys.executable, "-m", "streams.cli", "worker", "--broker", f"kafka://{bootstrap}",
            "--http-port", str(http_port), "--worker-id", worker_id, "--no-create-topics",
            "--session-timeout", str(session_timeout)]
+    from streams.broker import die_with_parent
+
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, **(env or {})})
+                            preexec_fn=die_with_parent, env={**os.environ, **(env or {})})
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
@@ -76,6 +78,12 @@ def run_demo(args) -> int:
     from streams.broker import EmbeddedBroker, ensure_topics, free_port, parse_broker_setting
 
     console = Console(stderr=False)
+
+    def _interrupt(signum, frame):   # a closed terminal or a kill: clean up like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     path = feed_path(args.feed)
     if not path.exists():
         console.print(f"[red]lapstream demo: no feed {path}[/red]")
