@@ -104,19 +104,25 @@ def decode(raw: bytes | str) -> dict:
     # fast paths for the two kinds that are 99% of a feed; anything odd falls
     # through to the full check, which says what is wrong
     if type(msg) is dict:
-        get = msg.get
-        kind = get("kind")
-        if kind == "heartbeat":
-            if (type(v := get("v")) is int and v == 1 and type(t := get("t_us")) is int and t >= 0
-                    and type(get("venue")) is str and type(get("source")) is str):
-                return msg
-        elif kind == "passing":
-            if (type(v := get("v")) is int and v == 1 and type(t := get("t_us")) is int and t >= 0
-                    and type(get("venue")) is str and type(get("source")) is str
-                    and type(get("seq")) is int and type(get("loop")) is str
-                    and type(get("transponder")) is str
-                    and type(get("strength", 0)) is int and type(get("hits", 0)) is int):
-                return msg
+        kind = msg.get("kind")
+        try:
+            if kind == "heartbeat":
+                v = msg["v"]
+                t = msg["t_us"]
+                if (type(v) is int and v == 1 and type(t) is int and t >= 0
+                        and type(msg["venue"]) is str and type(msg["source"]) is str):
+                    return msg
+            elif kind == "passing":
+                v = msg["v"]
+                t = msg["t_us"]
+                if (type(v) is int and v == 1 and type(t) is int and t >= 0
+                        and type(msg["venue"]) is str and type(msg["source"]) is str
+                        and type(msg["seq"]) is int and type(msg["loop"]) is str
+                        and type(msg["transponder"]) is str
+                        and type(msg.get("strength", 0)) is int and type(msg.get("hits", 0)) is int):
+                    return msg
+        except KeyError:
+            pass   # the full check below names the missing field
     return _decode_slow(msg)
 
 

@@ -230,6 +230,7 @@ class Engine:
         self.event_rev: dict[str, int] = {}
         self.stats: dict[tuple[str, str], int] = {}
         self.outcome = "applied"
+        self.max_jump_us = self.cfg.max_jump_us
         self._handlers = {
             "passing": self._passing,
             "heartbeat": self._heartbeat,
@@ -351,7 +352,8 @@ class Engine:
         if v is None:
             raise Rejected("unknown_reference", f"heartbeat: venue {msg['venue']!r} was never set up")
         t = msg["t_us"]
-        self._check_jump(v, t, "heartbeat")
+        if t > v.clock + self.max_jump_us and v.clock >= 0:
+            self._check_jump(v, t, "heartbeat")
         hb = v.hb
         src = msg["source"]
         if t > hb.get(src, -1):
@@ -370,7 +372,8 @@ class Engine:
         if at_m is None:
             raise Rejected("unknown_reference", f"passing: venue {v.id} has no loop {loop!r}")
         t = msg["t_us"]
-        self._check_jump(v, t, "passing")
+        if t > v.clock + self.max_jump_us and v.clock >= 0:
+            self._check_jump(v, t, "passing")
         src = msg["source"]
         seqs = v.seqs.get(src)
         if seqs is None:
