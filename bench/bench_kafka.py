@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
-import statistics
 import sys
 import tempfile
 import time

@@ -95,7 +95,6 @@ async def replay(bootstrap: str, lines: Iterable[bytes], speed: Optional[float] 
     t_first = None
     t_max = None
     wall0 = None
-    sent_raw = False
     refs_pending = False
     try:
         for n, line in enumerate(lines, 1):
@@ -136,8 +135,6 @@ async def replay(bootstrap: str, lines: Iterable[bytes], speed: Optional[float] 
             counts[topic] += 1
             if topic == T.RECORDS_REF.name:
                 refs_pending = True
-            else:
-                sent_raw = True
             if progress is not None:
                 progress(n)
         await producer.flush()

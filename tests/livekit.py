@@ -15,6 +15,7 @@ from pathlib import Path
 
 import orjson
 
+from streams.demo import stop_process
 from streams import topics as T
 from streams.broker import EmbeddedBroker, ensure_topics, free_port
 from streams.replay import record, replay
@@ -73,14 +74,8 @@ class Worker:
         self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, timeout=20)
 
 
 def replay_lines(bootstrap: str, lines, speed=None) -> dict:

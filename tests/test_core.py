@@ -1,7 +1,6 @@
 """Rules of the timing core, one by one, on small hand-built feeds."""
 from __future__ import annotations
 
-import pathlib
 import random
 
 import orjson

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -30,6 +29,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from streams.demo import stop_process
 from streams import beijing
 from streams import topics as T
 from streams.replay import route
@@ -100,14 +100,8 @@ class Prometheus:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, timeout=20)
 
     # -- HTTP API --------------------------------------------------------------
 
