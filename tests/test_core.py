@@ -632,3 +632,20 @@ def test_a_decoder_that_restarts_its_numbering_later_is_not_a_resend():
     events = M.run(feed + M.heartbeats(gun + 80 * S, g2 - S) + [race2, M.start("R2", g2)] +
                    M.by_time(r2 + M.heartbeats(g2, g2 + 50 * S)))
     assert [e["competitor_id"] for e in kinds(events, "finish")][-1] == "X"
+
+
+def test_a_record_set_at_another_venue_is_the_reference_here_until_withdrawn():
+    gun = T0 + 60 * S
+    feed, ta, _ = pair_feed(gun=gun, b=dict(per100_s=7.3))
+    mine = (ta[500] - gun) // 10_000                       # A's time in hundredths
+    from agents.core.timefmt import fmt_hundredths
+    elsewhere = {**M.record_ref("WR", fmt_hundredths(mine - 5), "FAR-1"), "origin": "lapstream",
+                 "race_id": "FAR-R1", "venue": "FAR"}
+    base = [M.venue(), M.record_ref("WR", "40.00", "OLD")]
+    held = M.run(base + [elsewhere] + feed[1:])
+    assert kinds(held, "record") == []                     # FAR's faster record stands
+    back = M.run(base + [elsewhere, {**elsewhere, "withdrawn": True}] + feed[1:])
+    assert [(r["competitor_id"], r["previous_holder"]) for r in kinds(back, "record")] == [("NED-A", "OLD")]
+    # at its own venue a published reference is ignored: the core derives it itself
+    own = {**elsewhere, "venue": "OVL"}
+    assert [r["competitor_id"] for r in kinds(M.run(base + [own] + feed[1:]), "record")] == ["NED-A"]
