@@ -649,3 +649,21 @@ def test_a_record_set_at_another_venue_is_the_reference_here_until_withdrawn():
     # at its own venue a published reference is ignored: the core derives it itself
     own = {**elsewhere, "venue": "OVL"}
     assert [r["competitor_id"] for r in kinds(M.run(base + [own] + feed[1:]), "record")] == ["NED-A"]
+
+
+def test_mass_start_final_points_follow_the_photo_finish():
+    gun = T0 + 60 * S
+    comps = [M.comp(n, 0) for n in ("A", "B", "C")]
+    race = M.race("MS", comps, fmt="mass_start", distance=6400, laps=16)
+    reads = []
+    for lap in range(1, 17):
+        for i, n in enumerate(("A", "B", "C")):
+            reads.append(M.read(f"{n}-T1", 0, gun + lap * 30 * S + i * 5_000))   # a blanket finish
+    feed = [M.venue(), race, M.start("MS", gun)] + M.by_time(reads + M.heartbeats(gun, gun + 500 * S))
+    base = last(M.run(feed), "result")
+    assert [(r["competitor_id"], r["points"]) for r in base["ranking"]][:3] == [("A", 75), ("B", 49), ("C", 23)]
+    # the camera: B was first across the line
+    t_fin = gun + 16 * 30 * S
+    photos = [M.photo("MS", "B", t_fin - 1_000, gun + 501 * S), M.photo("MS", "A", t_fin + 2_000, gun + 502 * S)]
+    res = last(M.run(feed + photos), "result")
+    assert [(r["competitor_id"], r["points"]) for r in res["ranking"]] == [("B", 69), ("A", 55), ("C", 23)]

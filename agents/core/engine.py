@@ -137,7 +137,7 @@ class SkaterRun:
 class CompRun:
     __slots__ = ("id", "name", "nation", "start_m", "skaters", "offsets", "irm", "finish_tr",
                  "finish_ms", "source", "finish_rev", "finish_t_us", "points", "records",
-                 "record_evals", "team_split", "caught", "order", "team_incidents")
+                 "record_evals", "team_split", "caught", "order", "team_incidents", "final_points")
 
     def __init__(self, c: dict, race: "Race", lap: int, loop_positions, order: int) -> None:
         self.id = c["competitor_id"]
@@ -159,6 +159,7 @@ class CompRun:
         self.team_split: dict[int, int] = {}      # team distance -> t_us (third skater)
         self.caught = False
         self.team_incidents = 0
+        self.final_points = 0
 
 
 class Race:
@@ -713,7 +714,9 @@ class Engine:
             if self._award(race, comp, d, d_race.sprint_at[d]):
                 self._emit_result(race, t, out)
         elif d_race.final is not None and d == d_race.distance:
+            before = comp.points
             self._award(race, comp, d, d_race.final)
+            comp.final_points = comp.points - before
         if d == d_race.distance:
             run.finished = True
             run.finish_t = t
@@ -801,6 +804,17 @@ class Engine:
                 out.append(self._incident(race, other, None, "caught", "confirmed", int(trailing), t,
                                           note=f"caught by {comp.id}"))
 
+    def _reaward_final(self, race: Race) -> None:
+        """Mass start: a photo revision can change who crossed the line first;
+        the final points follow the effective finishing order."""
+        done = sorted((c for c in race.comps if c.finish_ms is not None and c.irm is None),
+                      key=lambda c: (c.finish_ms, c.order))
+        pts = race.d.final
+        for i, c in enumerate(done):
+            new = pts[i] if i < len(pts) else 0
+            c.points += new - c.final_points
+            c.final_points = new
+
     def _award(self, race: Race, comp: CompRun, d: int, pts: list[int]) -> bool:
         """Mass start: points to the first across the line at a sprint or the finish."""
         n = race.sprint_awards.get(d, 0)
@@ -844,6 +858,8 @@ class Engine:
         comp.finish_rev += 1
         if first:
             comp.finish_t_us = t
+        elif race.d.final is not None:
+            self._reaward_final(race)
         rank = self._rank_in_race(race, comp)
         ev = {"kind": "finish", "v": 1,
               "event_id": event_id("finish", race.d.id, race.attempt, comp.id, comp.finish_rev),
