@@ -667,3 +667,23 @@ def test_mass_start_final_points_follow_the_photo_finish():
     photos = [M.photo("MS", "B", t_fin - 1_000, gun + 501 * S), M.photo("MS", "A", t_fin + 2_000, gun + 502 * S)]
     res = last(M.run(feed + photos), "result")
     assert [(r["competitor_id"], r["points"]) for r in res["ranking"]] == [("B", 69), ("A", 55), ("C", 23)]
+
+
+def test_a_record_taken_back_passes_to_who_was_under_it_in_time_order():
+    g1, g2 = T0 + 60 * S, T0 + 400 * S
+    r1 = M.race("R1", [M.comp("A", 300), M.comp("B", 300)], group="G")
+    r2 = M.race("R2", [M.comp("C", 300)], group="G", t=g1 + 100 * S)
+    ra, _ = M.skate("A", 300, g1, 500, per100_s=6.0)     # the record, later disqualified
+    rb, _ = M.skate("B", 300, g1, 500, per100_s=6.4)     # under 40.00, but not under A
+    rc, _ = M.skate("C", 300, g2, 500, per100_s=6.2)     # under B, not under A
+    feed = [M.venue(), M.record_ref("WR", "40.00", "OLD"), r1, M.start("R1", g1)] + \
+        M.by_time(ra + rb + M.heartbeats(g1, g1 + 50 * S)) + [r2, M.start("R2", g2)] + \
+        M.by_time(rc + M.heartbeats(g2, g2 + 50 * S)) + \
+        [M.decision("R1", "DQ", g2 + 60 * S, competitor_id="A")]
+    events = M.run(feed)
+    recs = [(r["competitor_id"], r["withdrawn"], r["previous_holder"]) for r in kinds(events, "record")]
+    assert recs == [("A", False, "OLD"), ("A", True, "OLD"), ("B", False, "OLD"), ("C", False, "B")]
+    r2_res = [e for e in kinds(events, "result") if e["race_id"] == "R2"][-1]
+    assert r2_res["ranking"][0]["records"] == ["WR"]
+    r1_res = [e for e in kinds(events, "result") if e["race_id"] == "R1"][-1]
+    assert [(e["competitor_id"], e["records"]) for e in r1_res["ranking"]] == [("B", ["WR"]), ("A", [])]

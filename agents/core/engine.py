@@ -192,9 +192,10 @@ class Race:
 class Ref:
     """A record reference: from a record_ref message, or a record set in a race."""
 
-    __slots__ = ("time_h", "time", "holder", "set_on", "venue", "race_id")
+    __slots__ = ("time_h", "time", "holder", "set_on", "venue", "race_id", "t_us")
 
-    def __init__(self, time_h, time, holder, set_on, venue, race_id=None):
+    def __init__(self, time_h, time, holder, set_on, venue, race_id=None, t_us=None):
+        self.t_us = t_us          # a record set here: the event time of its finish
         self.time_h = time_h
         self.time = time
         self.holder = holder
@@ -225,6 +226,7 @@ class Engine:
         self.book: dict[tuple, Ref] = {}
         self.claims: dict[tuple, dict[tuple, Ref]] = {}
         self.foreign: dict[tuple, dict[tuple, Ref]] = {}
+        self.finish_log: list[tuple[int, Race, CompRun]] = []   # first finishes, in the order judged
         self.groups: dict[str, list[str]] = {}
         self.group_rev: dict[str, int] = {}
         self.events: dict[str, list[str]] = {}
@@ -601,13 +603,13 @@ class Engine:
             return
         self.book[key] = Ref(th, fmt_hundredths(th), msg["holder"], msg.get("set_on"), msg.get("venue"))
 
-    def _reference(self, key: tuple, exclude: tuple | None = None) -> Ref | None:
+    def _reference(self, key: tuple, exclude: tuple | None = None, before: int | None = None) -> Ref | None:
         """The reference in force: the fastest of the book, the valid records set
-        here (but ``exclude``'s own) and those set at other venues; on a tie the
-        older stands."""
+        here (but ``exclude``'s own; only those set before ``before``) and those
+        set at other venues; on a tie the older stands."""
         best = self.book.get(key)
         for ck, r in self.claims.get(key, {}).items():
-            if ck != exclude and (best is None or r.time_h < best.time_h):
+            if ck != exclude and (before is None or r.t_us < before) and (best is None or r.time_h < best.time_h):
                 best = r
         for r in self.foreign.get(key, {}).values():
             if r.venue not in self.venues and (best is None or r.time_h < best.time_h):
@@ -858,6 +860,7 @@ class Engine:
         comp.finish_rev += 1
         if first:
             comp.finish_t_us = t
+            self.finish_log.append((t, race, comp))
         elif race.d.final is not None:
             self._reaward_final(race)
         rank = self._rank_in_race(race, comp)
@@ -899,43 +902,76 @@ class Engine:
             yield ("SB",) + base + (sid,)
 
     def _evaluate_records(self, race: Race, comp: CompRun, t: int, out: list) -> None:
+        lost = []
+        for key in self._book_keys(race, comp):
+            was = comp.record_evals.get(key)
+            was_broken = was is not None and was["equalled"] is False
+            self._judge(race, comp, key, t, out)
+            now = comp.record_evals.get(key)
+            if was_broken and now["equalled"] is not False:
+                lost.append(key)
+        comp.records = _record_codes(comp)
+        if lost:   # a revision took a record back: who else was under the reference now in force?
+            self._rejudge([(k, comp.finish_t_us) for k in lost], race, t, out)
+
+    def _judge(self, race: Race, comp: CompRun, key: tuple, t: int, out: list) -> bool:
+        """Judge one finish for one record identity; True if a record event was emitted."""
         th = comp.finish_ms // 10
         me = (race.d.id, comp.id)
-        for key in self._book_keys(race, comp):
-            ev_state = comp.record_evals.get(key)
-            if ev_state is not None:
-                # a revision: judged against the reference this finish was judged against
-                prev = ev_state["prev"]
-                prev_h = ev_state["prev_h"]
-            else:
-                prev = self._reference(key, exclude=me)
-                if prev is None:
+        ev_state = comp.record_evals.get(key)
+        if ev_state is not None:
+            # a revision: judged against the reference this finish was judged against
+            prev = ev_state["prev"]
+            prev_h = ev_state["prev_h"]
+        else:
+            prev = self._reference(key, exclude=me, before=comp.finish_t_us)
+            if prev is None:
+                return False
+            prev_h = prev.time_h
+        if th < prev_h:
+            equalled = False
+        elif th == prev_h:
+            equalled = True
+        else:
+            equalled = None
+        if ev_state is None and equalled is None:
+            return False
+        if ev_state is not None and ev_state["equalled"] == equalled and ev_state["th"] == th:
+            return False
+        rev = 0 if ev_state is None else ev_state["rev"] + 1
+        new_state = {"prev": prev, "prev_h": prev_h, "equalled": equalled, "th": th, "rev": rev}
+        comp.record_evals[key] = new_state
+        self._claim(key, me, race, comp, th, equalled, t)
+        out.append(self._record_event(race, comp, key, new_state, t))
+        return True
+
+    def _rejudge(self, lost: list, caller: Race, t: int, out: list) -> None:
+        """A record was taken back (DQ, VOID, restart, photo): the finishes after
+        it that were judged against it are judged again, in event-time order,
+        against the reference in force at their own finish."""
+        affected = []
+        for ft, race, comp in self.finish_log:
+            if race.status == "void" or comp.irm is not None or self.races.get(race.d.id) is not race:
+                continue
+            keys = None
+            for key, after in lost:
+                if ft <= after or comp.record_evals.get(key) is not None:
                     continue
-                prev_h = prev.time_h
-            if th < prev_h:
-                equalled = False
-            elif th == prev_h:
-                equalled = True
-            else:
-                equalled = None
-            if ev_state is None and equalled is None:
-                continue
-            if ev_state is not None and ev_state["equalled"] == equalled and ev_state["th"] == th:
-                continue
-            rev = 0 if ev_state is None else ev_state["rev"] + 1
-            new_state = {"prev": prev, "prev_h": prev_h, "equalled": equalled, "th": th, "rev": rev}
-            comp.record_evals[key] = new_state
-            self._claim(key, me, race, comp, th, equalled, t)
-            out.append(self._record_event(race, comp, key, new_state, t))
-        comp.records = [("=" if s["equalled"] else "") + k[0]
-                        for k, s in comp.record_evals.items() if s["equalled"] is not None]
+                if keys is None:
+                    keys = set(self._book_keys(race, comp))
+                if key in keys and self._judge(race, comp, key, t, out):
+                    comp.records = _record_codes(comp)
+                    if race is not caller and race not in affected:
+                        affected.append(race)
+        for race in affected:
+            self._after_change(race, t, out)
 
     def _claim(self, key, me, race, comp, th, equalled, t) -> None:
         claims = self.claims.setdefault(key, {})
         if equalled is False:
             cur = claims.get(me)
             claims[me] = Ref(th, fmt_hundredths(th), comp.id, cur.set_on if cur else utc_date(t),
-                             race.d.venue, race.d.id)
+                             race.d.venue, race.d.id, comp.finish_t_us)
         else:
             claims.pop(me, None)
 
@@ -955,14 +991,19 @@ class Engine:
 
     def _withdraw_records(self, race: Race, comp: CompRun, t: int, out: list) -> None:
         me = (race.d.id, comp.id)
+        lost = []
         for key, st in list(comp.record_evals.items()):
             if st["equalled"] is None:
                 continue
+            if st["equalled"] is False:
+                lost.append((key, comp.finish_t_us))
             st = dict(st, equalled=None, rev=st["rev"] + 1)
             comp.record_evals[key] = st
             self._claim(key, me, race, comp, st["th"], None, t)
             out.append(self._record_event(race, comp, key, st, t))
         comp.records = []
+        if lost:
+            self._rejudge(lost, race, t, out)
 
     def _ranking(self, race: Race) -> list[dict]:
         mass = race.d.format == "mass_start"
@@ -1120,6 +1161,11 @@ class Engine:
         if note:
             ev["note"] = note
         return ev
+
+
+def _record_codes(comp: CompRun) -> list[str]:
+    return [("=" if s["equalled"] else "") + k[0] for k, s in comp.record_evals.items()
+            if s["equalled"] is not None]
 
 
 def _order(run: SkaterRun) -> tuple:
