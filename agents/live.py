@@ -27,7 +27,7 @@ from streams.process import Processor
 from streams.topics import DEADLETTER, RECORDS_REF, TOPIC_OF_KIND, key_of
 
 Send = Callable[[str, Optional[bytes], bytes, Optional[list]], Awaitable[None]]
-RebuildSource = Callable[[int, int, int], AsyncIterator[bytes]]   # (partition, start, end)
+RebuildSource = Callable[[int, int, int], AsyncIterator[tuple]]   # (partition, start, end) -> (offset, key, value)
 
 
 class LiveAdapter:
@@ -46,12 +46,15 @@ class LiveAdapter:
         self.rebuilt_messages = 0
         self.next: dict[int, int] = {}                  # partition -> next offset the state lacks
         self.pending: dict[int, asyncio.Future] = {}    # partition -> state being rebuilt
+        self.building: set = set()                      # processors being rebuilt
+        self.assigned: set | None = None                # partitions the group gave us (None: not told)
         self.heard: dict[tuple[str, str], float] = {}   # (venue, source) -> wall time of last heartbeat
 
     # -- partitions ------------------------------------------------------------
 
     def _new_processor(self) -> Processor:
         proc = Processor(Engine(self.config))
+        self.building.add(proc)    # references that arrive while it is built reach it too
         for raw in self.refs:
             proc.handle(raw)
         return proc
@@ -62,23 +65,30 @@ class LiveAdapter:
             return
         self.rebuilding += 1
         try:
-            async for raw in self.rebuild_source(partition, start, end):
+            async for _off, _key, raw in self.rebuild_source(partition, start, end):
                 proc.handle(raw)
                 self.rebuilt_messages += 1
         finally:
             self.rebuilding -= 1
 
     def assign(self, partitions: Iterable[int], committed: Callable[[int], Awaitable[int]]) -> None:
-        """Partitions given to this worker: rebuild their state now (not at their
-        first record), so a venue whose decoders are silent is still watched."""
-        for p in partitions:
+        """The partitions this worker now has (the whole assignment): state of
+        the others is dropped; new ones are rebuilt now (not at their first
+        record), so a venue whose decoders are silent is still watched."""
+        mine = set(partitions)
+        self.revoke([p for p in list(self.procs) + list(self.pending) if p not in mine])
+        self.assigned = mine
+        for p in sorted(mine):
             if p not in self.procs and p not in self.pending:
                 self.pending[p] = asyncio.ensure_future(self._build(p, committed))
 
     async def _build(self, partition: int, committed: Callable[[int], Awaitable[int]]) -> None:
         upto = max(0, await committed(partition))
         proc = self._new_processor()
-        await self._replay(proc, partition, 0, upto)
+        try:
+            await self._replay(proc, partition, 0, upto)
+        finally:
+            self.building.discard(proc)
         self.procs[partition] = proc
         self.next[partition] = upto
         # silence counts from the takeover for every decoder the state knows
@@ -91,20 +101,26 @@ class LiveAdapter:
         task = self.pending.get(partition)
         if task is not None:
             try:
-                await task
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if asyncio.current_task() is not None and asyncio.current_task().cancelling():
+                    raise          # we are being stopped ourselves
+                # the build was cancelled (a revoke): fall back to the rebuild below
+            except Exception:
+                pass               # the build failed (e.g. the broker blinked): rebuild below
             finally:
-                self.pending.pop(partition, None)
+                if self.pending.get(partition) is task:
+                    del self.pending[partition]
         proc = self.procs.get(partition)
         if proc is None:
-            # no assignment callback (or it failed): the first record sits at
-            # the committed offset, everything before it is state
+            # no (finished) assignment build: the first record sits at the
+            # committed offset, everything before it is state
             proc = self._new_processor()
-            await self._replay(proc, partition, 0, offset)
+            try:
+                await self._replay(proc, partition, 0, offset)
+            finally:
+                self.building.discard(proc)
             self.procs[partition] = proc
-            self.next[partition] = offset
-        elif offset > self.next.get(partition, 0):
-            # records handled elsewhere in between (another worker had it)
-            await self._replay(proc, partition, self.next[partition], offset)
             self.next[partition] = offset
         return proc
 
@@ -135,9 +151,13 @@ class LiveAdapter:
     # -- record references -----------------------------------------------------
 
     def on_ref(self, raw: bytes) -> None:
-        """A record reference from ``timing.records.ref`` (global: every worker reads all)."""
+        """A record reference from ``timing.records.ref`` (global: every worker reads
+        all). The core judges a finish against references older than it, so the
+        order in which references and raw records arrive does not matter."""
         self.refs.append(raw)
         for proc in self.procs.values():
+            proc.handle(raw)
+        for proc in self.building:
             proc.handle(raw)
 
     # -- raw records -----------------------------------------------------------
@@ -146,9 +166,28 @@ class LiveAdapter:
                      source_topic: str = "timing.raw") -> list[dict]:
         t0 = self.perf()
         proc = await self.processor(partition, offset)
-        if offset < self.next[partition]:
+        nxt = self.next[partition]
+        if offset < nxt:
             return []    # redelivered (at-least-once): already in the state, its events already sent
+        if offset > nxt and self.rebuild_source is not None:
+            # records between what the state holds and this one (the partition was
+            # elsewhere, or a batch was abandoned): handle them now, emitting; a
+            # repeat carries the same ids, a silent skip could lose facts
+            self.next[partition] = offset    # (re-entrancy guard)
+            async for off, k, raw in self.rebuild_source(partition, nxt, offset):
+                await self._handle(proc, partition, off, k, raw, source_topic)
         self.next[partition] = offset + 1
+        events = await self._handle(proc, partition, offset, key, value, source_topic, t0)
+        if self.assigned is not None and partition not in self.assigned:
+            # handled while the partition was being taken away: its events are out
+            # (the new owner may repeat them, same ids), its state is not ours
+            self.revoke([partition])
+        return events
+
+    async def _handle(self, proc: Processor, partition: int, offset: int, key, value: bytes,
+                      source_topic: str, t0: float | None = None) -> list[dict]:
+        if t0 is None:
+            t0 = self.perf()
         c0 = self.perf()
         events, rej = proc.handle(value)
         c1 = self.perf()

@@ -114,7 +114,8 @@ class Health:
 
     def ready(self, adapter: LiveAdapter) -> bool:
         return (self.started and self.assigned and self.refs_loaded and adapter.rebuilding == 0
-                and all(t.done() for t in adapter.pending.values()))
+                and all(t.done() and not t.cancelled() and t.exception() is None
+                        for t in adapter.pending.values()))
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -158,25 +159,30 @@ def create_app(settings: Settings) -> faust.App:
     bootstrap = settings.bootstrap
 
     async def rebuild_source(partition: int, start: int, end: int):
-        """Records [start, end) of a timing.raw partition (a plain consumer, no group)."""
+        """(offset, key, value) of records [start, end) of a timing.raw partition
+        (a plain consumer, no group). Records gone to retention are skipped."""
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                     group_id=None, auto_offset_reset="earliest")
         await consumer.start()
         try:
             tp = TopicPartition(T.RAW.name, partition)
             consumer.assign([tp])
-            consumer.seek(tp, start)
-            done = start >= end
+            first = (await consumer.beginning_offsets([tp])).get(tp, 0)
+            consumer.seek(tp, max(start, first))
+            done = max(start, first) >= end
             while not done:
-                batch = await consumer.getmany(tp, timeout_ms=1000, max_records=2000)
-                for rec in batch.get(tp, ()):
+                batch = await consumer.getmany(tp, timeout_ms=500, max_records=2000)
+                recs = batch.get(tp, ())
+                for rec in recs:
                     if rec.offset >= end:
                         done = True
                         break
-                    yield rec.value
+                    yield rec.offset, rec.key, rec.value
                     if rec.offset == end - 1:
                         done = True
                         break
+                if not recs and await consumer.position(tp) >= end:
+                    done = True   # nothing left before ``end`` (compacted or expired)
         finally:
             await consumer.stop()
 
@@ -212,13 +218,13 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app_, revoked, **kwargs) -> None:
-        adapter.revoke(tp.partition for tp in revoked if tp.topic == T.RAW.name)
+        # the eager protocol revokes everything at each rebalance: state is kept
+        # until the new assignment says which partitions stay (on_assigned)
+        health.assigned = False
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app_, assigned, **kwargs) -> None:
-        mine = {tp.partition for tp in assigned if tp.topic == T.RAW.name}
-        adapter.revoke([p for p in list(adapter.procs) + list(adapter.pending) if p not in mine])
-        adapter.assign(sorted(mine), committed)
+        adapter.assign([tp.partition for tp in assigned if tp.topic == T.RAW.name], committed)
         health.assigned = True
 
     @app.task

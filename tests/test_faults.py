@@ -40,8 +40,8 @@ class Log:
         self.sent.append((topic, key, value, headers))
 
     async def rebuild(self, partition, start, end):
-        for value in self.records[start:end]:
-            yield value
+        for off in range(start, min(end, len(self.records))):
+            yield off, b"NSO", self.records[off]
 
 
 def adapter_for(log: Log) -> LiveAdapter:
@@ -173,3 +173,68 @@ def test_junk_on_kafka_goes_to_the_dead_letter_topic_with_headers(bad):
         assert h["source-topic"] == b"timing.raw" and h["source-partition"] == b"0"
         assert h["error"] and b"\n" not in h["error"]
     assert canon(derived(log)) == canon(CLEAN)
+
+
+def test_a_reference_published_after_the_race_does_not_change_a_rebuild():
+    """The federation ratifies CAN's record after the final; a worker killed before
+    OFFICIAL rebuilds and must judge the final as the original run did."""
+    ratified = orjson.dumps({**orjson.loads(REFS[-1]), "time": "2:53.44", "holder": "CAN",
+                             "t_us": orjson.loads(RAW[-1])["t_us"] - 1})
+    crash = len(RAW) - 40
+    log = Log(RAW)
+
+    async def go():
+        a = adapter_for(log)
+        for off in range(crash):
+            await a.on_raw(0, off, b"NSO", RAW[off])
+        a.on_ref(ratified)
+        b = adapter_for(log)
+        b.on_ref(ratified)
+        for off in range(crash - 10, len(RAW)):
+            await b.on_raw(0, off, b"NSO", RAW[off])
+    asyncio.run(go())
+    seen = {}
+    for e in derived(log):
+        blob = orjson.dumps(e, option=orjson.OPT_SORT_KEYS)
+        assert seen.setdefault(e["event_id"], blob) == blob, e
+
+
+def test_records_skipped_by_an_abandoned_batch_are_emitted_not_lost():
+    log = Log(RAW)
+
+    async def go():
+        a = adapter_for(log)
+        for off in range(600):
+            await a.on_raw(0, off, b"NSO", RAW[off])
+        # offsets 600..649 were delivered in a batch the agent never handled
+        for off in range(650, len(RAW)):
+            await a.on_raw(0, off, b"NSO", RAW[off])
+    asyncio.run(go())
+    assert canon(derived(log)) == canon(CLEAN)
+
+
+def test_a_revoke_during_a_rebuild_falls_back_instead_of_crashing():
+    log = Log(RAW)
+
+    async def committed(p):
+        await asyncio.sleep(0.01)
+        return 500
+
+    async def go():
+        a = adapter_for(log)
+        for off in range(500):
+            await a.on_raw(0, off, b"NSO", RAW[off])
+        b = adapter_for(log)
+        b.assign([0], committed)
+        agent = asyncio.ensure_future(b.on_raw(0, 500, b"NSO", RAW[500]))
+        await asyncio.sleep(0)
+        b.assign([], committed)      # a rebalance takes it away mid-build ...
+        b.assign([0], committed)     # ... and gives it back
+        await agent
+        for off in range(501, len(RAW)):
+            await b.on_raw(0, off, b"NSO", RAW[off])
+    asyncio.run(go())
+    seen = {}
+    for e in derived(log):
+        seen.setdefault(e["event_id"], orjson.dumps(e, option=orjson.OPT_SORT_KEYS))
+    assert set(seen) == {e["event_id"] for e in CLEAN}

@@ -223,7 +223,7 @@ class Engine:
         # ``book`` the references in force from record_ref messages; ``claims`` the
         # records set in races here and still valid; ``foreign`` those lapstream
         # published from other venues. The reference in force is the fastest of all.
-        self.book: dict[tuple, Ref] = {}
+        self.book: dict[tuple, list[Ref]] = {}
         self.claims: dict[tuple, dict[tuple, Ref]] = {}
         self.foreign: dict[tuple, dict[tuple, Ref]] = {}
         self.finish_log: list[tuple[int, Race, CompRun]] = []   # first finishes, in the order judged
@@ -595,24 +595,41 @@ class Engine:
                 self.outcome = "duplicate"
                 return
             claims[ck] = Ref(th, fmt_hundredths(th), msg["holder"], msg.get("set_on"), msg.get("venue"),
-                             msg.get("race_id"))
+                             msg.get("race_id"), msg["t_us"])
             return
-        cur = self.book.get(key)
-        if cur is not None and th == cur.time_h and cur.holder == msg["holder"]:
-            self.outcome = "duplicate"
-            return
-        self.book[key] = Ref(th, fmt_hundredths(th), msg["holder"], msg.get("set_on"), msg.get("venue"))
+        # The federation's word, kept with its event time: a finish is judged
+        # against what was in force at the finish, whenever a reference arrives
+        # (so a rebuild after a crash judges as the original run did).
+        hist = self.book.setdefault(key, [])
+        ref = Ref(th, fmt_hundredths(th), msg["holder"], msg.get("set_on"), msg.get("venue"), None, msg["t_us"])
+        for r in hist:
+            if r.t_us == ref.t_us and r.time_h == th and r.holder == ref.holder:
+                self.outcome = "duplicate"
+                return
+        hist.append(ref)
+        hist.sort(key=lambda r: r.t_us)
 
     def _reference(self, key: tuple, exclude: tuple | None = None, before: int | None = None) -> Ref | None:
         """The reference in force: the fastest of the book, the valid records set
         here (but ``exclude``'s own; only those set before ``before``) and those
         set at other venues; on a tie the older stands."""
-        best = self.book.get(key)
+        best = None
+        hist = self.book.get(key)
+        if hist:
+            if before is None:
+                best = hist[-1]
+            else:
+                for r in hist:   # the latest word of the federation before the finish
+                    if r.t_us < before:
+                        best = r
+                if best is None:
+                    best = hist[0]   # none that old (compacted away): the oldest known
         for ck, r in self.claims.get(key, {}).items():
             if ck != exclude and (before is None or r.t_us < before) and (best is None or r.time_h < best.time_h):
                 best = r
         for r in self.foreign.get(key, {}).values():
-            if r.venue not in self.venues and (best is None or r.time_h < best.time_h):
+            if (r.venue not in self.venues and (before is None or r.t_us < before)
+                    and (best is None or r.time_h < best.time_h)):
                 best = r
         return best
 
