@@ -42,31 +42,29 @@ def route(line: bytes, race_venue: dict[str, str], last_venue: Optional[str]) ->
 
 
 def idle_windows(lines: list[bytes], lead_us: int = 5_000_000) -> list[tuple[int, int]]:
-    """Event-time windows with no race on the track: from the feed's start or a
-    race's OFFICIAL/VOID to ``lead_us`` before the next gun."""
-    guns, ends = [], []
+    """Event-time windows with no race on the track at any venue: the complement
+    of [gun - lead_us, OFFICIAL or VOID] over every race of the feed."""
+    guns: dict[str, int] = {}
+    ends: dict[str, int] = {}
     for line in lines:
         if b'"start"' in line or b'"decision"' in line:
             try:
                 m = orjson.loads(line)
             except orjson.JSONDecodeError:
                 continue
-            if m.get("kind") == "start" and type(m.get("t_us")) is int:
-                guns.append(m["t_us"])
-            elif m.get("kind") == "decision" and m.get("code") in ("OFFICIAL", "VOID") and type(m.get("t_us")) is int:
-                ends.append(m["t_us"])
+            if not isinstance(m, dict) or type(m.get("t_us")) is not int or not isinstance(m.get("race_id"), str):
+                continue
+            if m.get("kind") == "start":
+                guns.setdefault(m["race_id"], m["t_us"])
+            elif m.get("kind") == "decision" and m.get("code") in ("OFFICIAL", "VOID"):
+                ends[m["race_id"]] = max(ends.get(m["race_id"], m["t_us"]), m["t_us"])
+    busy = sorted((g - lead_us, ends.get(rid, 2**63)) for rid, g in guns.items())
     windows = []
-    prev_end = None
-    for g in sorted(guns):
-        before = [e for e in ends if e < g]
-        start = max(before) if before else None
-        if start is None and prev_end is None:
-            start = -1
-        elif start is None:
-            continue
-        if g - lead_us > start:
-            windows.append((start, g - lead_us))
-        prev_end = start
+    t = -1
+    for a, b in busy:
+        if a > t:
+            windows.append((t, a))
+        t = max(t, b)
     return windows
 
 
@@ -109,8 +107,8 @@ async def replay(bootstrap: str, lines: Iterable[bytes], speed: Optional[float] 
                     t_first, wall0 = t_us, time.monotonic()
                 if idle and any(a <= t_us < b for a, b in idle):
                     # nothing on the track: go on at once, and pace from here
-                    t_first, wall0 = t_us, time.monotonic()
                     t_max = t_us if t_max is None else max(t_max, t_us)
+                    t_first, wall0 = t_max, time.monotonic()
                 elif t_max is None or t_us > t_max:
                     due = wall0 + (t_us - t_first) / 1e6 / speed
                     delay = due - time.monotonic()
