@@ -46,6 +46,8 @@ def topic_command(spec: topics.TopicSpec, bootstrap: str = BOOTSTRAP) -> str:
     ]
     if spec.compacted:
         args += ["--config", "cleanup.policy=compact"]
+    for key, value in spec.configs:
+        args += ["--config", f"{key}={value}"]
     return shlex.join(args)
 
 

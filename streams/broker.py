@@ -600,7 +600,7 @@ def _admin(bootstrap: str, request_timeout_ms: int):
 
 
 def _topic_configs(spec: TopicSpec) -> dict[str, str]:
-    return {"cleanup.policy": "compact" if spec.compacted else "delete"}
+    return {"cleanup.policy": "compact" if spec.compacted else "delete", **dict(spec.configs)}
 
 
 async def ensure_topics(

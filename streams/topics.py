@@ -4,16 +4,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+WEEK_MS = 7 * 24 * 3600 * 1000
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
     partitions: int
     key: str  # what the record key is, for documentation
     compacted: bool = False
+    configs: tuple = ()   # further topic configs, (name, value) pairs
 
 
-RAW = TopicSpec("timing.raw", 12, "venue")
-RECORDS_REF = TopicSpec("timing.records.ref", 1, "record identity", compacted=True)
+# timing.raw is the changelog of the workers' state (a rebuild reads it from
+# the start): it must hold a competition's messages. The references must not
+# be compacted away before the raw records that were judged against them.
+RAW = TopicSpec("timing.raw", 12, "venue", configs=(("retention.ms", str(WEEK_MS)),))
+RECORDS_REF = TopicSpec("timing.records.ref", 1, "record identity", compacted=True,
+                        configs=(("min.compaction.lag.ms", str(WEEK_MS)),))
 SPLITS = TopicSpec("timing.splits", 12, "race_id")
 FINISHES = TopicSpec("timing.finishes", 12, "race_id")
 INCIDENTS = TopicSpec("timing.incidents", 12, "race_id")

@@ -423,6 +423,10 @@ def test_compose_creates_exactly_the_topics_of_topics_py():
         assert c["configs"].get("min.insync.replicas") == "2", spec.name
         policy = c["configs"].get("cleanup.policy", "delete")
         assert policy == ("compact" if spec.compacted else "delete"), spec.name
+        for key, value in spec.configs:
+            assert c["configs"].get(key) == value, (spec.name, key)
+    assert by_name["timing.raw"]["configs"]["retention.ms"] == str(7 * 24 * 3600 * 1000)
+    assert by_name["timing.records.ref"]["configs"]["min.compaction.lag.ms"] == str(7 * 24 * 3600 * 1000)
 
 
 def test_compose_topic_block_is_what_gen_topics_prints():

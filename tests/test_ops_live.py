@@ -350,14 +350,14 @@ def test_counters_move_during_a_race_and_a_silent_decoder_pages(ops):
     broker, w, prom = ops.broker, ops.worker, ops.prom
     w.wait_ready()
     lines = feed_lines(beijing.FINAL_A_FILE)
-    # up to lap 5 or so of the final (line 184 is the start, t = 181 s): at speed
-    # 20 that is 16 s of wall time, the race is running when the feed stops
-    cut = 900
+    # up to the last lap of the final (before the first finish): at speed 10 the
+    # race runs ~17 s of wall time, and it is still running when the feed stops
+    cut = 1080
     part = lines[:cut]
     t_first = orjson.loads(part[0])["t_us"]
     t_start = next(orjson.loads(ln)["t_us"] for ln in part if b'"start"' in ln)
     assert t_start < orjson.loads(part[-1])["t_us"]
-    speed = 20.0
+    speed = 10.0
     replay = threading.Thread(target=L.replay_lines, args=(broker.bootstrap, part, speed), daemon=True)
     replay.start()
     try:
