@@ -82,13 +82,18 @@ class LiveAdapter:
             if p not in self.procs and p not in self.pending:
                 self.pending[p] = asyncio.ensure_future(self._build(p, committed))
 
-    async def _build(self, partition: int, committed: Callable[[int], Awaitable[int]]) -> None:
-        upto = max(0, await committed(partition))
+    async def _fresh(self, partition: int, upto: int) -> Processor:
+        """A processor holding the state of records [0, upto) of the partition."""
         proc = self._new_processor()
         try:
             await self._replay(proc, partition, 0, upto)
         finally:
             self.building.discard(proc)
+        return proc
+
+    async def _build(self, partition: int, committed: Callable[[int], Awaitable[int]]) -> None:
+        upto = max(0, await committed(partition))
+        proc = await self._fresh(partition, upto)
         self.procs[partition] = proc
         self.next[partition] = upto
         # silence counts from the takeover for every decoder the state knows
@@ -115,11 +120,7 @@ class LiveAdapter:
         if proc is None:
             # no (finished) assignment build: the first record sits at the
             # committed offset, everything before it is state
-            proc = self._new_processor()
-            try:
-                await self._replay(proc, partition, 0, offset)
-            finally:
-                self.building.discard(proc)
+            proc = await self._fresh(partition, offset)
             self.procs[partition] = proc
             self.next[partition] = offset
         return proc
