@@ -49,6 +49,8 @@ class LiveAdapter:
         self.building: set = set()                      # processors being rebuilt
         self.assigned: set | None = None                # partitions the group gave us (None: not told)
         self.heard: dict[tuple[str, str], float] = {}   # (venue, source) -> wall time of last heartbeat
+        self._raw_child: dict = {}       # labelled metric children, looked up once
+        self._derived_child: dict = {}
 
     # -- partitions ------------------------------------------------------------
 
@@ -215,11 +217,18 @@ class LiveAdapter:
         if proc.kind == "heartbeat" and proc.msg is not None:
             self.heard[(proc.msg["venue"], proc.msg["source"])] = self.wall()
         if m is not None:
-            m.raw.labels(proc.kind, proc.outcome).inc()
+            key = (proc.kind, proc.outcome)
+            child = self._raw_child.get(key)
+            if child is None:
+                child = self._raw_child[key] = m.raw.labels(*key)
+            child.inc()
             m.core_duration.observe(c1 - c0)
             for ev in events:
                 kind = ev["kind"]
-                m.derived.labels(kind).inc()
+                child = self._derived_child.get(kind)
+                if child is None:
+                    child = self._derived_child[kind] = m.derived.labels(kind)
+                child.inc()
                 if kind == "record" and not ev.get("withdrawn"):
                     m.records.labels(ev["record"], "true" if ev["equalled"] else "false").inc()
                 elif kind == "incident":

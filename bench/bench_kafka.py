@@ -238,7 +238,7 @@ def throughput(args, tmp: Path) -> None:
 
             t0 = asyncio.run(go())
             while raw_counter(port) < n:
-                time.sleep(0.02)
+                time.sleep(0.05)
             live_s = time.perf_counter() - t0
         finally:
             stop_process(worker)
