@@ -37,7 +37,7 @@ class Settings:
     heartbeat_s: float = 1.0
     commit_interval_s: float = 1.0
     fetch_max_wait_ms: int = 5
-    batch_max: int = 1000          # records the agent takes at once ...
+    batch_max: int = 1             # >1: the agent takes up to this many records at once ...
     batch_wait_s: float = 0.002    # ... or what arrived within this time
     extra: dict = field(default_factory=dict)
 
@@ -47,7 +47,7 @@ class Settings:
             http_host=os.environ.get("LAPSTREAM_HTTP_HOST", "127.0.0.1"),
             http_port=int(os.environ.get("LAPSTREAM_HTTP_PORT", "9300")),
             fetch_max_wait_ms=int(os.environ.get("LAPSTREAM_FETCH_MAX_WAIT_MS", "5")),
-            batch_max=int(os.environ.get("LAPSTREAM_BATCH_MAX", "1000")),
+            batch_max=int(os.environ.get("LAPSTREAM_BATCH_MAX", "1")),
             commit_interval_s=float(os.environ.get("LAPSTREAM_COMMIT_INTERVAL_S", "1.0")),
             batch_wait_s=float(os.environ.get("LAPSTREAM_BATCH_WAIT_MS", "2")) / 1000,
             worker_id=os.environ.get("LAPSTREAM_WORKER_ID", "lapstream-1"),
@@ -126,8 +126,27 @@ def _close(coros) -> None:
             c.close()          # never started: no "never awaited" warning
 
 
+def start_eagerly(coro, others=()) -> tuple[bool, object]:
+    """Run the first step of ``coro`` now, in the caller's task.
+
+    Returns ``(True, result)`` if it finished in that step (``others``, the
+    coroutines it was to race against, are closed unstarted), else ``(False,
+    rest)`` where ``rest`` is a coroutine that finishes it. An exception of
+    the first step propagates, as awaiting ``coro`` would raise it."""
+    try:
+        waits_on = coro.send(None)
+    except StopIteration as stop:
+        _close(others)
+        return True, stop.value
+    except BaseException:
+        _close(others)
+        raise
+    return False, _finish(_Continue(coro, waits_on))
+
+
 def _tuned_consumer(app: faust.App, fetch_max_wait_ms: int) -> None:
-    """Two changes to Faust's aiokafka consumer, measured on the Kafka benchmark.
+    """Three changes to Faust's aiokafka consumer, the first two measured on
+    the Kafka benchmark (bench/bench_kafka.py).
 
     1. Fetch wait. Faust's driver hard-codes a 1.5 s fetch wait. Kafka answers
        a waiting fetch as soon as data arrives, but tansu answers at the end of
@@ -142,6 +161,10 @@ def _tuned_consumer(app: faust.App, fetch_max_wait_ms: int) -> None:
        suspended, does it continue under Faust's own ``wait_first``. The
        result is the one ``wait_first`` gives: the callback's first step ran
        at once there too, in a task of its own.
+    3. No commit past a lost event. Faust flushes the producer before it
+       commits offsets; if a derived event failed to be delivered
+       (``SendGuard``), the commit is refused and the worker crashes, so the
+       records behind it are handled again (at-least-once, same event ids).
     """
     from faust.transport.drivers import aiokafka as drv
     from mode.services import WaitResults
@@ -170,15 +193,10 @@ def _tuned_consumer(app: faust.App, fetch_max_wait_ms: int) -> None:
             first = coros[0] if coros else None
             if (asyncio.iscoroutine(first) and not self.suspend_flow.is_set()
                     and not self._stopped.is_set() and not self._crashed.is_set()):
-                try:
-                    waits_on = first.send(None)
-                except StopIteration as stop:
-                    _close(coros[1:])
-                    return WaitResults([first], [stop.value], False)
-                except BaseException:
-                    _close(coros[1:])
-                    raise                      # as wait_first: the callback's error propagates
-                coros = (_finish(_Continue(first, waits_on)),) + coros[1:]
+                done, value = start_eagerly(first, coros[1:])
+                if done:
+                    return WaitResults([first], [value], False)
+                coros = (value,) + coros[1:]
             return await super().wait_first(*coros, timeout=timeout)
 
     app.transport.Consumer = Consumer
@@ -334,10 +352,19 @@ def create_app(settings: Settings) -> faust.App:
         await health.refs_event.wait()
         # batches of what has arrived (at most 5 ms of waiting): fewer wake-ups
         # of the agent per record; records are still handled one by one, in order
-        async for batch in stream.take_events(settings.batch_max, within=settings.batch_wait_s):
-            for event in batch:
+        if settings.batch_max <= 1:
+            # one record at a time: nothing waits for company (the default; the
+            # lowest latency at a live load)
+            async for event in stream.events():
                 msg = event.message
                 await adapter.on_raw(msg.partition, msg.offset, event.key, event.value)
+        else:
+            # batches: more records a second when catching up, but every batch
+            # waits up to batch_wait_s for more (Faust's take_events)
+            async for batch in stream.take_events(settings.batch_max, within=settings.batch_wait_s):
+                for event in batch:
+                    msg = event.message
+                    await adapter.on_raw(msg.partition, msg.offset, event.key, event.value)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app_, revoked, **kwargs) -> None:
