@@ -32,8 +32,9 @@ def start_broker(tmp: Path) -> EmbeddedBroker:
 
 
 class Worker:
-    def __init__(self, bootstrap: str, tmp: Path, worker_id: str = "w1") -> None:
+    def __init__(self, bootstrap: str, tmp: Path, worker_id: str = "w1", env: dict | None = None) -> None:
         self.bootstrap = bootstrap
+        self.env = env or {}
         self.port = free_port()
         self.log = tmp / f"worker-{worker_id}-{int(time.time() * 1000)}.log"
         self.worker_id = worker_id
@@ -46,7 +47,7 @@ class Worker:
                "--session-timeout", session, "--loglevel", "info"]
         self.proc = subprocess.Popen(cmd, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
                                      start_new_session=True, cwd=REPO,
-                                     env={**os.environ, "PYTHONPATH": str(REPO)})
+                                     env={**os.environ, "PYTHONPATH": str(REPO), **self.env})
         return self
 
     def url(self, path: str) -> str:
