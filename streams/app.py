@@ -7,6 +7,7 @@ sends what comes back.
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import json
 import logging
 import os
@@ -85,10 +86,15 @@ class QuietMonitor(Monitor):
         pass
 
 
-class _Continue:
-    """Awaitable that finishes a coroutine already started by ``send(None)``
-    which then yielded ``first`` (the future it waits on): what a Task would
-    have done with it from its second step on."""
+_HANDED = object()
+
+
+class _Continue(collections.abc.Coroutine):
+    """A coroutine already started by ``send(None)``, which then yielded
+    ``first`` (what it waits on), seen as a fresh coroutine: a Task (or an
+    ``await``) drives it from its second step on. Whatever the Task throws
+    in (a cancellation, even before its first step) reaches the inner
+    coroutine where it waits, so it is never left suspended."""
 
     __slots__ = ("coro", "first")
 
@@ -96,28 +102,43 @@ class _Continue:
         self.coro = coro
         self.first = first
 
+    def send(self, value):
+        if self.first is not _HANDED:
+            out, self.first = self.first, _HANDED
+            return out                 # the Task's first step: hand over what it waits on
+        return self.coro.send(value)
+
+    def throw(self, typ, val=None, tb=None):
+        self.first = _HANDED
+        if val is None and tb is None:
+            return self.coro.throw(typ)
+        return self.coro.throw(typ, val, tb)
+
+    def close(self) -> None:
+        self.first = _HANDED
+        self.coro.close()
+
     def __await__(self):
-        coro, out = self.coro, self.first
+        try:
+            out = self.send(None)
+        except StopIteration as stop:
+            return stop.value
         while True:
             try:
                 val = yield out
             except GeneratorExit:
-                coro.close()
+                self.close()
                 raise
             except BaseException as exc:   # thrown in (e.g. cancellation): pass it on
                 try:
-                    out = coro.throw(exc)
+                    out = self.throw(exc)
                 except StopIteration as stop:
                     return stop.value
             else:
                 try:
-                    out = coro.send(val)
+                    out = self.send(val)
                 except StopIteration as stop:
                     return stop.value
-
-
-async def _finish(aw):
-    return await aw
 
 
 def _close(coros) -> None:
@@ -141,7 +162,7 @@ def start_eagerly(coro, others=()) -> tuple[bool, object]:
     except BaseException:
         _close(others)
         raise
-    return False, _finish(_Continue(coro, waits_on))
+    return False, _Continue(coro, waits_on)
 
 
 def _tuned_consumer(app: faust.App, fetch_max_wait_ms: int) -> None:
@@ -158,9 +179,16 @@ def _tuned_consumer(app: faust.App, fetch_max_wait_ms: int) -> None:
        a fifth of the worker's time in a profile. Handing a record to the
        stream almost never waits, so the callback is started in place; only
        if it does wait (a full stream buffer), or the flow is being
-       suspended, does it continue under Faust's own ``wait_first``. The
-       result is the one ``wait_first`` gives: the callback's first step ran
-       at once there too, in a task of its own.
+       suspended, does it continue under Faust's own ``wait_first`` (in a
+       task, as before). Differences: the first step runs in the fetcher's
+       task rather than in a task of its own on the next loop turn, so it
+       must not use anything tied to the current task (``asyncio.timeout``;
+       ``wait_for`` on Python 3.12+). On this path (conductor.on_message,
+       the flow-control locks and queue puts) nothing is; the one
+       ``wait_for`` (Faust's producer buffer, ``flush_atmost``) is only
+       reached by ``send_soon``, which lapstream does not use. And the
+       fetcher gives way to other tasks every 100 records (Faust's own
+       ``sleep(0)``) rather than at every record.
     3. No commit past a lost event. Faust flushes the producer before it
        commits offsets; if a derived event failed to be delivered
        (``SendGuard``), the commit is refused and the worker crashes, so the
@@ -180,8 +208,9 @@ def _tuned_consumer(app: faust.App, fetch_max_wait_ms: int) -> None:
             return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
         async def _commit(self, offsets):
-            # Faust flushed the producer just before this; one loop turn lets
-            # the delivery callbacks of that flush run
+            # Faust flushed the producer just before this: the delivery
+            # callbacks of that flush have run (aiokafka resolves the message
+            # futures before the batch's); one more loop turn costs nothing
             await asyncio.sleep(0)
             guard = getattr(self.app, "lapstream_sends", None)
             if guard is not None and guard.failed is not None:
@@ -218,9 +247,10 @@ class RawSchema(faust.Schema):
 
 class SendGuard:
     """Delivery results of the derived events. Faust only logs a failed send;
-    here a failure stops the next offset commit (``_tuned_consumer``) and
-    crashes the worker, so the records behind a lost event are processed
-    again by the next owner instead of being committed past."""
+    here a failed delivery, a send that raises, or a record cut off half-way
+    stops the next offset commit (``_tuned_consumer``) and crashes the
+    worker, so the records behind a lost event are handled again by the
+    next owner (same event ids) instead of being committed past."""
 
     def __init__(self) -> None:
         self.failed: BaseException | None = None
@@ -233,9 +263,13 @@ class SendGuard:
             exc = fut.exception()
         if exc is None:
             self.sent += 1
-        elif self.failed is None:
+        else:
+            self.fail(exc)
+
+    def fail(self, exc: BaseException) -> None:
+        if self.failed is None:
             self.failed = exc
-            log.error("a derived event could not be delivered: %r; no further commit", exc)
+            log.error("a derived event may be lost (%r): no further offset commit", exc)
 
 
 class Health:
@@ -350,21 +384,28 @@ def create_app(settings: Settings) -> faust.App:
     async def timing(stream):
         # record references first: a race is judged against the records in force
         await health.refs_event.wait()
-        # batches of what has arrived (at most 5 ms of waiting): fewer wake-ups
-        # of the agent per record; records are still handled one by one, in order
+        async def handle(event) -> None:
+            msg = event.message
+            try:
+                await adapter.on_raw(msg.partition, msg.offset, event.key, event.value)
+            except BaseException as exc:
+                # the record may be half sent (a send that raised, a cancellation):
+                # no offset may be committed past it (see _tuned_consumer)
+                sends.fail(RuntimeError(f"{T.RAW.name}:{msg.partition}:{msg.offset} "
+                                        f"not fully handled: {exc!r}"))
+                raise
+
         if settings.batch_max <= 1:
             # one record at a time: nothing waits for company (the default; the
             # lowest latency at a live load)
             async for event in stream.events():
-                msg = event.message
-                await adapter.on_raw(msg.partition, msg.offset, event.key, event.value)
+                await handle(event)
         else:
             # batches: more records a second when catching up, but every batch
             # waits up to batch_wait_s for more (Faust's take_events)
             async for batch in stream.take_events(settings.batch_max, within=settings.batch_wait_s):
                 for event in batch:
-                    msg = event.message
-                    await adapter.on_raw(msg.partition, msg.offset, event.key, event.value)
+                    await handle(event)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app_, revoked, **kwargs) -> None:

@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.demo import stop_process
 from streams import topics as T
@@ -77,6 +78,19 @@ class Worker:
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc, timeout=20)
+
+
+def committed(bootstrap: str, partition: int, group: str = "lapstream"):
+    """The group's committed offset of a timing.raw partition (None: never)."""
+    async def go():
+        c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+        await c.start()
+        try:
+            return await c.committed(TopicPartition(T.RAW.name, partition))
+        finally:
+            await c.stop()
+
+    return asyncio.run(go())
 
 
 def replay_lines(bootstrap: str, lines, speed=None) -> dict:

@@ -115,6 +115,39 @@ def test_cancelling_the_continuation_cancels_the_callback_where_it_waits():
     assert seen == ["cancelled inside", "cleanup"]
 
 
+def test_a_cancellation_before_the_tasks_first_step_still_reaches_the_callback():
+    seen = []
+
+    async def callback(ev):
+        try:
+            await ev.wait()
+        finally:
+            seen.append("cleanup")
+
+    async def main():
+        done, rest = start_eagerly(callback(asyncio.Event()))
+        task = asyncio.ensure_future(rest)
+        task.cancel()                      # before the task ever ran
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(main())
+    assert seen == ["cleanup"]
+
+
+def test_the_continuation_is_a_coroutine_a_task_accepts():
+    async def callback():
+        await asyncio.sleep(0)
+        return "ok"
+
+    async def main():
+        done, rest = start_eagerly(callback())
+        assert asyncio.iscoroutine(rest)
+        return await asyncio.create_task(rest)
+
+    assert run(main()) == "ok"
+
+
 def test_a_callback_can_catch_a_cancellation_and_return():
     async def callback(ev):
         try:

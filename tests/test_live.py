@@ -125,6 +125,36 @@ def test_kill_9_mid_race_loses_and_changes_nothing(stack):
     assert "lapstream_raw_messages_total" in metrics
 
 
+def test_an_event_that_cannot_be_sent_stops_the_worker_before_any_commit_past_its_record(stack):
+    broker, worker, _ = stack
+    lines = feed_lines(beijing.FINAL_A_FILE)
+    want = L.offline(lines)
+    by_id = {e["event_id"]: orjson.dumps(e, option=orjson.OPT_SORT_KEYS) for e in want}
+    # a producer that refuses every derived event (too large for its request limit)
+    w1 = worker("w1", env={"LAPSTREAM_FAUST_SETTINGS": '{"producer_max_request_size": 200}'})
+    w1.wait_ready()
+    L.replay_lines(broker.bootstrap, lines, speed=None)
+    deadline = time.monotonic() + 60
+    while w1.proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert w1.proc.poll() not in (None, 0), "the worker did not stop on a lost event"
+    log = w1.log.read_text()
+    m = re.search(r"timing\.raw:(\d+):(\d+) not fully handled", log)
+    assert m, log[-2000:]
+    part, off = int(m.group(1)), int(m.group(2))
+    committed = L.committed(broker.bootstrap, part)
+    assert committed is None or committed <= off, (committed, off)
+    # the next worker handles that record again: every fact is out, unchanged
+    w2 = worker("w2")
+    w2.wait_ready()
+    got = L.record_all(broker.bootstrap, expect=len(want))
+    seen = {}
+    for e in got:
+        b = orjson.dumps(e, option=orjson.OPT_SORT_KEYS)
+        assert seen.setdefault(e["event_id"], b) == b
+    assert seen == by_id
+
+
 BAD = [
     b"{not json at all",
     b'{"kind":"passing","v":1,"t_us":1644652800000000,"venue":"NSO","source":"X2-A","seq":"x","loop":"L000","transponder":"1"}',
