@@ -125,6 +125,41 @@ def test_kill_9_mid_race_loses_and_changes_nothing(stack):
     assert "lapstream_raw_messages_total" in metrics
 
 
+def test_a_second_worker_joining_mid_stream_shares_the_work_and_changes_nothing(stack):
+    broker, worker, _ = stack
+    lines = feed_lines(beijing.WOMEN_FILE)
+    want = L.offline(lines)
+    by_id = {e["event_id"]: orjson.dumps(e, option=orjson.OPT_SORT_KEYS) for e in want}
+    w1 = worker("w1")
+    w1.wait_ready()
+    cut = int(len(lines) * 0.4)
+    L.replay_lines(broker.bootstrap, lines[:cut], speed=None)
+    import threading
+
+    # the rest is replayed (paced, so the rebalance lands mid-stream) while w2 joins
+    t = threading.Thread(target=L.replay_lines, args=(broker.bootstrap, lines[cut:], 200.0))
+    t.start()
+    w2 = worker("w2")
+    w2.wait_ready()
+    t.join()
+    got = L.record_all(broker.bootstrap, expect=len(want), timeout=180)
+    seen = {}
+    for e in got:
+        b = orjson.dumps(e, option=orjson.OPT_SORT_KEYS)
+        assert seen.setdefault(e["event_id"], b) == b
+    assert seen == by_id
+    dedup, ids = [], set()
+    for e in got:
+        if e["event_id"] not in ids:
+            ids.add(e["event_id"])
+            dedup.append(e)
+    assert L.per_key_sequences(dedup) == L.per_key_sequences(want)
+    # both kept running through the rebalance, and both own partitions now
+    assert w1.proc.poll() is None and w2.proc.poll() is None
+    parts = [set(orjson.loads(w.get("/readyz"))["partitions"]) for w in (w1, w2)]
+    assert parts[0] and parts[1] and not parts[0] & parts[1]
+
+
 def test_an_event_that_cannot_be_sent_stops_the_worker_before_any_commit_past_its_record(stack):
     broker, worker, _ = stack
     lines = feed_lines(beijing.FINAL_A_FILE)
