@@ -118,27 +118,16 @@ class _Continue(collections.abc.Coroutine):
         self.first = _HANDED
         self.coro.close()
 
+    # awaited directly (``await rest``): ``yield from`` drives the same
+    # send/throw/close protocol
     def __await__(self):
-        try:
-            out = self.send(None)
-        except StopIteration as stop:
-            return stop.value
-        while True:
-            try:
-                val = yield out
-            except GeneratorExit:
-                self.close()
-                raise
-            except BaseException as exc:   # thrown in (e.g. cancellation): pass it on
-                try:
-                    out = self.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    out = self.send(val)
-                except StopIteration as stop:
-                    return stop.value
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.send(None)
 
 
 def _close(coros) -> None:

@@ -132,3 +132,30 @@ def skate(sid, start_m, gun, distance, first_s=9.5, per100_s=7.0, loops=(0, 100,
             out.append(read(f"{sid}-T2", at, tc + 21_000, "A"))
             out.append(read(f"{sid}-T1", at, tc + 150, "B"))
     return out, truth
+
+
+# -- comparing derived events ----------------------------------------------------
+
+def canon(events) -> list[bytes]:
+    """Events as canonical bytes (sorted keys), in order."""
+    return [orjson.dumps(e, option=orjson.OPT_SORT_KEYS) for e in events]
+
+
+def by_id(events) -> dict[str, bytes]:
+    """event_id -> canonical bytes; asserts that a repeated event (at-least-once)
+    carries the same id only with the same content."""
+    seen: dict[str, bytes] = {}
+    for e, b in zip(events, canon(events)):
+        assert seen.setdefault(e["event_id"], b) == b, e
+    return seen
+
+
+def first_of_each(events) -> list[dict]:
+    """The events with repeats (same event_id) dropped, first seen kept."""
+    ids: set = set()
+    out = []
+    for e in events:
+        if e["event_id"] not in ids:
+            ids.add(e["event_id"])
+            out.append(e)
+    return out

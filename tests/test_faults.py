@@ -17,6 +17,7 @@ from agents.live import LiveAdapter
 from streams import beijing
 from streams.process import process_lines
 from streams.topics import DEADLETTER, RECORDS_REF, TOPIC_OF_KIND, key_of
+from tests.msgs import by_id, canon
 
 FEED = (beijing.FEEDS_DIR / beijing.FINAL_A_FILE).read_bytes().splitlines()
 REFS = [ln for ln in FEED if b'"record_ref"' in ln]
@@ -25,8 +26,6 @@ CLEAN = list(process_lines(FEED))
 PROFILE = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def canon(events):
-    return [orjson.dumps(e, option=orjson.OPT_SORT_KEYS) for e in events]
 
 
 class Log:
@@ -99,12 +98,7 @@ def test_a_crash_anywhere_loses_and_changes_nothing(crash_at, redo):
             await b.on_raw(0, off, b"NSO", RAW[off])
     asyncio.run(go())
     got = derived(log)
-    seen = {}
-    for e in got:
-        b = orjson.dumps(e, option=orjson.OPT_SORT_KEYS)
-        assert seen.setdefault(e["event_id"], b) == b
-    want = {e["event_id"]: orjson.dumps(e, option=orjson.OPT_SORT_KEYS) for e in CLEAN}
-    assert seen == want
+    assert by_id(got) == by_id(CLEAN)
 
 
 def _dumps(obj) -> bytes:
@@ -143,12 +137,19 @@ junk = st.one_of(
 )
 
 
+def with_junk(lines, bad) -> list[bytes]:
+    """``lines`` with each (position, junk) of ``bad`` inserted before the
+    original line at that position."""
+    out = list(lines)
+    for pos, b in sorted(bad, key=lambda x: x[0], reverse=True):
+        out.insert(pos, b)
+    return out
+
+
 @PROFILE
 @given(bad=st.lists(st.tuples(st.integers(min_value=0, max_value=len(FEED)), junk), min_size=1, max_size=6))
 def test_junk_anywhere_is_dead_lettered_with_its_bytes_and_nothing_else_changes(bad):
-    lines = list(FEED)
-    for pos, b in sorted(bad, key=lambda x: x[0], reverse=True):
-        lines.insert(pos, b)
+    lines = with_junk(FEED, bad)
     out = list(process_lines(lines))
     dl = [e for e in out if e["kind"] == "deadletter"]
     assert len(dl) == len(bad)
@@ -161,9 +162,7 @@ def test_junk_anywhere_is_dead_lettered_with_its_bytes_and_nothing_else_changes(
 @PROFILE
 @given(bad=st.lists(st.tuples(st.integers(min_value=0, max_value=len(RAW)), junk), min_size=1, max_size=4))
 def test_junk_on_kafka_goes_to_the_dead_letter_topic_with_headers(bad):
-    records = list(RAW)
-    for pos, b in sorted(bad, key=lambda x: x[0], reverse=True):
-        records.insert(pos, b)
+    records = with_junk(RAW, bad)
     log = run_adapter(records)
     dead = [(k, v, dict(h)) for t, k, v, h in log.sent if t == DEADLETTER.name]
     assert sorted(v for _, v, _ in dead) == sorted(b for _, b in bad)
@@ -193,10 +192,7 @@ def test_a_reference_published_after_the_race_does_not_change_a_rebuild():
         for off in range(crash - 10, len(RAW)):
             await b.on_raw(0, off, b"NSO", RAW[off])
     asyncio.run(go())
-    seen = {}
-    for e in derived(log):
-        blob = orjson.dumps(e, option=orjson.OPT_SORT_KEYS)
-        assert seen.setdefault(e["event_id"], blob) == blob, e
+    by_id(derived(log))
 
 
 def test_records_skipped_by_an_abandoned_batch_are_emitted_not_lost():

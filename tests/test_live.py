@@ -14,6 +14,7 @@ import pytest
 from streams import beijing
 from streams import topics as T
 from tests import livekit as L
+from tests import msgs as M
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -86,7 +87,6 @@ def test_kill_9_mid_race_loses_and_changes_nothing(stack):
     broker, worker, tmp = stack
     lines = feed_lines(beijing.WOMEN_FILE)
     want = L.offline(lines)
-    by_id = {e["event_id"]: orjson.dumps(e, option=orjson.OPT_SORT_KEYS) for e in want}
     w1 = worker("w1")
     w1.wait_ready()
     # the first 60% of the tournament (mid-way through the semi-finals) ...
@@ -105,21 +105,12 @@ def test_kill_9_mid_race_loses_and_changes_nothing(stack):
     w2 = worker("w2")
     w2.wait_ready()
     got = L.record_all(broker.bootstrap, expect=len(want), timeout=180)
-    seen = {}
-    for e in got:
-        b = orjson.dumps(e, option=orjson.OPT_SORT_KEYS)
-        # a repeated event only with the same id and the same content
-        assert seen.setdefault(e["event_id"], b) == b
-    assert set(seen) == set(by_id), (len(set(by_id) - set(seen)), len(set(seen) - set(by_id)))
-    assert all(seen[i] == by_id[i] for i in by_id)
+    # a repeated event only with the same id and the same content
+    seen, want_ids = M.by_id(got), M.by_id(want)
+    assert set(seen) == set(want_ids), (len(set(want_ids) - set(seen)), len(set(seen) - set(want_ids)))
+    assert seen == want_ids
     # after deduplication by id, each race's events come in the offline order
-    dedup = []
-    ids = set()
-    for e in got:
-        if e["event_id"] not in ids:
-            ids.add(e["event_id"])
-            dedup.append(e)
-    assert L.per_key_sequences(dedup) == L.per_key_sequences(want)
+    assert L.per_key_sequences(M.first_of_each(got)) == L.per_key_sequences(want)
     # the restarted worker rebuilt its state from the raw topic
     metrics = w2.get("/metrics")
     assert "lapstream_raw_messages_total" in metrics
@@ -129,7 +120,6 @@ def test_a_second_worker_joining_mid_stream_shares_the_work_and_changes_nothing(
     broker, worker, _ = stack
     lines = feed_lines(beijing.WOMEN_FILE)
     want = L.offline(lines)
-    by_id = {e["event_id"]: orjson.dumps(e, option=orjson.OPT_SORT_KEYS) for e in want}
     w1 = worker("w1")
     w1.wait_ready()
     cut = int(len(lines) * 0.4)
@@ -143,17 +133,8 @@ def test_a_second_worker_joining_mid_stream_shares_the_work_and_changes_nothing(
     w2.wait_ready()
     t.join()
     got = L.record_all(broker.bootstrap, expect=len(want), timeout=180)
-    seen = {}
-    for e in got:
-        b = orjson.dumps(e, option=orjson.OPT_SORT_KEYS)
-        assert seen.setdefault(e["event_id"], b) == b
-    assert seen == by_id
-    dedup, ids = [], set()
-    for e in got:
-        if e["event_id"] not in ids:
-            ids.add(e["event_id"])
-            dedup.append(e)
-    assert L.per_key_sequences(dedup) == L.per_key_sequences(want)
+    assert M.by_id(got) == M.by_id(want)
+    assert L.per_key_sequences(M.first_of_each(got)) == L.per_key_sequences(want)
     # both kept running through the rebalance, and both own partitions now
     assert w1.proc.poll() is None and w2.proc.poll() is None
     parts = [set(orjson.loads(w.get("/readyz"))["partitions"]) for w in (w1, w2)]
@@ -164,7 +145,6 @@ def test_an_event_that_cannot_be_sent_stops_the_worker_before_any_commit_past_it
     broker, worker, _ = stack
     lines = feed_lines(beijing.FINAL_A_FILE)
     want = L.offline(lines)
-    by_id = {e["event_id"]: orjson.dumps(e, option=orjson.OPT_SORT_KEYS) for e in want}
     # a producer that refuses every derived event (too large for its request limit)
     w1 = worker("w1", env={"LAPSTREAM_FAUST_SETTINGS": '{"producer_max_request_size": 200}'})
     w1.wait_ready()
@@ -183,11 +163,7 @@ def test_an_event_that_cannot_be_sent_stops_the_worker_before_any_commit_past_it
     w2 = worker("w2")
     w2.wait_ready()
     got = L.record_all(broker.bootstrap, expect=len(want))
-    seen = {}
-    for e in got:
-        b = orjson.dumps(e, option=orjson.OPT_SORT_KEYS)
-        assert seen.setdefault(e["event_id"], b) == b
-    assert seen == by_id
+    assert M.by_id(got) == M.by_id(want)
 
 
 BAD = [
