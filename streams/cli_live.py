@@ -17,12 +17,28 @@ def _broker_arg(p: argparse.ArgumentParser, default_env: bool = True) -> None:
     p.add_argument("--broker", default=os.environ.get("LAPSTREAM_BROKER", DEFAULT_BROKER),
                    help="kafka://host:port[,host:port] of a cluster, or 'embedded' "
                         "(default: $LAPSTREAM_BROKER or %(default)s)")
+    from streams.kafka_security import add_arguments
+
+    add_arguments(p)   # TLS / SASL: --kafka-* flags, LAPSTREAM_KAFKA_* env, --kafka-config
+
+
+def _security(args):
+    """The command's Kafka security settings; a bad one exits with one line (no secret)."""
+    from streams.kafka_security import KafkaSecurityError, from_args
+
+    try:
+        return from_args(args)
+    except KafkaSecurityError as exc:
+        raise SystemExit(f"lapstream: {exc}") from None
 
 
 def _bootstrap(setting: str) -> str:
     from streams.broker import parse_broker_setting
 
-    kind, boot = parse_broker_setting(setting)
+    try:
+        kind, boot = parse_broker_setting(setting)
+    except ValueError as exc:   # one line; a setting with credentials is not echoed
+        raise SystemExit(f"lapstream: {exc}") from None
     if boot is None:
         raise SystemExit(f"lapstream: --broker {setting!r} names an embedded broker; start one with "
                          "'lapstream broker' and pass its kafka://127.0.0.1:PORT address")
@@ -65,14 +81,20 @@ def _cmd_worker(args) -> int:
     from streams.broker import ensure_topics
 
     boot = _bootstrap(args.broker)
+    security = _security(args)
     if not args.no_create_topics:
-        asyncio.run(ensure_topics(boot))
-    settings = Settings.from_env(bootstrap=boot, http_host=args.http_host, http_port=args.http_port,
-                                 worker_id=args.worker_id, data_dir=args.data_dir)
+        asyncio.run(ensure_topics(boot, security=security))
+    from streams.kafka_security import KafkaSecurityError
+
+    try:
+        settings = Settings.from_env(bootstrap=boot, http_host=args.http_host, http_port=args.http_port,
+                                     worker_id=args.worker_id, data_dir=args.data_dir, security=security)
+    except KafkaSecurityError as exc:   # credentials in LAPSTREAM_FAUST_SETTINGS (not echoed)
+        raise SystemExit(f"lapstream: {exc}") from None
     if args.session_timeout:
         settings.session_timeout_s = args.session_timeout
         settings.heartbeat_s = max(0.2, args.session_timeout / 6)
-    print(f"lapstream worker {settings.worker_id}: broker {boot}, metrics "
+    print(f"lapstream worker {settings.worker_id}: broker {boot} ({security.describe()}), metrics "
           f"http://{settings.http_host}:{settings.http_port}/metrics", file=sys.stderr, flush=True)
     sys.argv = [sys.argv[0]]   # Faust's worker reads argv
     run_worker(settings, loglevel=args.loglevel)
@@ -97,13 +119,15 @@ def _cmd_replay(args) -> int:
     from streams.replay import replay
 
     boot = _bootstrap(args.broker)
+    security = _security(args)
     with open(args.feed, "rb") as f:
         lines = f.readlines()
     with Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   disable=args.quiet or not sys.stderr.isatty(), transient=False) as prog:
         task = prog.add_task("replay", total=len(lines))
         counts = asyncio.run(replay(boot, lines, speed=args.speed, skip_idle=args.skip_idle,
-                                    progress=lambda n: prog.update(task, completed=n)))
+                                    progress=lambda n: prog.update(task, completed=n),
+                                    security=security))
     print(f"lapstream replay: {counts[T.RAW.name]} to {T.RAW.name}, "
           f"{counts[T.RECORDS_REF.name]} to {T.RECORDS_REF.name}", file=sys.stderr)
     return 0
@@ -113,10 +137,11 @@ def _cmd_record(args) -> int:
     from streams.replay import record
 
     boot = _bootstrap(args.broker)
+    security = _security(args)
     topics = args.topics or [t.name for t in T.DERIVED] + [T.DEADLETTER.name]
     out = open(args.out, "wb") if args.out != "-" else sys.stdout.buffer
     try:
-        n = asyncio.run(record(boot, out, topics, idle_exit_s=args.idle_exit))
+        n = asyncio.run(record(boot, out, topics, idle_exit_s=args.idle_exit, security=security))
     except KeyboardInterrupt:
         n = None
     finally:

@@ -72,7 +72,7 @@ async def replay(bootstrap: str, lines: Iterable[bytes], speed: Optional[float] 
                  progress: Optional[Callable[[int], None]] = None, ref_settle_s: float = 1.0,
                  producer: Optional[AIOKafkaProducer] = None,
                  on_sent: Optional[Callable[[bytes, str, float], None]] = None,
-                 skip_idle: bool = False) -> dict:
+                 skip_idle: bool = False, security=None) -> dict:
     """Produce a feed paced by ``t_us`` (``speed`` None = as fast as possible).
 
     Pacing never waits for a line older than one already sent (the contract).
@@ -85,7 +85,8 @@ async def replay(bootstrap: str, lines: Iterable[bytes], speed: Optional[float] 
     own = producer is None
     if own:
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
-                                    enable_idempotence=False, max_request_size=4 * 1024 * 1024)
+                                    enable_idempotence=False, max_request_size=4 * 1024 * 1024,
+                                    **_security_kwargs(security))
         await producer.start()
     counts = {T.RAW.name: 0, T.RECORDS_REF.name: 0}
     race_venue: dict[str, str] = {}
@@ -142,8 +143,18 @@ async def replay(bootstrap: str, lines: Iterable[bytes], speed: Optional[float] 
     return counts
 
 
-def deadletter_record(value: bytes, headers) -> dict:
+def _security_kwargs(security) -> dict:
+    """aiokafka's TLS/SASL arguments from a ``streams.kafka_security.KafkaSecurity``."""
+    return security.aiokafka_kwargs() if security is not None else {}
+
+
+def deadletter_record(value: Optional[bytes], headers) -> dict:
     h = {k: (v.decode("utf-8", "replace") if isinstance(v, (bytes, bytearray)) else v) for k, v in (headers or ())}
+    if value is None:  # a record with a null value (a tombstone) on the dead-letter topic
+        return {"kind": "deadletter", "v": 1, "error": h.get("error") or "null value", "raw": "",
+                "null_value": True, "source_topic": h.get("source-topic"),
+                "source_partition": _int(h.get("source-partition")),
+                "source_offset": _int(h.get("source-offset"))}
     return {"kind": "deadletter", "v": 1, "error": h.get("error", ""),
             "raw": value.decode("utf-8", "backslashreplace"),
             "source_topic": h.get("source-topic"), "source_partition": _int(h.get("source-partition")),
@@ -159,11 +170,15 @@ def _int(x):
 
 async def record(bootstrap: str, out, topics: Iterable[str], idle_exit_s: Optional[float] = None,
                  stop: Optional[asyncio.Event] = None, from_beginning: bool = True,
-                 on_record: Optional[Callable[[str, bytes], None]] = None) -> int:
-    """Write what arrives on ``topics`` as JSON Lines (the shape ``process`` prints)."""
+                 on_record: Optional[Callable[[str, bytes], None]] = None, security=None) -> int:
+    """Write what arrives on ``topics`` as JSON Lines (the shape ``process`` prints).
+    A null value (a tombstone) on a derived topic is no event and is not
+    written; one on the dead-letter topic is written with ``"raw": ""`` and
+    ``"null_value": true``."""
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None,
                                 enable_auto_commit=False,
-                                auto_offset_reset="earliest" if from_beginning else "latest")
+                                auto_offset_reset="earliest" if from_beginning else "latest",
+                                **_security_kwargs(security))
     await consumer.start()
     n = 0
     last = time.monotonic()
@@ -176,6 +191,8 @@ async def record(bootstrap: str, out, topics: Iterable[str], idle_exit_s: Option
                     got = True
                     if tp.topic == T.DEADLETTER.name:
                         line = orjson.dumps(deadletter_record(rec.value, rec.headers))
+                    elif rec.value is None:
+                        continue
                     else:
                         line = rec.value
                     out.write(line + b"\n")
