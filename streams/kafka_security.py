@@ -40,6 +40,7 @@ config file line.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import ssl
 import stat
@@ -270,6 +271,8 @@ class KafkaSecurity:
     def aiokafka_kwargs(self) -> dict:
         """Keyword arguments for aiokafka's producer, consumer and admin client."""
         kw: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.uses_sasl:
+            install_log_redaction()
         if self.uses_tls:
             kw["ssl_context"] = self.ssl_context()
         if self.uses_sasl:
@@ -283,6 +286,7 @@ class KafkaSecurity:
         import faust
 
         if self.uses_sasl:
+            install_log_redaction()
             return {"broker_credentials": faust.SASLCredentials(
                 username=self.sasl_username, password=self.sasl_password.reveal(),
                 ssl_context=self.ssl_context(), mechanism=self.sasl_mechanism)}
@@ -292,6 +296,33 @@ class KafkaSecurity:
 
 
 PLAINTEXT = KafkaSecurity()
+
+
+class _SaslRedaction(logging.Filter):
+    """aiokafka logs every request at DEBUG with its repr; for SASL PLAIN the
+    SaslAuthenticate request's bytes are ``\\0user\\0password``. This filter
+    (on the ``aiokafka.conn`` logger) replaces those bytes with ``***``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:
+            return True
+        if "sasl_auth_bytes" in text:
+            head = text.split("sasl_auth_bytes", 1)[0]
+            record.msg = head + "sasl_auth_bytes=*** (SASL authentication bytes not logged))"
+            record.args = ()
+        return True
+
+
+_REDACTION = _SaslRedaction()
+
+
+def install_log_redaction() -> None:
+    """Put the SASL redaction filter on aiokafka's connection logger (once)."""
+    logger = logging.getLogger("aiokafka.conn")
+    if _REDACTION not in logger.filters:
+        logger.addFilter(_REDACTION)
 
 
 def checked_faust_extra(extra: Any, source: str = "LAPSTREAM_FAUST_SETTINGS") -> dict:
