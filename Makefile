@@ -13,6 +13,9 @@ deps:
 	@command -v promtool >/dev/null 2>&1 || { \
 	  echo "installing promtool (Debian package prometheus)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v stunnel4 >/dev/null 2>&1 || { \
+	  echo "installing stunnel4 (Debian package stunnel4: TLS in front of the test broker)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends stunnel4 >/dev/null; }
 	$(PYTHON) -m pip install --quiet -e ".[test]"
 
 test: deps

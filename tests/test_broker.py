@@ -301,3 +301,16 @@ def test_faust_settings():
     assert B.faust_settings("noida")["broker_session_timeout"] >= 6.0
     with pytest.raises(ValueError):
         B.faust_settings("redpanda")
+
+
+# -- a proxy in front of tansu (the TLS tests put stunnel there) -----------------
+
+
+def test_tansu_advertises_the_port_of_a_proxy_in_front_of_it(tmp_path):
+    proxy_port = B.free_port()
+    with EmbeddedBroker("tansu", advertised_port=proxy_port, log_path=tmp_path / "log") as b:
+        assert b.port != proxy_port
+        # the broker answers on its own port and names the proxy's in its metadata
+        assert [(h, p) for _, h, p in B.probe_broker(b.host, b.port)] == [("127.0.0.1", proxy_port)]
+    with pytest.raises(ValueError):
+        EmbeddedBroker("noida", advertised_port=proxy_port)
