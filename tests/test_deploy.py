@@ -373,8 +373,13 @@ def test_compose_kafka_kraft_cluster():
         assert set(lst) == set(proto), "every listener needs a security protocol"
         assert set(adv) <= set(lst)
         for listener, (host, port) in adv.items():
-            if host == "localhost":  # published to the host on the same port
-                assert f"{port}:{port}" in services[name].get("ports", []), (name, listener)
+            if host == "localhost":  # published to the host (loopback only) on the same port
+                assert f"127.0.0.1:{port}:{port}" in services[name].get("ports", []), (name, listener)
+            # every listener a client reaches is TLS + SASL
+            assert proto[listener] == "SASL_SSL", (name, listener)
+        assert env["KAFKA_SASL_MECHANISM_INTER_BROKER_PROTOCOL"] in env["KAFKA_SASL_ENABLED_MECHANISMS"].split(",")
+        assert env["KAFKA_SSL_KEYSTORE_LOCATION"] == f"/run/secrets/{name}-keystore"
+        assert f"{name}-keystore" in services[name]["secrets"]
         assert env["KAFKA_DEFAULT_REPLICATION_FACTOR"] == "3"
         assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "3"
         assert env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"] == "3"
@@ -473,13 +478,13 @@ def test_compose_prometheus_and_grafana_mounts():
     prom = services["prometheus"]
     assert mount_target(prom, "./prometheus") == "/etc/prometheus"
     assert "--config.file=/etc/prometheus/prometheus.yml" in prom["command"]
-    assert "9090:9090" in prom["ports"]
+    assert "127.0.0.1:9090:9090" in prom["ports"]
     graf = services["grafana"]
     assert mount_target(graf, "./grafana/provisioning") == "/etc/grafana/provisioning"
     provider = load_yaml(GRAFANA_DASH_PROVIDER)["providers"][0]
     assert provider["type"] == "file"
     assert provider["options"]["path"] == mount_target(graf, "./grafana/dashboards")
-    assert "3000:3000" in graf["ports"]
+    assert "127.0.0.1:3000:3000" in graf["ports"]
     for volume in prom["volumes"] + graf["volumes"]:
         source = volume.split(":")[0]
         if source.startswith("."):
@@ -667,3 +672,161 @@ def test_k8s_service_pdb_and_hpa_match_the_workers():
     kust = load_yaml(K8S_DIR / "kustomization.yaml")
     for res in kust["resources"]:
         assert (K8S_DIR / res).is_file(), res
+
+
+# ------------------------------------------------------ compose: hardening
+def published_ports(svc: dict) -> list[tuple[str | None, str]]:
+    """(host ip or None, the whole entry) for every port a service publishes."""
+    out = []
+    for p in svc.get("ports", []):
+        if isinstance(p, dict):   # long syntax
+            out.append((p.get("host_ip"), str(p)))
+            continue
+        text = str(p)
+        if text.startswith("["):  # [::1]:HOST:CONTAINER
+            out.append((text[1:text.index("]")], text))
+            continue
+        parts = text.split(":")
+        out.append((parts[0] if len(parts) == 3 else None, text))
+    return out
+
+
+def test_compose_publishes_on_loopback_only():
+    services = compose()["services"]
+    seen = 0
+    for name, svc in services.items():
+        assert "network_mode" not in svc or svc["network_mode"] != "host", name
+        for host_ip, entry in published_ports(svc):
+            seen += 1
+            assert host_ip in ("127.0.0.1", "::1"), f"{name} publishes {entry} on every interface"
+    assert seen >= 7   # 3 Kafka EXTERNAL listeners, 2 workers, Prometheus, Grafana
+    # the KRaft controllers are never published
+    for node in KAFKA_NODES:
+        assert not any(entry.endswith(":9093") for _, entry in published_ports(services[node]))
+
+
+def test_prometheus_has_no_lifecycle_api():
+    prom = compose()["services"]["prometheus"]
+    assert not any("web.enable-lifecycle" in str(arg) for arg in prom["command"])
+    assert not any("web.enable-admin-api" in str(arg) for arg in prom["command"])
+
+
+def test_grafana_has_no_default_admin_password():
+    graf = compose()["services"]["grafana"]
+    env = {k: str(v) for k, v in graf["environment"].items()}
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in env, "a password in the compose file"
+    path = env["GF_SECURITY_ADMIN_PASSWORD__FILE"]
+    secret = path.rsplit("/", 1)[1]
+    assert path == f"/run/secrets/{secret}" and secret in graf["secrets"]
+    assert compose()["secrets"][secret]["file"].startswith("./secrets/")
+    assert env.get("GF_USERS_ALLOW_SIGN_UP") == "false"
+    assert env.get("GF_AUTH_ANONYMOUS_ORG_ROLE", "Viewer") == "Viewer"
+
+
+def test_no_secret_value_in_the_compose_file():
+    doc = compose()
+    for name, svc in doc["services"].items():
+        env = svc.get("environment") or {}
+        for key, value in env.items():
+            if re.search(r"PASSWORD|SECRET|JAAS|CREDENTIAL", key) and not key.endswith("_FILE"):
+                # only a reference to a file (Kafka's FileConfigProvider; $$ is compose's escape)
+                assert str(value).startswith("$${file:/run/secrets/"), f"{name}: {key} holds a value"
+    for secret in doc["secrets"].values():
+        assert set(secret) == {"file"} and secret["file"].startswith("./secrets/")
+
+
+def test_compose_workers_use_sasl_ssl_from_secret_files():
+    doc = compose()
+    for name, svc in doc["services"].items():
+        if not name.startswith("worker-"):
+            continue
+        env = {k: str(v) for k, v in svc["environment"].items()}
+        assert env["LAPSTREAM_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+        assert env["LAPSTREAM_KAFKA_SASL_MECHANISM"] in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+        assert "LAPSTREAM_KAFKA_SASL_PASSWORD" not in env
+        for key in ("LAPSTREAM_KAFKA_SASL_PASSWORD_FILE", "LAPSTREAM_KAFKA_SSL_CAFILE"):
+            secret = env[key].removeprefix("/run/secrets/")
+            assert secret in svc["secrets"] and secret in doc["secrets"], (name, key)
+
+
+def test_gen_secrets_makes_what_compose_reads_and_it_fits_together(tmp_path):
+    """deploy/gen_secrets.sh makes every secret file the compose file names;
+    the workers' settings load with them (streams/kafka_security.py); the
+    brokers' key stores open with the key password and pass a TLS handshake
+    with the workers' client settings (CA + host name kafka-N); the JAAS
+    users' passwords are those the clients use."""
+    import socket
+    import ssl
+
+    from streams.kafka_security import KafkaSecurity
+
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl not found: it makes the compose stack's secrets")
+    out = tmp_path / "secrets"
+    r = subprocess.run(["sh", str(DEPLOY / "gen_secrets.sh"), str(out)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (out.stat().st_mode & 0o077) == 0, "the secrets directory must be private"
+    doc = compose()
+    files = {name: out / Path(s["file"]).name for name, s in doc["secrets"].items()}
+    for name, path in files.items():
+        assert path.is_file(), f"gen_secrets.sh did not make {name} ({path.name})"
+    # a second run does not overwrite them
+    again = subprocess.run(["sh", str(DEPLOY / "gen_secrets.sh"), str(out)], capture_output=True, text=True)
+    assert again.returncode != 0
+
+    def host_path(value: str) -> str:
+        return str(files[value.removeprefix("/run/secrets/")])
+
+    worker_env = {k: str(v) for k, v in doc["services"]["worker-1"]["environment"].items()}
+    env = {k: (host_path(v) if v.startswith("/run/secrets/") else v)
+           for k, v in worker_env.items() if k.startswith("LAPSTREAM_KAFKA_")}
+    sec = KafkaSecurity.from_env(env)
+    lapstream_pw = sec.sasl_password.reveal()
+    jaas = files["kafka-jaas"].read_text()
+    assert f'user_{sec.sasl_username}="{lapstream_pw}"' in jaas
+    admin_pw = re.search(r'user_admin="([^"]+)"', jaas).group(1)
+    client_props = files["kafka-client-properties"].read_text()
+    assert f'username="admin" password="{admin_pw}"' in client_props
+    assert "security.protocol=SASL_SSL" in client_props
+    key_password = re.search(r"^key\.password=(.+)$", files["kafka-ssl-properties"].read_text(), re.M).group(1)
+    kafka_env = doc["x-kafka-env"]
+    assert kafka_env["KAFKA_SSL_KEY_PASSWORD"] == "$${file:/run/secrets/kafka-ssl-properties:key.password}"
+    for node in KAFKA_NODES:
+        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.load_cert_chain(files[f"{node}-keystore"], password=key_password)
+        a, b = socket.socketpair()
+        errors = []
+
+        def serve():
+            try:
+                with server.wrap_socket(a, server_side=True) as s:
+                    s.recv(1)
+            except Exception as exc:  # shown below if the client failed too
+                errors.append(exc)
+
+        t = threading.Thread(target=serve)
+        t.start()
+        try:
+            with sec.ssl_context().wrap_socket(b, server_hostname=node) as c:
+                assert c.version() in ("TLSv1.2", "TLSv1.3")
+                c.sendall(b"x")
+        finally:
+            t.join(10)
+        assert not errors, errors
+
+
+def test_k8s_workers_use_sasl_ssl_with_a_mounted_secret():
+    (deploy,) = k8s_by_kind("Deployment")
+    (cm,) = k8s_by_kind("ConfigMap")
+    data = cm["data"]
+    assert data["LAPSTREAM_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert "LAPSTREAM_KAFKA_SASL_PASSWORD" not in data
+    pod = deploy["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    for key in ("LAPSTREAM_KAFKA_SASL_PASSWORD_FILE", "LAPSTREAM_KAFKA_SSL_CAFILE"):
+        folder = data[key].rsplit("/", 1)[0]
+        (vol,) = [n for n, m in mounts.items() if m["mountPath"] == folder]
+        assert vol in secrets and mounts[vol]["readOnly"] is True
