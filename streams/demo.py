@@ -89,6 +89,15 @@ def run_demo(args) -> int:
         console.print(f"[red]lapstream demo: no feed {path}[/red]")
         return 2
     kind, boot = parse_broker_setting(args.broker)
+    from streams.kafka_security import ENV_PREFIX, KafkaSecurity, KafkaSecurityError
+
+    try:   # a Kafka cluster: LAPSTREAM_KAFKA_* (TLS/SASL); the embedded broker: loopback plaintext
+        security = KafkaSecurity.from_env() if boot is not None else None
+    except KafkaSecurityError as exc:
+        console.print(f"[red]lapstream demo: {exc}[/red]")
+        return 2
+    plain_env = None if security is not None else {
+        k: "" for k in os.environ if k.startswith(ENV_PREFIX)}   # the worker too
     broker = None
     worker = None
     workdir = tempfile.mkdtemp(prefix="lapstream-demo-")
@@ -99,9 +108,10 @@ def run_demo(args) -> int:
             broker.start()
             boot = broker.bootstrap
             console.print(f"embedded {broker.kind} broker on [bold]{boot}[/bold]")
-        asyncio.run(ensure_topics(boot))
+        asyncio.run(ensure_topics(boot, security=security))
         worker = start_worker(boot, http_port, log_path=os.path.join(workdir, "worker.log"),
-                              session_timeout=2.0 if broker is not None and broker.kind == "tansu" else 6.0)
+                              session_timeout=2.0 if broker is not None and broker.kind == "tansu" else 6.0,
+                              env=plain_env)
         metrics_url = f"http://127.0.0.1:{http_port}/metrics"
         console.print(f"worker metrics: [bold]{metrics_url}[/bold]  (health: /healthz, /readyz)")
         if not wait_http(f"http://127.0.0.1:{http_port}/readyz", 90, worker):
@@ -109,7 +119,7 @@ def run_demo(args) -> int:
             return 1
         console.print(f"replaying {path.name} at {'max' if args.speed is None else args.speed}x "
                       "(Ctrl-C stops)")
-        return asyncio.run(_live(console, boot, path, args, metrics_url))
+        return asyncio.run(_live(console, boot, path, args, metrics_url, security))
     except KeyboardInterrupt:
         console.print("stopped")
         return 130
@@ -120,7 +130,7 @@ def run_demo(args) -> int:
             broker.stop()
 
 
-async def _live(console, boot: str, path: Path, args, metrics_url: str) -> int:
+async def _live(console, boot: str, path: Path, args, metrics_url: str, security=None) -> int:
     from rich.live import Live
 
     from streams.board import Board
@@ -149,11 +159,11 @@ async def _live(console, boot: str, path: Path, args, metrics_url: str) -> int:
             console.print(_line(ev))
 
     async def run_replay() -> None:
-        await replay(boot, lines, speed=args.speed, skip_idle=not args.no_skip_idle)
+        await replay(boot, lines, speed=args.speed, skip_idle=not args.no_skip_idle, security=security)
         done["replayed"] = True
 
     rec_task = asyncio.create_task(record(boot, Sink(), [t.name for t in T.DERIVED] + [T.DEADLETTER.name],
-                                          stop=stop, on_record=on_record))
+                                          stop=stop, on_record=on_record, security=security))
     rep_task = asyncio.create_task(run_replay())
     try:
         if args.plain:
