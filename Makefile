@@ -13,9 +13,9 @@ deps:
 	@command -v promtool >/dev/null 2>&1 || { \
 	  echo "installing promtool (Debian package prometheus)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
-	@command -v stunnel4 >/dev/null 2>&1 || { \
-	  echo "installing stunnel4 (Debian package stunnel4: TLS in front of the test broker)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends stunnel4 >/dev/null; }
+	@{ command -v stunnel4 && command -v openssl; } >/dev/null 2>&1 || { \
+	  echo "installing stunnel4 and openssl (TLS in front of the test broker; deploy/gen_secrets.sh)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends stunnel4 openssl >/dev/null; }
 	$(PYTHON) -m pip install --quiet -e ".[test]"
 
 test: deps
