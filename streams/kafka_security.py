@@ -235,6 +235,8 @@ class KafkaSecurity:
         parts = [self.security_protocol]
         if self.uses_sasl:
             parts.append(f"{self.sasl_mechanism} as {self.sasl_username!r}")
+            if self.security_protocol == "SASL_PLAINTEXT" and self.sasl_mechanism == "PLAIN":
+                parts.append("WARNING: the password crosses the network in clear text")
         if self.uses_tls:
             parts.append(f"CA {self.ssl_cafile or 'system default'}")
             if self.ssl_certfile:

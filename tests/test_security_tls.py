@@ -69,6 +69,16 @@ def record_until(bootstrap: str, security: KafkaSecurity, expect: int, timeout: 
     return [orjson.loads(x) for x in asyncio.run(go()).splitlines() if x]
 
 
+def eventually(cond, timeout: float = 30.0) -> bool:
+    """A condition seen true within ``timeout`` (a log written by another process)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 async def _start_fails(bootstrap: str, **kw) -> BaseException:
     p = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=10000, **kw)
     try:
@@ -125,7 +135,7 @@ def test_worker_replay_record_through_mtls_equal_offline(mtls, tmp_path):
         assert L.per_key_sequences(got) == L.per_key_sequences(want)
         assert L.per_key_sequences(got_live) == L.per_key_sequences(want)
         # the worker really went through TLS: stunnel accepted its client certificate
-        assert "Certificate accepted" in mtls.stunnel.log.read_text()
+        assert eventually(lambda: "Certificate accepted" in mtls.stunnel.log.read_text())
         for text in (replay.stdout + replay.stderr, rec.stdout + rec.stderr, w.log.read_bytes()):
             assert c.client_key_password not in text
     finally:
@@ -140,7 +150,7 @@ def test_mtls_refuses_a_client_without_certificate(mtls):
     sec = KafkaSecurity.from_env(mtls.env(client_cert=False))
     exc = asyncio.run(_start_fails(mtls.bootstrap, **sec.aiokafka_kwargs()))
     assert isinstance(exc, (KafkaConnectionError, OSError)), repr(exc)
-    assert "peer did not return a certificate" in mtls.stunnel.log.read_text()
+    assert eventually(lambda: "peer did not return a certificate" in mtls.stunnel.log.read_text())
 
 
 def test_mtls_refuses_plaintext_and_foreign_certificates(mtls, tmp_path):
@@ -222,7 +232,7 @@ def test_sasl_ssl_scram_reaches_tansu(sasl, mechanism):
     # no SASL at all: refused
     exc = asyncio.run(_start_fails(sasl.bootstrap, **KafkaSecurity.from_env(sasl.env(client_cert=False)).aiokafka_kwargs()))
     assert isinstance(exc, (KafkaConnectionError, OSError))
-    assert "NotAuthenticated" in (sasl.dir / "broker.log").read_text()
+    assert eventually(lambda: "NotAuthenticated" in (sasl.dir / "broker.log").read_text())
 
 
 def test_no_secret_in_any_output(sasl, tmp_path):
