@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from typing import Callable, Iterable, Optional
 
@@ -142,19 +143,29 @@ async def replay(bootstrap: str, lines: Iterable[bytes], speed: Optional[float] 
     return counts
 
 
-def deadletter_record(value: bytes, headers) -> dict:
+def deadletter_record(value: bytes, headers, key: bytes | None = None) -> dict:
+    """A record of ``timing.deadletter`` as the JSON line ``record`` writes (the
+    "recorded" shape of ``schemas/json/deadletter.schema.json``): the reason and
+    the source coordinates from the headers, the original bytes exactly
+    (``raw_b64``) and, for reading, as text (``raw``)."""
     h = {k: (v.decode("utf-8", "replace") if isinstance(v, (bytes, bytearray)) else v) for k, v in (headers or ())}
-    return {"kind": "deadletter", "v": 1, "error": h.get("error", ""),
+    error = " ".join(str(h.get("error") or "").split()) or "no error header on the dead-letter record"
+    value = value or b""
+    return {"kind": "deadletter", "v": 1, "error": error,
             "raw": value.decode("utf-8", "backslashreplace"),
-            "source_topic": h.get("source-topic"), "source_partition": _int(h.get("source-partition")),
-            "source_offset": _int(h.get("source-offset"))}
+            "raw_b64": base64.b64encode(value).decode("ascii"),
+            "source_topic": h.get("source-topic") or None,
+            "source_partition": _int(h.get("source-partition")),
+            "source_offset": _int(h.get("source-offset")),
+            "key": key.decode("utf-8", "backslashreplace") if key is not None else None}
 
 
 def _int(x):
     try:
-        return int(x)
+        n = int(x)
     except (TypeError, ValueError):
         return None
+    return n if n >= 0 else None
 
 
 async def record(bootstrap: str, out, topics: Iterable[str], idle_exit_s: Optional[float] = None,
@@ -175,7 +186,7 @@ async def record(bootstrap: str, out, topics: Iterable[str], idle_exit_s: Option
                 for rec in recs:
                     got = True
                     if tp.topic == T.DEADLETTER.name:
-                        line = orjson.dumps(deadletter_record(rec.value, rec.headers))
+                        line = orjson.dumps(deadletter_record(rec.value, rec.headers, rec.key))
                     else:
                         line = rec.value
                     out.write(line + b"\n")
