@@ -4,17 +4,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from importlib import resources
 from pathlib import Path
 
 import orjson
 
+from streams import defaults as D
 from streams import topics as T
+from streams.procs import start_worker, stop_process, wait_http
 
 FEEDS = {
     None: "beijing2022-tpw-final-a.jsonl",
@@ -31,51 +30,12 @@ def feed_path(name: str | None) -> Path:
     return Path(name)
 
 
-def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            return False
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return True
-        except Exception:
-            pass
-        time.sleep(0.2)
-    return False
-
-
-def start_worker(bootstrap: str, http_port: int, worker_id: str = "demo-1", log_path: str | None = None,
-                 session_timeout: float = 2.0, env: dict | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "streams.cli", "worker", "--broker", f"kafka://{bootstrap}",
-           "--http-port", str(http_port), "--worker-id", worker_id, "--no-create-topics",
-           "--session-timeout", str(session_timeout)]
-    from streams.broker import die_with_parent
-
-    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=die_with_parent, env={**os.environ, **(env or {})})
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 def run_demo(args) -> int:
     from rich.console import Console
 
     from streams.broker import EmbeddedBroker, ensure_topics, free_port, parse_broker_setting
+    from streams.cli import FAILURE, USAGE, CliError
+    from streams.cli_live import _check_port_free
 
     console = Console(stderr=False)
 
@@ -85,14 +45,17 @@ def run_demo(args) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
     path = feed_path(args.feed)
-    if not path.exists():
-        console.print(f"[red]lapstream demo: no feed {path}[/red]")
-        return 2
-    kind, boot = parse_broker_setting(args.broker)
+    if not path.is_file():
+        raise CliError(f"no feed {path}: give a feed file, or 'women' / 'men' (see --feed)", USAGE)
+    try:
+        kind, boot = parse_broker_setting(args.broker)
+    except ValueError as exc:
+        raise CliError(f"--broker: {exc}", USAGE) from None
+    http_port = args.http_port or free_port()
+    _check_port_free(D.HTTP_HOST, http_port)   # the worker's: say so now, not "not ready" later
     broker = None
     worker = None
     workdir = tempfile.mkdtemp(prefix="lapstream-demo-")
-    http_port = args.http_port or free_port()
     try:
         if boot is None:
             broker = EmbeddedBroker(kind, log_path=os.path.join(workdir, "broker.log"))
@@ -105,10 +68,11 @@ def run_demo(args) -> int:
         metrics_url = f"http://127.0.0.1:{http_port}/metrics"
         console.print(f"worker metrics: [bold]{metrics_url}[/bold]  (health: /healthz, /readyz)")
         if not wait_http(f"http://127.0.0.1:{http_port}/readyz", 90, worker):
-            console.print(f"[red]the worker did not become ready; log: {workdir}/worker.log[/red]")
-            return 1
-        console.print(f"replaying {path.name} at {'max' if args.speed is None else args.speed}x "
-                      "(Ctrl-C stops)")
+            log = os.path.join(workdir, "worker.log")
+            raise CliError(f"the worker did not become ready: {_last_line(log) or 'no output'} (log: {log})",
+                           FAILURE)
+        pace = "as fast as possible" if args.speed is None else f"at {args.speed:g}x real time"
+        console.print(f"replaying {path.name} {pace} (Ctrl-C stops)")
         return asyncio.run(_live(console, boot, path, args, metrics_url))
     except KeyboardInterrupt:
         console.print("stopped")
@@ -118,6 +82,15 @@ def run_demo(args) -> int:
             stop_process(worker)
         if broker is not None:
             broker.stop()
+
+
+def _last_line(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
 
 
 async def _live(console, boot: str, path: Path, args, metrics_url: str) -> int:

@@ -87,7 +87,11 @@ async def replay(bootstrap: str, lines: Iterable[bytes], speed: Optional[float] 
     if own:
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
                                     enable_idempotence=False, max_request_size=4 * 1024 * 1024)
-        await producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()    # (else: "Unclosed AIOKafkaProducer" on top of the error)
+            raise
     counts = {T.RAW.name: 0, T.RECORDS_REF.name: 0}
     race_venue: dict[str, str] = {}
     last_venue = None
@@ -175,7 +179,11 @@ async def record(bootstrap: str, out, topics: Iterable[str], idle_exit_s: Option
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None,
                                 enable_auto_commit=False,
                                 auto_offset_reset="earliest" if from_beginning else "latest")
-    await consumer.start()
+    try:
+        await consumer.start()
+    except BaseException:
+        await consumer.stop()
+        raise
     n = 0
     last = time.monotonic()
     try:

@@ -29,7 +29,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streams.demo import stop_process
+from streams.procs import stop_process
 from streams import beijing
 from streams import topics as T
 from streams.replay import route
