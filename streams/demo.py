@@ -71,8 +71,7 @@ def run_demo(args) -> int:
             log = os.path.join(workdir, "worker.log")
             raise CliError(f"the worker did not become ready: {_last_line(log) or 'no output'} (log: {log})",
                            FAILURE)
-        pace = "as fast as possible" if args.speed is None else f"at {args.speed:g}x real time"
-        console.print(f"replaying {path.name} {pace} (Ctrl-C stops)")
+        console.print(f"replaying {path.name} {pace_text(args.speed)} (Ctrl-C stops)")
         return asyncio.run(_live(console, boot, path, args, metrics_url))
     except KeyboardInterrupt:
         console.print("stopped")
@@ -82,6 +81,10 @@ def run_demo(args) -> int:
             stop_process(worker)
         if broker is not None:
             broker.stop()
+
+
+def pace_text(speed: float | None) -> str:
+    return "as fast as possible" if speed is None else f"at {speed:g}x real time"
 
 
 def _last_line(path: str) -> str:
@@ -119,7 +122,7 @@ async def _live(console, boot: str, path: Path, args, metrics_url: str) -> int:
             ev = orjson.loads(value)
         board.apply(ev)
         if args.plain:
-            console.print(_line(ev))
+            console.print(_line(ev), markup=False, highlight=False)   # "[official]" is text, not markup
 
     async def run_replay() -> None:
         await replay(boot, lines, speed=args.speed, skip_idle=not args.no_skip_idle)
