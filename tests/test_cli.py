@@ -127,6 +127,12 @@ def test_replay_with_no_broker(cli, free_port):
     assert "cannot reach the Kafka broker" in one_line(r)
 
 
+def test_record_with_no_broker(cli, free_port, tmp_path):
+    r = cli("record", "--out", str(tmp_path / "x.jsonl"), "--broker", f"kafka://127.0.0.1:{free_port}")
+    assert r.returncode == 1
+    assert "cannot reach the Kafka broker" in one_line(r)
+
+
 def test_replay_of_a_file_that_is_not_there(cli, free_port):
     r = cli("replay", "/nonexistent.jsonl", "--broker", f"kafka://127.0.0.1:{free_port}")
     assert r.returncode == 2

@@ -809,3 +809,33 @@ def test_a_dead_letter_written_by_the_worker_is_recorded_with_its_coordinates():
         validate({k: v for k, v in line.items() if not k.startswith("source_")})
     with pytest.raises(ValidationError):
         validate({k: v for k, v in DEADLETTER.items() if k != "line"})
+
+
+# ------------------------------------------------ the contract document agrees
+
+def test_the_contract_document_names_every_kind_field_and_topic():
+    """docs/contract.md is read alone: every kind, every field of every schema, every
+    topic and every header lapstream writes is in it, and so is every field name
+    of the v1 contract (docs/feed-v1.md)."""
+    import re
+
+    from streams import topics as T
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    doc = (repo / "docs" / "contract.md").read_text(encoding="utf-8")
+    v1 = (repo / "docs" / "feed-v1.md").read_text(encoding="utf-8")
+
+    def named(word: str) -> bool:
+        return re.search(r"(?<![\w-])" + re.escape(word) + r"(?![\w-])", doc) is not None
+
+    for kind, schema in load_schemas().items():
+        assert f"`{kind}`" in doc, kind
+        missing = [p for p in schema["properties"] if not named(p)]
+        assert not missing, (kind, missing)
+    for spec in T.ALL:
+        assert f"`{spec.name}`" in doc, spec.name
+    for header in ("lapstream-source", "error", "source-topic", "source-partition", "source-offset"):
+        assert f"`{header}`" in doc, header
+    missing = sorted(w for w in set(re.findall(r"`([a-z_]+)`", v1)) if not named(w))
+    assert not missing, missing
+    assert "(feed-v1.md)" in doc and "(docs/contract.md)" in (repo / "README.md").read_text(encoding="utf-8")
