@@ -100,12 +100,14 @@ async def _live(console, boot: str, path: Path, args, metrics_url: str) -> int:
     from rich.live import Live
 
     from streams.board import Board
+    from streams.process import open_feed
     from streams.replay import record, replay
 
     board = Board()
     stop = asyncio.Event()
     done = {"replayed": False, "last": time.monotonic()}
-    lines = path.read_bytes().splitlines()
+    with open_feed(str(path)) as f:     # gzip-compressed too, as process and replay
+        lines = f.read().splitlines()
 
     class Sink:
         def write(self, b: bytes) -> None:

@@ -323,9 +323,11 @@ def test_record_writes_a_dead_letter_in_its_documented_shape(cli, live_broker, t
 
 
 @pytest.mark.live
-def test_the_demo_runs_a_feed_to_the_end(cli, free_port):
-    r = cli("demo", "--plain", "--feed", str(EXAMPLE), "--speed", "max", "--exit-when-done",
+def test_the_demo_runs_a_feed_to_the_end(cli, tmp_path):
+    feed = tmp_path / "m500-pair.jsonl.gz"          # a gzipped feed, read as such
+    feed.write_bytes(gzip.compress(EXAMPLE.read_bytes()))
+    r = cli("demo", "--plain", "--feed", str(feed), "--speed", "max", "--exit-when-done",
             "--http-port", "0", timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "replaying m500-pair.jsonl as fast as possible" in r.stdout
+    assert "replaying m500-pair.jsonl.gz as fast as possible" in r.stdout
     assert "FINISH" in r.stdout and "official" in r.stdout
