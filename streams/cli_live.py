@@ -39,7 +39,8 @@ def _bootstrap(setting: str) -> str:
 
 
 def _check_port_free(host: str, port: int, flag: str = "--http-port") -> None:
-    """Fail now, in one line, if the HTTP port is taken (Faust would fail later, in 48)."""
+    """Fail now, in one line, if the HTTP port is taken (Faust would fail later, with a
+    traceback, after the worker printed a metrics URL that is not its own)."""
     import socket
 
     try:
@@ -229,7 +230,7 @@ def add_commands(sub) -> None:
                         "partitions before the group hands them to another (default 6)")
     p.add_argument("--no-create-topics", action="store_true",
                    help="do not create missing topics (production: an init job creates them)")
-    p.add_argument("--loglevel", default="warning", choices=("debug", "info", "warning", "error", "critical"),
+    p.add_argument("--loglevel", default="warning", type=str.lower, choices=("debug", "info", "warning", "error", "critical"),
                    help="log level of the worker's log on stderr (default %(default)s)")
     p.set_defaults(func=_cmd_worker)
 
