@@ -38,7 +38,7 @@ def _bootstrap(setting: str) -> str:
     return boot
 
 
-def _check_port_free(host: str, port: int, flag: str = "--http-port") -> None:
+def check_port_free(host: str, port: int, flag: str = "--http-port") -> None:
     """Fail now, in one line, if the HTTP port is taken (Faust would fail later, with a
     traceback, after the worker printed a metrics URL that is not its own)."""
     import socket
@@ -117,7 +117,7 @@ def _cmd_worker(args) -> int:
     boot = _bootstrap(args.broker)
     if args.http_port is None:
         args.http_port = _env_int("LAPSTREAM_HTTP_PORT", D.HTTP_PORT)
-    _check_port_free(args.http_host, args.http_port)
+    check_port_free(args.http_host, args.http_port)
     if not args.no_create_topics:
         asyncio.run(ensure_topics(boot))
     else:

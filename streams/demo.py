@@ -35,7 +35,7 @@ def run_demo(args) -> int:
 
     from streams.broker import EmbeddedBroker, ensure_topics, free_port, parse_broker_setting
     from streams.cli import FAILURE, USAGE, CliError
-    from streams.cli_live import _check_port_free
+    from streams.cli_live import check_port_free
 
     console = Console(stderr=False)
 
@@ -52,7 +52,7 @@ def run_demo(args) -> int:
     except ValueError as exc:
         raise CliError(f"--broker: {exc}", USAGE) from None
     http_port = args.http_port or free_port()
-    _check_port_free(D.HTTP_HOST, http_port)   # the worker's: say so now, not "not ready" later
+    check_port_free(D.HTTP_HOST, http_port)   # the worker's: say so now, not "not ready" later
     broker = None
     worker = None
     workdir = tempfile.mkdtemp(prefix="lapstream-demo-")
