@@ -1,6 +1,6 @@
 # The two commands the README opens with.
 #   make demo   - install lapstream and show the Beijing 2022 women's team pursuit final live
-#   make test   - install what the tests need (pip, Debian's promtool) and run them all
+#   make test   - install what the tests need (pip, Debian's promtool, npm's @asyncapi/specs) and run them all
 PYTHON ?= python3
 # the official AsyncAPI JSON Schemas, for tests/test_asyncapi.py (build/ is not in git)
 ASYNCAPI_SPECS = build/npm/node_modules/@asyncapi/specs
