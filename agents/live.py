@@ -110,7 +110,8 @@ class LiveAdapter:
             try:
                 await asyncio.shield(task)
             except asyncio.CancelledError:
-                if asyncio.current_task() is not None and asyncio.current_task().cancelling():
+                me = asyncio.current_task()
+                if me is not None and me.cancelling():
                     raise          # we are being stopped ourselves
                 # the build was cancelled (a revoke): fall back to the rebuild below
             except Exception:
@@ -254,8 +255,8 @@ class LiveAdapter:
                     m.event_lag.labels(vid).set(now - v.clock / 1e6)
                 for src, t in v.hb.items():
                     m.heartbeat_age.labels(vid, src).set(now - t / 1e6)
-        for (vid, src), t in self.heard.items():
-            m.silence.labels(vid, src).set(now - t)
+        for (vid, src), heard_at in self.heard.items():
+            m.silence.labels(vid, src).set(now - heard_at)
         m.active_races.set(races)
         m.active_venues.set(venues)
 

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streams import beijing  # noqa: E402
 from streams import topics as T  # noqa: E402
 from streams.broker import EmbeddedBroker, ensure_topics, free_port  # noqa: E402
-from streams.demo import start_worker, stop_process, wait_http  # noqa: E402
+from streams.procs import start_worker, stop_process, wait_http  # noqa: E402
 from streams.replay import route  # noqa: E402
 from streams.topics import TopicSpec  # noqa: E402
 

@@ -133,6 +133,7 @@ def _decode_slow(msg) -> dict:
     req = _REQUIRED.get(kind) if type(kind) is str else None
     if req is None:
         raise Rejected("unknown_kind", f"unknown kind {kind!r}" if "kind" in msg else "missing required field 'kind'")
+    kind = str(kind)   # (it is one: only a string kind has required fields)
     v = msg.get("v")
     if type(v) is not int or v != 1:
         raise Rejected("bad_version", f"{kind}: unsupported version v={v!r} (this pipeline reads v1)")

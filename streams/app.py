@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.live import LiveAdapter
+from streams import defaults as D
 from streams import topics as T
 from streams.kafka_security import KafkaSecurity, checked_faust_extra
 from streams.metrics import Metrics
@@ -29,10 +30,10 @@ log = logging.getLogger("lapstream")
 
 @dataclass
 class Settings:
-    bootstrap: str = "127.0.0.1:9092"          # host:port[,host:port]
-    http_host: str = "127.0.0.1"
-    http_port: int = 9300
-    worker_id: str = "lapstream-1"
+    bootstrap: str = D.BOOTSTRAP          # host:port[,host:port]
+    http_host: str = D.HTTP_HOST
+    http_port: int = D.HTTP_PORT
+    worker_id: str = D.WORKER_ID
     app_id: str = "lapstream"
     data_dir: str = ""
     session_timeout_s: float = 6.0
@@ -47,13 +48,13 @@ class Settings:
     @classmethod
     def from_env(cls, **over) -> "Settings":
         s = cls(
-            http_host=os.environ.get("LAPSTREAM_HTTP_HOST", "127.0.0.1"),
-            http_port=int(os.environ.get("LAPSTREAM_HTTP_PORT", "9300")),
+            http_host=os.environ.get("LAPSTREAM_HTTP_HOST", D.HTTP_HOST),
+            http_port=int(os.environ.get("LAPSTREAM_HTTP_PORT", str(D.HTTP_PORT))),
             fetch_max_wait_ms=int(os.environ.get("LAPSTREAM_FETCH_MAX_WAIT_MS", "5")),
             batch_max=int(os.environ.get("LAPSTREAM_BATCH_MAX", "1")),
             commit_interval_s=float(os.environ.get("LAPSTREAM_COMMIT_INTERVAL_S", "1.0")),
             batch_wait_s=float(os.environ.get("LAPSTREAM_BATCH_WAIT_MS", "2")) / 1000,
-            worker_id=os.environ.get("LAPSTREAM_WORKER_ID", "lapstream-1"),
+            worker_id=os.environ.get("LAPSTREAM_WORKER_ID", D.WORKER_ID),
         )
         extra = os.environ.get("LAPSTREAM_FAUST_SETTINGS")
         if extra:   # expert tuning: a JSON object of Faust settings

@@ -3,17 +3,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import sys
 import time
 
+from streams import defaults as D
 from streams import topics as T
+from streams.cli import FAILURE, USAGE, CliError
 
-DEFAULT_BROKER = "kafka://127.0.0.1:9092"
+DEFAULT_BROKER = f"kafka://{D.BOOTSTRAP}"
 
 
-def _broker_arg(p: argparse.ArgumentParser, default_env: bool = True) -> None:
+def _broker_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", default=os.environ.get("LAPSTREAM_BROKER", DEFAULT_BROKER),
                    help="kafka://host:port[,host:port] of a cluster, or 'embedded' "
                         "(default: $LAPSTREAM_BROKER or %(default)s)")
@@ -29,7 +32,7 @@ def _security(args):
     try:
         return from_args(args)
     except KafkaSecurityError as exc:
-        raise SystemExit(f"lapstream: {exc}") from None
+        raise CliError(str(exc), USAGE) from None
 
 
 def _bootstrap(setting: str) -> str:
@@ -38,11 +41,55 @@ def _bootstrap(setting: str) -> str:
     try:
         kind, boot = parse_broker_setting(setting)
     except ValueError as exc:   # one line; a setting with credentials is not echoed
-        raise SystemExit(f"lapstream: {exc}") from None
+        hint = ""
+        if isinstance(setting, str) and ":" in setting and "://" not in setting and "@" not in setting:
+            hint = f" (did you mean kafka://{setting.strip()}?)"
+        raise CliError(f"--broker: {exc}{hint}", USAGE) from None
     if boot is None:
-        raise SystemExit(f"lapstream: --broker {setting!r} names an embedded broker; start one with "
-                         "'lapstream broker' and pass its kafka://127.0.0.1:PORT address")
+        raise CliError(f"--broker {setting!r} names an embedded broker; start one with "
+                       "'lapstream broker' and pass its kafka://127.0.0.1:PORT address", USAGE)
     return boot
+
+
+def check_port_free(host: str, port: int, flag: str = "--http-port") -> None:
+    """Fail now, in one line, if the HTTP port is taken (Faust would fail later, with a
+    traceback, after the worker printed a metrics URL that is not its own)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise CliError(f"--http-host {host!r}: {exc.strerror}", USAGE) from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            raise CliError(f"cannot listen on {host}:{port} ({exc.strerror}): another worker or demo "
+                           f"may hold it; choose another port with {flag} N", FAILURE) from None
+
+
+def _reach_broker(boot: str, need_topics: bool, security=None) -> None:
+    """Connect once before Faust starts (which answers an absent broker with a
+    traceback); with ``need_topics``, the contract's topics must be there."""
+    from streams.broker import describe_topics
+
+    layout = asyncio.run(describe_topics(boot, [t.name for t in T.ALL], timeout=10.0, security=security))
+    missing = [n for n, t in layout.items() if t.partitions is None]
+    if need_topics and missing:
+        raise CliError(f"the broker at {boot} has no topic {', '.join(missing)}: create them "
+                       "(run the worker without --no-create-topics, or the deploy's topic job)", FAILURE)
+
+
+def _read_feed(path: str) -> list[bytes]:
+    from streams.process import open_feed
+
+    try:
+        with open_feed(path) as f:
+            return f.readlines()
+    except (OSError, EOFError) as exc:
+        raise CliError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}", USAGE) from None
 
 
 # -- broker ---------------------------------------------------------------------
@@ -82,21 +129,27 @@ def _cmd_worker(args) -> int:
 
     boot = _bootstrap(args.broker)
     security = _security(args)
-    if not args.no_create_topics:
-        asyncio.run(ensure_topics(boot, security=security))
+    if args.http_port is None:
+        args.http_port = _env_int("LAPSTREAM_HTTP_PORT", D.HTTP_PORT)
+    check_port_free(args.http_host, args.http_port)
     from streams.kafka_security import KafkaSecurityError
 
-    try:
+    try:   # settings first: a mistake in them is said before anything connects
         settings = Settings.from_env(bootstrap=boot, http_host=args.http_host, http_port=args.http_port,
                                      worker_id=args.worker_id, data_dir=args.data_dir, security=security)
     except KafkaSecurityError as exc:   # credentials in LAPSTREAM_FAUST_SETTINGS (not echoed)
-        raise SystemExit(f"lapstream: {exc}") from None
+        raise CliError(str(exc), USAGE) from None
+    if not args.no_create_topics:
+        asyncio.run(ensure_topics(boot, security=security))
+    else:
+        _reach_broker(boot, need_topics=True, security=security)
     if args.session_timeout:
         settings.session_timeout_s = args.session_timeout
         settings.heartbeat_s = max(0.2, args.session_timeout / 6)
     print(f"lapstream worker {settings.worker_id}: broker {boot} ({security.describe()}), metrics "
           f"http://{settings.http_host}:{settings.http_port}/metrics", file=sys.stderr, flush=True)
     sys.argv = [sys.argv[0]]   # Faust's worker reads argv
+    logging.getLogger("aiokafka").setLevel(logging.NOTSET)   # (quiet during the checks above)
     run_worker(settings, loglevel=args.loglevel)
     return 0
 
@@ -107,9 +160,12 @@ def _cmd_worker(args) -> int:
 def _speed(text: str):
     if text == "max":
         return None
-    v = float(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError("speed must be > 0 or 'max'")
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"speed must be a number > 0 (times real time) or 'max', not {text!r}")
     return v
 
 
@@ -120,8 +176,9 @@ def _cmd_replay(args) -> int:
 
     boot = _bootstrap(args.broker)
     security = _security(args)
-    with open(args.feed, "rb") as f:
-        lines = f.readlines()
+    lines = _read_feed(args.feed)
+    if not any(line.strip() for line in lines):
+        raise CliError(f"{args.feed} holds no message (it is empty): nothing to replay", USAGE)
     with Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   disable=args.quiet or not sys.stderr.isatty(), transient=False) as prog:
         task = prog.add_task("replay", total=len(lines))
@@ -139,7 +196,10 @@ def _cmd_record(args) -> int:
     boot = _bootstrap(args.broker)
     security = _security(args)
     topics = args.topics or [t.name for t in T.DERIVED] + [T.DEADLETTER.name]
-    out = open(args.out, "wb") if args.out != "-" else sys.stdout.buffer
+    try:
+        out = open(args.out, "wb") if args.out != "-" else sys.stdout.buffer
+    except OSError as exc:
+        raise CliError(f"cannot write --out {args.out}: {exc.strerror}", USAGE) from None
     try:
         n = asyncio.run(record(boot, out, topics, idle_exit_s=args.idle_exit, security=security))
     except KeyboardInterrupt:
@@ -158,6 +218,16 @@ def _cmd_demo(args) -> int:
     return run_demo(args)
 
 
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise CliError(f"${name} must be a number, not {text!r}", USAGE) from None
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("broker", help="start an embedded Kafka-protocol broker on loopback and print its address")
     p.add_argument("--kind", choices=("tansu", "noida"), default="tansu",
@@ -169,20 +239,25 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("worker", help="run a Faust worker of the live pipeline")
     _broker_arg(p)
-    p.add_argument("--http-host", default=os.environ.get("LAPSTREAM_HTTP_HOST", "127.0.0.1"),
-                   help="bind address of /metrics, /healthz, /readyz (default %(default)s)")
-    p.add_argument("--http-port", type=int, default=int(os.environ.get("LAPSTREAM_HTTP_PORT", "9300")))
-    p.add_argument("--worker-id", default=os.environ.get("LAPSTREAM_WORKER_ID", "lapstream-1"))
+    p.add_argument("--http-host", default=os.environ.get("LAPSTREAM_HTTP_HOST", D.HTTP_HOST),
+                   help="bind address of /metrics, /healthz, /readyz (default: $LAPSTREAM_HTTP_HOST or %(default)s)")
+    p.add_argument("--http-port", type=int, default=None,
+                   help=f"port of /metrics, /healthz, /readyz (default: $LAPSTREAM_HTTP_PORT or {D.HTTP_PORT})")
+    p.add_argument("--worker-id", default=os.environ.get("LAPSTREAM_WORKER_ID", D.WORKER_ID),
+                   help="this worker's name in the consumer group, logs and metrics "
+                        "(default: $LAPSTREAM_WORKER_ID or %(default)s)")
     p.add_argument("--data-dir", default=None, help="Faust data directory (default: a temporary one)")
     p.add_argument("--session-timeout", type=float, default=None,
-                   help="consumer group session timeout in seconds (default 6)")
+                   help="consumer group session timeout in seconds: how long a silent worker keeps its "
+                        "partitions before the group hands them to another (default 6)")
     p.add_argument("--no-create-topics", action="store_true",
                    help="do not create missing topics (production: an init job creates them)")
-    p.add_argument("--loglevel", default="warning")
+    p.add_argument("--loglevel", default="warning", type=str.lower, choices=("debug", "info", "warning", "error", "critical"),
+                   help="log level of the worker's log on stderr (default %(default)s)")
     p.set_defaults(func=_cmd_worker)
 
     p = sub.add_parser("replay", help="produce a recorded feed into Kafka, paced by t_us")
-    p.add_argument("feed")
+    p.add_argument("feed", help="recorded feed, one v1 message per line (gzip-compressed is read too)")
     _broker_arg(p)
     p.add_argument("--speed", type=_speed, default=1.0, help="N times real time, or 'max' (default 1)")
     p.add_argument("--skip-idle", action="store_true",
@@ -204,7 +279,9 @@ def add_commands(sub) -> None:
                         "(default: the women's final A)")
     p.add_argument("--speed", type=_speed, default=1.0, help="N times real time, or 'max' (default 1)")
     p.add_argument("--broker", default="embedded", help="'embedded' (default) or kafka://host:port")
-    p.add_argument("--http-port", type=int, default=9300, help="worker metrics port (default %(default)s)")
+    p.add_argument("--http-port", type=int, default=D.HTTP_PORT,
+                   help="the worker's /metrics /healthz /readyz port on 127.0.0.1; 0 picks a free one "
+                        "(default %(default)s)")
     p.add_argument("--plain", action="store_true", help="print events as lines instead of the live view")
     p.add_argument("--no-skip-idle", action="store_true",
                    help="replay the quiet time between races too (by default it is skipped)")

@@ -4,17 +4,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from importlib import resources
 from pathlib import Path
 
 import orjson
 
+from streams import defaults as D
 from streams import topics as T
+from streams.procs import start_worker, stop_process, wait_http
 
 FEEDS = {
     None: "beijing2022-tpw-final-a.jsonl",
@@ -31,51 +30,12 @@ def feed_path(name: str | None) -> Path:
     return Path(name)
 
 
-def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            return False
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return True
-        except Exception:
-            pass
-        time.sleep(0.2)
-    return False
-
-
-def start_worker(bootstrap: str, http_port: int, worker_id: str = "demo-1", log_path: str | None = None,
-                 session_timeout: float = 2.0, env: dict | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "streams.cli", "worker", "--broker", f"kafka://{bootstrap}",
-           "--http-port", str(http_port), "--worker-id", worker_id, "--no-create-topics",
-           "--session-timeout", str(session_timeout)]
-    from streams.broker import die_with_parent
-
-    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=die_with_parent, env={**os.environ, **(env or {})})
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 def run_demo(args) -> int:
     from rich.console import Console
 
     from streams.broker import EmbeddedBroker, ensure_topics, free_port, parse_broker_setting
+    from streams.cli import FAILURE, USAGE, CliError
+    from streams.cli_live import check_port_free
 
     console = Console(stderr=False)
 
@@ -85,23 +45,25 @@ def run_demo(args) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
     path = feed_path(args.feed)
-    if not path.exists():
-        console.print(f"[red]lapstream demo: no feed {path}[/red]")
-        return 2
-    kind, boot = parse_broker_setting(args.broker)
+    if not path.is_file():
+        raise CliError(f"no feed {path}: give a feed file, or 'women' / 'men' (see --feed)", USAGE)
+    try:
+        kind, boot = parse_broker_setting(args.broker)
+    except ValueError as exc:
+        raise CliError(f"--broker: {exc}", USAGE) from None
     from streams.kafka_security import ENV_PREFIX, KafkaSecurity, KafkaSecurityError
 
     try:   # a Kafka cluster: LAPSTREAM_KAFKA_* (TLS/SASL); the embedded broker: loopback plaintext
         security = KafkaSecurity.from_env() if boot is not None else None
     except KafkaSecurityError as exc:
-        console.print(f"[red]lapstream demo: {exc}[/red]")
-        return 2
+        raise CliError(str(exc), USAGE) from None
     plain_env = None if security is not None else {
         k: "" for k in os.environ if k.startswith(ENV_PREFIX)}   # the worker too
+    http_port = args.http_port or free_port()
+    check_port_free(D.HTTP_HOST, http_port)   # the worker's: say so now, not "not ready" later
     broker = None
     worker = None
     workdir = tempfile.mkdtemp(prefix="lapstream-demo-")
-    http_port = args.http_port or free_port()
     try:
         if boot is None:
             broker = EmbeddedBroker(kind, log_path=os.path.join(workdir, "broker.log"))
@@ -115,10 +77,10 @@ def run_demo(args) -> int:
         metrics_url = f"http://127.0.0.1:{http_port}/metrics"
         console.print(f"worker metrics: [bold]{metrics_url}[/bold]  (health: /healthz, /readyz)")
         if not wait_http(f"http://127.0.0.1:{http_port}/readyz", 90, worker):
-            console.print(f"[red]the worker did not become ready; log: {workdir}/worker.log[/red]")
-            return 1
-        console.print(f"replaying {path.name} at {'max' if args.speed is None else args.speed}x "
-                      "(Ctrl-C stops)")
+            log = os.path.join(workdir, "worker.log")
+            raise CliError(f"the worker did not become ready: {_last_line(log) or 'no output'} (log: {log})",
+                           FAILURE)
+        console.print(f"replaying {path.name} {pace_text(args.speed)} (Ctrl-C stops)")
         return asyncio.run(_live(console, boot, path, args, metrics_url, security))
     except KeyboardInterrupt:
         console.print("stopped")
@@ -130,16 +92,31 @@ def run_demo(args) -> int:
             broker.stop()
 
 
+def pace_text(speed: float | None) -> str:
+    return "as fast as possible" if speed is None else f"at {speed:g}x real time"
+
+
+def _last_line(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
 async def _live(console, boot: str, path: Path, args, metrics_url: str, security=None) -> int:
     from rich.live import Live
 
     from streams.board import Board
+    from streams.process import open_feed
     from streams.replay import record, replay
 
     board = Board()
     stop = asyncio.Event()
     done = {"replayed": False, "last": time.monotonic()}
-    lines = path.read_bytes().splitlines()
+    with open_feed(str(path)) as f:     # gzip-compressed too, as process and replay
+        lines = f.read().splitlines()
 
     class Sink:
         def write(self, b: bytes) -> None:
@@ -156,7 +133,7 @@ async def _live(console, boot: str, path: Path, args, metrics_url: str, security
             ev = orjson.loads(value)
         board.apply(ev)
         if args.plain:
-            console.print(_line(ev))
+            console.print(_line(ev), markup=False, highlight=False)   # "[official]" is text, not markup
 
     async def run_replay() -> None:
         await replay(boot, lines, speed=args.speed, skip_idle=not args.no_skip_idle, security=security)

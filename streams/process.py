@@ -6,6 +6,8 @@ live output are identical.
 """
 from __future__ import annotations
 
+import gzip
+import io
 from typing import Iterable, Iterator
 
 import orjson
@@ -96,11 +98,21 @@ def process_lines(lines: Iterable[bytes], processor: Processor | None = None,
         yield from proc.engine.flush()
 
 
+def open_feed(path: str) -> io.BufferedIOBase:
+    """A recorded feed opened for reading bytes; a gzip-compressed one (by its
+    magic bytes, whatever its name) is decompressed on the fly."""
+    f = open(path, "rb")
+    if f.peek(2)[:2] == b"\x1f\x8b":
+        f.close()
+        return gzip.open(path, "rb")
+    return f
+
+
 def process_file(path: str, out, flush: bool = True) -> Processor:
     proc = Processor()
     dumps = orjson.dumps
     write = out.write
-    with open(path, "rb") as f:
+    with open_feed(path) as f:
         for ev in process_lines(f, proc, flush=flush):
             write(dumps(ev))
             write(b"\n")

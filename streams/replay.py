@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from typing import Callable, Iterable, Optional
 
@@ -87,7 +88,11 @@ async def replay(bootstrap: str, lines: Iterable[bytes], speed: Optional[float] 
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
                                     enable_idempotence=False, max_request_size=4 * 1024 * 1024,
                                     **_security_kwargs(security))
-        await producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()    # (else: "Unclosed AIOKafkaProducer" on top of the error)
+            raise
     counts = {T.RAW.name: 0, T.RECORDS_REF.name: 0}
     race_venue: dict[str, str] = {}
     last_venue = None
@@ -148,24 +153,32 @@ def _security_kwargs(security) -> dict:
     return security.aiokafka_kwargs() if security is not None else {}
 
 
-def deadletter_record(value: Optional[bytes], headers) -> dict:
+def deadletter_record(value: Optional[bytes], headers, key: bytes | None = None) -> dict:
+    """A record of ``timing.deadletter`` as the JSON line ``record`` writes (the
+    "recorded" shape of ``schemas/json/deadletter.schema.json``): the reason and
+    the source coordinates from the headers, the original bytes exactly
+    (``raw_b64``) and, for reading, as text (``raw``). A record with a null value
+    (a tombstone) is written with an empty ``raw`` and ``null_value: true``."""
     h = {k: (v.decode("utf-8", "replace") if isinstance(v, (bytes, bytearray)) else v) for k, v in (headers or ())}
-    if value is None:  # a record with a null value (a tombstone) on the dead-letter topic
-        return {"kind": "deadletter", "v": 1, "error": h.get("error") or "null value", "raw": "",
-                "null_value": True, "source_topic": h.get("source-topic"),
-                "source_partition": _int(h.get("source-partition")),
-                "source_offset": _int(h.get("source-offset"))}
-    return {"kind": "deadletter", "v": 1, "error": h.get("error", ""),
+    error = " ".join(str(h.get("error") or "").split()) or (
+        "null value" if value is None else "no error header on the dead-letter record")
+    extra = {"null_value": True} if value is None else {}
+    value = value or b""
+    return {"kind": "deadletter", "v": 1, "error": error, **extra,
             "raw": value.decode("utf-8", "backslashreplace"),
-            "source_topic": h.get("source-topic"), "source_partition": _int(h.get("source-partition")),
-            "source_offset": _int(h.get("source-offset"))}
+            "raw_b64": base64.b64encode(value).decode("ascii"),
+            "source_topic": h.get("source-topic") or None,
+            "source_partition": _int(h.get("source-partition")),
+            "source_offset": _int(h.get("source-offset")),
+            "key": key.decode("utf-8", "backslashreplace") if key is not None else None}
 
 
 def _int(x):
     try:
-        return int(x)
+        n = int(x)
     except (TypeError, ValueError):
         return None
+    return n if n >= 0 else None
 
 
 async def record(bootstrap: str, out, topics: Iterable[str], idle_exit_s: Optional[float] = None,
@@ -179,7 +192,11 @@ async def record(bootstrap: str, out, topics: Iterable[str], idle_exit_s: Option
                                 enable_auto_commit=False,
                                 auto_offset_reset="earliest" if from_beginning else "latest",
                                 **_security_kwargs(security))
-    await consumer.start()
+    try:
+        await consumer.start()
+    except BaseException:
+        await consumer.stop()
+        raise
     n = 0
     last = time.monotonic()
     try:
@@ -190,7 +207,7 @@ async def record(bootstrap: str, out, topics: Iterable[str], idle_exit_s: Option
                 for rec in recs:
                     got = True
                     if tp.topic == T.DEADLETTER.name:
-                        line = orjson.dumps(deadletter_record(rec.value, rec.headers))
+                        line = orjson.dumps(deadletter_record(rec.value, rec.headers, rec.key))
                     elif rec.value is None:
                         continue
                     else:

@@ -111,6 +111,8 @@ from typing import Iterable, Mapping, Sequence
 
 import orjson
 
+from schemas.decode import DECISION_CODES, FORMATS   # the contract's values, defined once
+
 __all__ = [
     "VenueSpec", "RecordRef", "SkaterSpec", "CompetitorSpec", "RaceSpec", "Fall", "Decision",
     "Photo", "Restart", "Pacing", "SimOptions", "SimFeed", "SimTruth", "RaceTruth",
@@ -121,8 +123,6 @@ S = 1_000_000  # one second in microseconds
 MAX_ARRIVAL_LAG_US = 3 * S  # the contract's "a few seconds"; never exceeded
 
 DEFAULT_LOOPS = (("L000", 0), ("L100", 100), ("L200", 200), ("L300", 300))
-FORMATS = ("individual", "team_pursuit", "mass_start")
-DECISION_CODES = ("DQ", "DNF", "DNS", "WDR", "FALL", "OFFICIAL", "VOID")
 
 
 # ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.demo import stop_process
+from streams.procs import stop_process
 from streams import topics as T
 from streams.broker import EmbeddedBroker, ensure_topics, free_port
 from streams.replay import record, replay

@@ -131,6 +131,7 @@ def test_unknown_kind_and_tansu_data_dir(tmp_path):
 # -- life cycle --------------------------------------------------------------------
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("kind", KINDS)
 def test_start_stop(kind, tmp_path):
     log = tmp_path / "b.log"
@@ -149,6 +150,7 @@ def test_start_stop(kind, tmp_path):
     assert log.exists() and log.stat().st_size > 0  # a caller's log_path is kept
 
 
+@pytest.mark.live
 def test_port_in_use_gives_clear_error():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -164,6 +166,7 @@ def test_port_in_use_gives_clear_error():
         b.stop()
 
 
+@pytest.mark.live
 def test_broker_dies_with_its_parent(tmp_path):
     """A test run killed with SIGKILL leaves no broker behind (PDEATHSIG)."""
     script = textwrap.dedent(f"""
@@ -261,6 +264,7 @@ def test_produce_consume_with_keys_and_headers(broker):
     run(_round_trip(broker.bootstrap, T.RAW.name, 40))
 
 
+@pytest.mark.live
 def test_noida_keeps_data_across_restart(tmp_path):
     spec = TopicSpec("t.persist", 2, "k", compacted=True)
     with EmbeddedBroker("noida", data_dir=tmp_path / "data") as b:

@@ -16,7 +16,7 @@ from streams import topics as T
 from tests import livekit as L
 from tests import msgs as M
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.live]
 
 
 @pytest.fixture

@@ -29,13 +29,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streams.demo import stop_process
+from streams.procs import stop_process
 from streams import beijing
 from streams import topics as T
 from streams.replay import route
 from tests import livekit as L
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.live]
 
 REPO = Path(__file__).resolve().parents[1]
 ALERTS_FILE = REPO / "deploy" / "prometheus" / "alerts.yml"

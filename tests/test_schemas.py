@@ -5,6 +5,8 @@ import copy
 import json
 import os
 import pathlib
+import shutil
+import subprocess
 from typing import Any, Iterator
 
 import pytest
@@ -20,6 +22,7 @@ DERIVED_KINDS = {"split", "finish", "incident", "record", "result", "standings",
                  "classification", "deadletter"}
 RACE_BOUND = {"split", "finish", "incident", "record", "result"}  # derived kinds carrying race_id
 
+SCHEMA_DIR = pathlib.Path(__file__).resolve().parents[1] / "schemas" / "json"
 EXAMPLE_FEED = pathlib.Path(os.environ.get("LAPSTREAM_EXAMPLE_FEED", "") or example_feed())
 
 DELETE = object()
@@ -178,6 +181,10 @@ DEADLETTER = {"kind": "deadletter", "v": 1, "line": 17,
               "raw": '{"kind":"passing","v":1,"t_us":1,"venue":"NSO"}'}
 DEADLETTER_NOT_JSON = {"kind": "deadletter", "v": 1, "line": 1,
                        "error": "not valid JSON: Expecting value", "raw": "{oops"}
+# a record of timing.deadletter as `lapstream record` writes it (the "recorded" shape)
+DEADLETTER_RECORDED = {"kind": "deadletter", "v": 1, "error": "not valid JSON: unexpected character",
+                       "raw": "{oops\\xff", "raw_b64": "e29vcHP/", "source_topic": "timing.raw",
+                       "source_partition": 4, "source_offset": 1358, "key": "NSO"}
 
 HANDWRITTEN = {
     "venue": VENUE, "race_tp": RACE_TP, "race_ms": RACE_MS, "start": START, "passing": PASSING,
@@ -190,6 +197,7 @@ HANDWRITTEN = {
     "record_first": RECORD_FIRST, "result": RESULT, "result_ms": RESULT_MS,
     "result_void": RESULT_VOID, "standings": STANDINGS, "classification": CLASSIFICATION,
     "deadletter": DEADLETTER, "deadletter_not_json": DEADLETTER_NOT_JSON,
+    "deadletter_recorded": DEADLETTER_RECORDED,
 }
 VALID_SAMPLES = list(HANDWRITTEN.values())
 
@@ -240,14 +248,42 @@ def test_schema_envelope(kind):
 
 def test_time_pattern_is_identical_everywhere():
     defs = {k: s["$defs"]["time"] for k, s in load_schemas().items() if "time" in s.get("$defs", {})}
-    assert set(defs) == {"record_ref", "split", "finish", "record", "result"}
+    assert set(defs) == {"record_ref", "split", "finish", "record", "result", "standings"}
     assert len({json.dumps(d, sort_keys=True) for d in defs.values()}) == 1
 
 
-def test_standings_reuses_the_result_ranking_entry():
-    ref = load_schemas()["standings"]["properties"]["ranking"]["items"]["$ref"]
-    assert ref == "result.schema.json#/$defs/ranking_entry"
-    assert "ranking_entry" not in load_schemas()["standings"].get("$defs", {})
+def test_standings_bundles_the_result_ranking_entry_unchanged():
+    # standings.schema.json carries its own copy of result's ranking entry (and the time
+    # it refers to), so that the file stands alone for any validator; the copy is exact
+    standings, result = load_schemas()["standings"], load_schemas()["result"]
+    assert standings["properties"]["ranking"]["items"] == {"$ref": "#/$defs/ranking_entry"}
+    assert standings["$defs"] == {name: result["$defs"][name] for name in ("ranking_entry", "time")}
+
+
+def _refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "$ref":
+                yield v
+            else:
+                yield from _refs(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _refs(v)
+
+
+@pytest.mark.parametrize("kind", sorted(RAW_KINDS | DERIVED_KINDS))
+def test_every_reference_stays_inside_its_own_file(kind):
+    # a reference to another file resolves against the $id host: a validator without
+    # the project's registry would go to the network for it
+    refs = list(_refs(load_schemas()[kind]))
+    assert all(r.startswith("#/") for r in refs), refs
+
+
+def test_each_schema_file_alone_validates_its_samples():
+    # no registry at all: what any standard validator given one file can do
+    for sample in _all_valid_samples():
+        Draft202012Validator(load_schemas()[sample["kind"]]).validate(sample)
 
 
 # ------------------------------------------------------------- valid messages
@@ -685,3 +721,121 @@ def test_unknown_extra_top_level_fields_are_allowed(event, name, value):
     if name in known:
         return
     validate(dict(event, **{name: value}))
+
+
+# ------------------------------------------------ an independent validator, offline
+
+# Any download fails at once: every proxy points at a closed loopback port.
+NO_NETWORK = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+              "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
+              "ALL_PROXY": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": ""}
+
+
+def _check_jsonschema(*args: str) -> "subprocess.CompletedProcess[str]":
+    exe = shutil.which("check-jsonschema")
+    assert exe, "check-jsonschema is not installed: pip install -e '.[test]' (make deps)"
+    return subprocess.run([exe, "--no-cache", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **NO_NETWORK})
+
+
+@pytest.mark.parametrize("kind", sorted(RAW_KINDS | DERIVED_KINDS))
+def test_check_jsonschema_validates_each_schema_file_offline(kind, tmp_path):
+    """check-jsonschema (python-jsonschema through its own CLI and loader, the file as
+    a path, no project registry) accepts every valid sample of the kind and rejects a
+    broken one, with no network: every reference resolves from the file itself."""
+    schema = SCHEMA_DIR / f"{kind}.schema.json"
+    meta = _check_jsonschema("--check-metaschema", str(schema))
+    assert meta.returncode == 0, meta.stdout + meta.stderr
+    good = []
+    for i, sample in enumerate(s for s in _all_valid_samples() if s["kind"] == kind):
+        path = tmp_path / f"good{i}.json"
+        path.write_text(json.dumps(sample))
+        good.append(str(path))
+    assert good
+    ok = _check_jsonschema("--schemafile", str(schema), *good)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    sample = next(s for s in _all_valid_samples() if s["kind"] == kind)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({k: v for k, v in sample.items() if k != "kind"} | {"v": 2}))
+    no = _check_jsonschema("--schemafile", str(schema), str(bad))
+    assert no.returncode == 1, no.stdout + no.stderr
+    assert "Unresolvable" not in no.stdout + no.stderr and "download" not in no.stdout + no.stderr
+
+
+# ------------------------------------------------------ dead letters as recorded
+
+header_text = st.one_of(st.none(), st.text(max_size=40), st.integers(-5, 10**12).map(str))
+
+
+@settings(max_examples=300)
+@given(value=st.binary(max_size=300), error=header_text, topic=header_text, partition=header_text,
+       offset=header_text, key=st.one_of(st.none(), st.binary(max_size=20)))
+def test_a_recorded_dead_letter_is_valid_whatever_the_record_holds(value, error, topic, partition,
+                                                                  offset, key):
+    """`lapstream record` turns any record of timing.deadletter (any bytes, headers
+    missing or odd) into a line of the recorded shape, with the original bytes exact."""
+    import base64
+
+    from streams.replay import deadletter_record
+
+    headers = [(name, text.encode()) for name, text in (
+        ("error", error), ("source-topic", topic), ("source-partition", partition),
+        ("source-offset", offset)) if text is not None]
+    line = deadletter_record(value, headers, key)
+    validate(line)
+    Draft202012Validator(load_schemas()["deadletter"]).validate(json.loads(json.dumps(line)))
+    assert base64.b64decode(line["raw_b64"]) == value
+    assert "\n" not in line["error"] and "\r" not in line["error"] and line["error"]
+    if partition is not None and partition.isdigit() and partition.isascii():
+        assert line["source_partition"] == int(partition)
+    if error is not None and error.strip():
+        assert line["error"] == " ".join(error.split())
+
+
+def test_a_dead_letter_written_by_the_worker_is_recorded_with_its_coordinates():
+    from streams.replay import deadletter_record
+
+    headers = [("error", b"passing: 'seq' is not an integer"), ("source-topic", b"timing.raw"),
+               ("source-partition", b"4"), ("source-offset", b"1358")]
+    line = deadletter_record(b'{"kind":"passing","seq":"x"}', headers, b"NSO")
+    assert line == {"kind": "deadletter", "v": 1, "error": "passing: 'seq' is not an integer",
+                    "raw": '{"kind":"passing","seq":"x"}',
+                    "raw_b64": "eyJraW5kIjoicGFzc2luZyIsInNlcSI6IngifQ==",
+                    "source_topic": "timing.raw", "source_partition": 4, "source_offset": 1358,
+                    "key": "NSO"}
+    validate(line)
+    # neither shape: no line, no source coordinates
+    with pytest.raises(ValidationError):
+        validate({k: v for k, v in line.items() if not k.startswith("source_")})
+    with pytest.raises(ValidationError):
+        validate({k: v for k, v in DEADLETTER.items() if k != "line"})
+
+
+# ------------------------------------------------ the contract document agrees
+
+def test_the_contract_document_names_every_kind_field_and_topic():
+    """docs/contract.md is read alone: every kind, every field of every schema, every
+    topic and every header lapstream writes is in it, and so is every field name
+    of the v1 contract (docs/feed-v1.md)."""
+    import re
+
+    from streams import topics as T
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    doc = (repo / "docs" / "contract.md").read_text(encoding="utf-8")
+    v1 = (repo / "docs" / "feed-v1.md").read_text(encoding="utf-8")
+
+    def named(word: str) -> bool:
+        return re.search(r"(?<![\w-])" + re.escape(word) + r"(?![\w-])", doc) is not None
+
+    for kind, schema in load_schemas().items():
+        assert f"`{kind}`" in doc, kind
+        missing = [p for p in schema["properties"] if not named(p)]
+        assert not missing, (kind, missing)
+    for spec in T.ALL:
+        assert f"`{spec.name}`" in doc, spec.name
+    for header in ("lapstream-source", "error", "source-topic", "source-partition", "source-offset"):
+        assert f"`{header}`" in doc, header
+    missing = sorted(w for w in set(re.findall(r"`([a-z_]+)`", v1)) if not named(w))
+    assert not missing, missing
+    assert "(feed-v1.md)" in doc and "(docs/contract.md)" in (repo / "README.md").read_text(encoding="utf-8")

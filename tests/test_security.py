@@ -433,5 +433,6 @@ def test_cli_settings_errors_are_one_line_without_secrets(cmd, env, words, tmp_p
         assert r.returncode != 0 and "cli-env-secret-78" not in err + r.stdout.decode()
         return
     assert r.returncode != 0
-    assert words in err and err.startswith("lapstream: ") and len(err.strip().splitlines()) == 1
+    assert words in err and err.startswith("lapstream ") and len(err.strip().splitlines()) == 1
+    assert r.returncode == 2   # a usage / settings mistake
     assert "secret" not in err
