@@ -153,7 +153,7 @@ class Gateway:
     async def _read(self) -> None:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
-        names = list(TOPIC_NAMES) + [T.RAW.name]
+        names = list(TOPIC_NAMES)
         consumer = AIOKafkaConsumer(bootstrap_servers=self.s.bootstrap, group_id=None,
                                     enable_auto_commit=False, client_id="lapstream-gateway",
                                     fetch_max_wait_ms=self.s.fetch_max_wait_ms,
@@ -180,7 +180,9 @@ class Gateway:
                 for tp, recs in batch.items():
                     if tp.topic == T.RAW.name:
                         for rec in recs:
-                            self.state.ingest_raw(rec.value)
+                            item = self.state.ingest_raw(rec.value, tp.partition, rec.offset, now)
+                            if item is not None and self.clients:
+                                self._fan_out(item)
                     else:
                         self._m_consumed.labels(tp.topic).inc(len(recs))
                         for rec in recs:

@@ -41,9 +41,14 @@ import orjson
 
 from streams import topics as T
 
-TOPIC_INDEX = {t.name: i for i, t in enumerate(T.DERIVED)}
-TOPIC_NAMES = tuple(t.name for t in T.DERIVED)
-KINDS = ("split", "finish", "incident", "record", "result", "standings", "classification")
+# Stream positions name topics by index: the derived topics, then timing.raw
+# (whose ``race`` and ``venue`` set-ups are streamed too, as kinds ``race``
+# and ``venue``, without transponders).
+TOPIC_NAMES = tuple(t.name for t in T.DERIVED) + (T.RAW.name,)
+TOPIC_INDEX = {name: i for i, name in enumerate(TOPIC_NAMES)}
+RAW_INDEX = TOPIC_INDEX[T.RAW.name]
+DERIVED_KINDS = ("split", "finish", "incident", "record", "result", "standings", "classification")
+KINDS = DERIVED_KINDS + ("race", "venue")
 
 
 class BadPosition(ValueError):
@@ -145,6 +150,20 @@ class RaceState:
             return self.result["group"]
         return self.race_id if self.meta else None
 
+    def public_setup(self) -> dict:
+        """The race message as subscribers see it: no transponders (the venue's business)."""
+        meta = {k: v for k, v in self.meta.items() if k not in ("kind", "v")}
+        comps = []
+        for c in meta.get("competitors", ()) or ():
+            if not isinstance(c, dict):
+                continue
+            comps.append({**{k: v for k, v in c.items() if k != "skaters"},
+                          "skaters": [{k: v for k, v in s.items() if k != "transponders"}
+                                      for s in c.get("skaters", ()) or () if isinstance(s, dict)]})
+        if comps:
+            meta["competitors"] = comps
+        return meta
+
     def detail(self) -> dict:
         """Everything the gateway knows of the race now (REST and snapshot)."""
         latest: dict = {}
@@ -157,17 +176,7 @@ class RaceState:
                 cur = c["skaters"].get(skater)
                 if cur is None or dist > cur["distance_m"]:
                     c["skaters"][skater] = ev
-        meta = dict(self.meta)
-        meta.pop("kind", None)
-        meta.pop("v", None)
-        comps = []
-        for c in meta.get("competitors", ()):   # transponders are the venue's business
-            comps.append({**{k: v for k, v in c.items() if k != "skaters"},
-                          "skaters": [{k: v for k, v in s.items() if k != "transponders"}
-                                      for s in c.get("skaters", ())]})
-        if comps:
-            meta["competitors"] = comps
-        return {**self.summary(), "setup": meta or None, "result": self.result,
+        return {**self.summary(), "setup": self.public_setup() or None, "result": self.result,
                 "latest_splits": sorted(latest.values(), key=lambda c: c["competitor_id"]),
                 "finishes": sorted(self.finishes.values(), key=lambda e: e["competitor_id"]),
                 "incidents": sorted(self.incidents.values(), key=lambda e: e["t_us"]),
@@ -203,7 +212,11 @@ class Filter:
         if self.kinds and item.kind not in self.kinds:
             return False
         if self.races:
-            if item.race_id is not None:
+            if item.kind == "venue":
+                if not (item.venue in {self_r.meta.get("venue") for rid in self.races
+                                       if (self_r := state.races.get(rid)) is not None}):
+                    return False
+            elif item.race_id is not None:
                 if item.race_id not in self.races:
                     return False
             elif not (state.keys_of_races(self.races) & {item.group, item.cls_event}):
@@ -213,7 +226,11 @@ class Filter:
             if not (venues & self.venues):
                 return False
         if self.groups:
-            if item.cls_event is not None:
+            if item.kind == "venue":
+                if not any(r.group in self.groups and r.meta.get("venue") == item.venue
+                           for r in state.races.values()):
+                    return False
+            elif item.cls_event is not None:
                 if not (state.groups_of_event(item.cls_event) & self.groups):
                     return False
             elif state.group_of(item) not in self.groups:
@@ -252,24 +269,33 @@ class GatewayState:
             r = self.races[race_id] = RaceState(race_id)
         return r
 
-    def ingest_raw(self, value: bytes) -> bool:
-        """A record of timing.raw: keeps ``venue`` and ``race`` set-ups and starts.
-        Everything else is skipped cheaply (most of the raw topic is passings)."""
+    def ingest_raw(self, value: bytes, partition: int = 0, offset: int = 0,
+                   arrived: float = 0.0) -> Optional[Item]:
+        """A record of timing.raw: keeps ``venue`` and ``race`` set-ups (streamed
+        as kinds ``venue`` and ``race``) and starts. Everything else is skipped
+        cheaply (most of the raw topic is passings)."""
         if b'"competitors"' not in value and b'"loops"' not in value and b'"start"' not in value:
-            return False
+            return None
         try:
             msg = orjson.loads(value)
         except orjson.JSONDecodeError:
-            return False
+            return None
         if not isinstance(msg, dict):
-            return False
+            return None
         kind = msg.get("kind")
+        item = None
         try:
             if kind == "venue" and isinstance(msg.get("venue"), str):
-                self.venues[msg["venue"]] = {k: msg.get(k) for k in ("venue", "name", "lap_m", "loops")}
+                v = {k: msg.get(k) for k in ("venue", "name", "lap_m", "loops")}
+                self.venues[msg["venue"]] = v
+                item = Item(RAW_INDEX, partition, offset, "venue", {"kind": "venue", **v},
+                            orjson.dumps({"kind": "venue", **v}), arrived, None, None, msg["venue"], None)
             elif kind == "race" and isinstance(msg.get("race_id"), str):
                 r = self.race(msg["race_id"])
                 r.meta = msg
+                setup = {"kind": "race", **r.public_setup()}
+                item = Item(RAW_INDEX, partition, offset, "race", setup, orjson.dumps(setup), arrived,
+                            msg["race_id"], r.group, msg.get("venue"), None)
             elif kind == "start" and isinstance(msg.get("race_id"), str) and msg["race_id"] in self.races:
                 r = self.races[msg["race_id"]]
                 attempt = msg.get("attempt") if isinstance(msg.get("attempt"), int) else 1
@@ -279,11 +305,15 @@ class GatewayState:
                 if attempt >= r.attempt:
                     r.started_t_us = msg.get("t_us")
             else:
-                return False
-        except (TypeError, AttributeError):
-            return False
+                return None
+        except (TypeError, AttributeError, ValueError):
+            return None
         self.version += 1
-        return True
+        if item is not None:
+            tp = (RAW_INDEX, partition)
+            self.position[tp] = max(self.position.get(tp, 0), offset + 1)
+            self._log(item)
+        return item
 
     def ingest(self, topic: str, partition: int, offset: int, value: bytes,
                arrived: float = 0.0) -> Optional[Item]:
@@ -311,13 +341,16 @@ class GatewayState:
         if item is None:
             return None
         self.version += 1
+        self._log(item)
+        return item
+
+    def _log(self, item: Item) -> None:
         self.log.append(item)
         while len(self.log) > self.max_log:
             old = self.log.popleft()
             self.trimmed[(old.topic, old.partition)] = old.offset + 1
             if isinstance(old.event.get("event_id"), str):
                 self.seen_ids.discard(old.event["event_id"])
-        return item
 
     def _apply(self, t, partition, offset, ev, value, arrived) -> Optional[Item]:
         kind = ev["kind"]
@@ -394,6 +427,8 @@ class GatewayState:
         return {r.group for r in self.races.values() if r.meta and event_key_of_race(r.meta) == cls_event}
 
     def venues_of(self, item: Item) -> set:
+        if item.kind == "venue":
+            return {item.venue}
         if item.race_id is not None:
             r = self.races.get(item.race_id)
             return {r.meta.get("venue")} if r is not None and r.meta else set()
