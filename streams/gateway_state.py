@@ -33,6 +33,7 @@ are not streamed again.
 """
 from __future__ import annotations
 
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
@@ -49,6 +50,9 @@ TOPIC_INDEX = {name: i for i, name in enumerate(TOPIC_NAMES)}
 RAW_INDEX = TOPIC_INDEX[T.RAW.name]
 DERIVED_KINDS = ("split", "finish", "incident", "record", "result", "standings", "classification")
 KINDS = DERIVED_KINDS + ("race", "venue")
+
+
+_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 class BadPosition(ValueError):
@@ -68,13 +72,48 @@ def decode_position(text: str) -> dict:
         raise BadPosition("position too long")
     for part in text.split("_"):
         bits = part.split(".")
-        if len(bits) != 3 or not all(b.isdigit() for b in bits):
+        if len(bits) != 3 or not all(_DIGITS.fullmatch(b) for b in bits):
             raise BadPosition(f"not a stream position: {part!r}")
         t, p, o = (int(b) for b in bits)
         if t >= len(TOPIC_NAMES):
             raise BadPosition(f"unknown topic index {t}")
         pos[(t, p)] = o
     return pos
+
+
+_STR = (str,)
+_OPT_STR = (str, type(None))
+_INT = (int,)
+_LIST = (list,)
+# The fields the gateway relies on, per kind (the schemas in schemas/json say
+# more; an event the worker would never write is skipped, not half-applied).
+_NEEDS = {
+    "split": {"race_id": _STR, "competitor_id": _STR, "skater_id": _OPT_STR, "distance_m": _INT},
+    "finish": {"race_id": _STR, "competitor_id": _STR},
+    "incident": {"race_id": _STR, "competitor_id": _OPT_STR, "skater_id": _OPT_STR, "type": _STR,
+                 "status": _STR},
+    "record": {"race_id": _STR, "competitor_id": _STR, "record": _STR},
+    "result": {"race_id": _STR, "status": _STR, "ranking": _LIST},
+    "standings": {"group": _STR, "ranking": _LIST},
+    "classification": {"event": _STR, "ranking": _LIST},
+}
+
+
+def well_formed(ev: dict) -> bool:
+    kind = ev.get("kind")
+    needs = _NEEDS.get(kind) if isinstance(kind, str) else None
+    if needs is None or not isinstance(ev.get("t_us", 0), int):
+        return False
+    for k in ("revision", "attempt"):
+        if k in ev and (not isinstance(ev[k], int) or isinstance(ev[k], bool)):
+            return False
+    for k, types in needs.items():
+        if not isinstance(ev.get(k), types):
+            return False
+    if "ranking" in needs and not all(isinstance(e, dict) and isinstance(e.get("competitor_id"), str)
+                                      for e in ev["ranking"]):
+        return False
+    return True
 
 
 def rev(ev: dict) -> int:
@@ -179,8 +218,8 @@ class RaceState:
         return {**self.summary(), "setup": self.public_setup() or None, "result": self.result,
                 "latest_splits": sorted(latest.values(), key=lambda c: c["competitor_id"]),
                 "finishes": sorted(self.finishes.values(), key=lambda e: e["competitor_id"]),
-                "incidents": sorted(self.incidents.values(), key=lambda e: e["t_us"]),
-                "records": sorted(self.records.values(), key=lambda e: e["t_us"])}
+                "incidents": sorted(self.incidents.values(), key=lambda e: e.get("t_us", 0)),
+                "records": sorted(self.records.values(), key=lambda e: e.get("t_us", 0))}
 
 
 class Filter:
@@ -326,7 +365,7 @@ class GatewayState:
             ev = orjson.loads(value)
         except orjson.JSONDecodeError:
             return None
-        if not isinstance(ev, dict) or not isinstance(ev.get("kind"), str):
+        if not isinstance(ev, dict) or not well_formed(ev):
             return None
         eid = ev.get("event_id")
         if isinstance(eid, str):
