@@ -241,6 +241,7 @@ function render() {
       who.append(el("span", { class: "third" }, `third: ${skaterName(r, x.third.skater_id)}`));
     const notes = el("td", { class: "notes" });
     for (const i of x.incidents) {
+      if (i.status === "cleared") continue;   // the list on the side keeps it
       const whoFell = i.skater_id ? skaterName(r, i.skater_id) : "";
       notes.append(el("span", { class: `note ${i.type} ${i.status}` }, `${i.type} ${i.status}${whoFell ? " (" + whoFell + ")" : ""}`));
     }
