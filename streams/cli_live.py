@@ -195,6 +195,9 @@ def add_commands(sub) -> None:
                    help="replay the quiet time between races too (by default it is skipped)")
     p.add_argument("--exit-when-done", action="store_true",
                    help="stop once the feed is replayed and the last result is official")
+    p.add_argument("--web", action="store_true",
+                   help="also start the gateway (lapstream serve) and print the scoreboard page's URL")
+    p.add_argument("--web-port", type=int, default=None, help="the page's port (default: a free one)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("serve", help="the subscribers' gateway: REST, SSE, WebSocket and the scoreboard page")

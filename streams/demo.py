@@ -58,6 +58,18 @@ def start_worker(bootstrap: str, http_port: int, worker_id: str = "demo-1", log_
                             preexec_fn=die_with_parent, env={**os.environ, **(env or {})})
 
 
+def start_gateway(bootstrap: str, port: int, log_path: str | None = None,
+                  host: str = "127.0.0.1") -> subprocess.Popen:
+    """``lapstream serve`` for ``demo --web``: the scoreboard page and the API."""
+    cmd = [sys.executable, "-m", "streams.cli", "serve", "--broker", f"kafka://{bootstrap}",
+           "--host", host, "--port", str(port)]
+    from streams.broker import die_with_parent
+
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=die_with_parent)
+
+
 def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
     if proc.poll() is not None:
         return
@@ -91,6 +103,7 @@ def run_demo(args) -> int:
     kind, boot = parse_broker_setting(args.broker)
     broker = None
     worker = None
+    gateway = None
     workdir = tempfile.mkdtemp(prefix="lapstream-demo-")
     http_port = args.http_port or free_port()
     try:
@@ -107,6 +120,14 @@ def run_demo(args) -> int:
         if not wait_http(f"http://127.0.0.1:{http_port}/readyz", 90, worker):
             console.print(f"[red]the worker did not become ready; log: {workdir}/worker.log[/red]")
             return 1
+        if getattr(args, "web", False):
+            web_port = args.web_port or free_port()
+            gateway = start_gateway(boot, web_port, log_path=os.path.join(workdir, "gateway.log"))
+            if not wait_http(f"http://127.0.0.1:{web_port}/readyz", 90, gateway):
+                console.print(f"[red]the gateway did not become ready; log: {workdir}/gateway.log[/red]")
+                return 1
+            console.print(f"scoreboard: [bold]http://127.0.0.1:{web_port}/[/bold]  "
+                          f"(API /api/v1/races, stream /api/v1/stream, /openapi.yaml)")
         console.print(f"replaying {path.name} at {'max' if args.speed is None else args.speed}x "
                       "(Ctrl-C stops)")
         return asyncio.run(_live(console, boot, path, args, metrics_url))
@@ -114,6 +135,8 @@ def run_demo(args) -> int:
         console.print("stopped")
         return 130
     finally:
+        if gateway is not None:
+            stop_process(gateway)
         if worker is not None:
             stop_process(worker)
         if broker is not None:

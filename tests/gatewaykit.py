@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from streams.broker import free_port
+from streams.broker import free_port  # noqa: F401  (tests use G.free_port)
 from streams.demo import stop_process
 from tests import livekit as L
 

@@ -278,3 +278,47 @@ def test_metrics_health_and_readiness(live):
     assert "lapstream_gateway_ready 1.0" in text
     # only the gateway's block: no worker metric is exposed by a gateway
     assert "lapstream_raw_messages_total" not in text
+
+
+def test_demo_web_prints_the_page_url_and_serves_the_final():
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from streams.demo import stop_process
+
+    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "demo", "--web", "--plain", "--speed", "20",
+                             "--http-port", str(G.free_port())],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                            cwd=G.REPO, env={**os.environ, "PYTHONPATH": str(G.REPO), "COLUMNS": "200"})
+    try:
+        url = None
+        seen = []
+        deadline = time.monotonic() + 120
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline().decode()
+            assert line, "demo ended: " + "".join(seen)
+            seen.append(line)
+            m = re.search(r"scoreboard: (http://127\.0\.0\.1:\d+/)", line)
+            if m:
+                url = m.group(1)
+        assert url, "".join(seen)
+        gw = G.Gateway("unused", L.tmpdir(), port=int(url.rsplit(":", 1)[1].strip("/")))
+        status, headers, body = gw.get("/")
+        assert status == 200 and b"lapstream" in body and headers["Content-Type"].startswith("text/html")
+        wait_official(gw)
+    finally:
+        stop_process(proc, timeout=30)
+    # the demo took its gateway with it
+    assert not _port_open(gw.port)
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
