@@ -322,3 +322,43 @@ def _port_open(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_the_two_example_subscribers_run(live):
+    """examples/kafka_consumer.py (aiokafka) and examples/sse_client.py (the
+    gateway's stream, standard library only), run as a subscriber runs them."""
+    import subprocess
+    import sys
+
+    if not any(r["race_id"] == RACE for r in live.gateway.json("/api/v1/races")["races"]):
+        L.replay_lines(live.broker.bootstrap, live.lines, speed=None)
+    wait_official(live.gateway)
+    out = subprocess.run([sys.executable, "examples/kafka_consumer.py", "--bootstrap", live.broker.bootstrap,
+                          "--idle-exit", "3"], cwd=G.REPO, capture_output=True, timeout=120, check=True)
+    lines = out.stdout.decode().splitlines()
+    assert [ln.split(" (timing.raw:")[0] for ln in lines] == [
+        "OWG2022-TPW-FA [live rev 0] 1. CAN 2:53.44",
+        "OWG2022-TPW-FA [unofficial rev 1] 1. CAN 2:53.44, 2. JPN 3:04.47",
+        "OWG2022-TPW-FA [official rev 2] 1. CAN 2:53.44, 2. JPN 3:04.47"]
+    assert all("(timing.raw:" in ln for ln in lines)      # the lapstream-source header
+    out = subprocess.run([sys.executable, "examples/sse_client.py", live.gateway.url(""), "--race", RACE,
+                          "--until-official"], cwd=G.REPO, capture_output=True, timeout=120, check=True)
+    assert "OWG2022-TPW-FA official rev 2: CAN 2:53.44, JPN 3:04.47" in out.stdout.decode().splitlines()
+
+
+def test_the_kafka_example_drops_repeats_and_late_revisions():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kafka_consumer", G.REPO / "examples" / "kafka_consumer.py")
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    cur = ex.Current()
+    r1 = {"kind": "result", "event_id": "a", "race_id": "R", "revision": 1, "status": "live", "ranking": []}
+    r2 = {**r1, "event_id": "b", "revision": 2, "status": "official"}
+    assert cur.apply(r1) and cur.apply(r2)
+    assert not cur.apply(r1)                              # a repeat
+    assert not cur.apply({**r1, "event_id": "c"})         # an older revision, late
+    assert cur.results()["R"]["status"] == "official"
+    seen = ex.SeenIds(max_age_s=10, max_ids=3)
+    assert seen.first_time("x", 0) and not seen.first_time("x", 1)
+    assert seen.first_time("y", 20) and seen.first_time("x", 21)   # x was forgotten after 10 s
