@@ -54,6 +54,11 @@ def events(base: str, query: str, last_id: str | None):
         conn.close()
 
 
+def line(result: dict) -> str:
+    return f"{result['race_id']} {result['status']} rev {result['revision']}: " + ", ".join(
+        f"{e['competitor_id']} {e['time'] or e['irm']}" for e in result["ranking"])
+
+
 def follow(base: str, race: str | None = None, until_official: bool = False, out=print,
            max_reconnects: int = 100) -> dict:
     """Follow the stream; returns the current results by race."""
@@ -65,17 +70,17 @@ def follow(base: str, race: str | None = None, until_official: bool = False, out
             for ident, event, data in events(base, query, last_id):
                 if ident:
                     last_id = ident
-                if event == "snapshot":
+                if event == "snapshot":              # the state now
                     for r in json.loads(data)["races"]:
                         if r["result"]:
                             results[r["race_id"]] = r["result"]
-                elif event == "result":
+                            out(line(r["result"]))
+                elif event == "result":              # a change
                     ev = json.loads(data)
                     cur = results.get(ev["race_id"])
                     if cur is None or ev["revision"] >= cur["revision"]:
                         results[ev["race_id"]] = ev
-                        out(f"{ev['race_id']} {ev['status']} rev {ev['revision']}: " + ", ".join(
-                            f"{e['competitor_id']} {e['time'] or e['irm']}" for e in ev["ranking"]))
+                        out(line(ev))
                 elif event == "close":
                     out("closed by the gateway: " + json.loads(data)["reason"])
                     break
