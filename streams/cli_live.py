@@ -139,7 +139,8 @@ def _cmd_serve(args) -> int:
     settings = GatewaySettings.from_env(
         _bootstrap(args.broker), host=args.host, port=args.port,
         cors_origins=tuple(args.cors_origin) if args.cors_origin else None,
-        queue_size=args.queue_size, heartbeat_s=args.heartbeat, max_log=args.max_log)
+        queue_size=args.queue_size, send_buffer=args.send_buffer, heartbeat_s=args.heartbeat,
+        max_log=args.max_log)
     return run(settings)
 
 
@@ -210,7 +211,10 @@ def add_commands(sub) -> None:
                    help="an origin allowed to call the API from a browser ('*' for any); repeatable "
                         "(default: $LAPSTREAM_CORS_ORIGINS, comma-separated, or none)")
     p.add_argument("--queue-size", type=int, default=1024,
-                   help="events a stream client may fall behind before it is closed (default %(default)s)")
+                   help="events a WebSocket client (or an SSE client catching up) may fall behind "
+                        "before it is closed (default %(default)s)")
+    p.add_argument("--send-buffer", type=int, default=1 << 20,
+                   help="bytes an SSE client may leave unread before it is closed (default %(default)s)")
     p.add_argument("--heartbeat", type=float, default=15.0, help="seconds between heartbeats (default %(default)s)")
     p.add_argument("--max-log", type=int, default=500_000,
                    help="derived events kept in memory for stream resumes (default %(default)s)")

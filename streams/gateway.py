@@ -28,7 +28,7 @@ from importlib import resources
 from typing import Optional
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import HttpVersion11, WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams import topics as T
@@ -51,6 +51,7 @@ class GatewaySettings:
     port: int = 8000
     cors_origins: tuple = ()              # exact origins, or "*"
     queue_size: int = 1024                # events a client may be behind before it is closed
+    send_buffer: int = 1 << 20            # bytes an SSE client may leave unread before it is closed
     heartbeat_s: float = 15.0             # SSE comment / WebSocket ping when idle
     max_log: int = 500_000                # derived events kept for resumes
     fetch_max_wait_ms: int = 5
@@ -71,6 +72,12 @@ class GatewaySettings:
 
 @dataclass(eq=False)
 class Client:
+    """One stream client. A WebSocket client (and an SSE client while its
+    snapshot and backlog are being sent) takes events through ``queue``,
+    bounded by ``limit`` events, and its own task writes them. An SSE client
+    then goes ``direct``: the fan-out writes its frames straight into its
+    socket's transport (no task switch per client and event), bounded by
+    ``send_buffer`` bytes not yet taken by the client."""
     transport: str
     flt: Filter
     pos: dict
@@ -78,24 +85,60 @@ class Client:
     queue: deque = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     dropped: Optional[str] = None
+    direct: bool = False
+    sock: Optional[asyncio.Transport] = None
+    chunked: bool = True
+    pos_str: str = ""
+
+    def __post_init__(self) -> None:
+        self.pos_str = encode_pos_fast(self.pos)
 
     def push(self, item: Item) -> bool:
         if self.dropped is not None:
             return False
         if len(self.queue) >= self.limit:
-            self.dropped = (f"slow client: {self.limit} events behind; reconnect with "
-                            "Last-Event-ID to resume")
-            self.queue.clear()
-            self.wake.set()
+            self.drop(f"slow client: {self.limit} events behind; reconnect with Last-Event-ID to resume")
             return False
         self.queue.append(item)
         self.wake.set()
         return True
 
+    def drop(self, reason: str) -> None:
+        if self.dropped is None:
+            self.dropped = reason
+        self.queue.clear()
+        self.wake.set()
+
     def advance(self, item: Item) -> str:
         tp = (item.topic, item.partition)
         self.pos[tp] = item.offset + 1
-        return encode_pos_fast(self.pos)
+        self.pos_str = encode_pos_fast(self.pos)
+        return self.pos_str
+
+    def frames(self, items) -> bytes:
+        """The SSE frames of ``items`` for this client, advancing its position;
+        frames are shared between clients at the same position."""
+        out = []
+        for it in items:
+            cache = it.frames
+            if cache is None:
+                cache = it.frames = {}
+            hit = cache.get(self.pos_str)
+            if hit is None:
+                before = self.pos_str
+                ident = self.advance(it)
+                hit = cache[before] = (ident, sse_frame(it, ident))
+            else:
+                self.pos[(it.topic, it.partition)] = it.offset + 1
+                self.pos_str = hit[0]
+            out.append(hit[1])
+        return b"".join(out)
+
+    def write_direct(self, data: bytes) -> None:
+        if self.chunked:
+            self.sock.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.sock.write(data)
 
 
 def encode_pos_fast(pos: dict) -> str:
@@ -123,6 +166,7 @@ class Gateway:
         self._m_latency = self.metrics["lapstream_gateway_fanout_latency_seconds"]
         self._m_consumed = self.metrics["lapstream_gateway_events_consumed_total"]
         self._m_ready = self.metrics["lapstream_gateway_ready"]
+        self._m_fanned_sse = self._m_fanned.labels("sse")
         for tr in ("sse", "ws"):
             self._m_clients.labels(tr).set(0)
             self._m_fanned.labels(tr)
@@ -141,8 +185,7 @@ class Gateway:
 
     async def stop(self) -> None:
         for c in list(self.clients):
-            c.dropped = c.dropped or "gateway shutting down"
-            c.wake.set()
+            c.drop("gateway shutting down; reconnect with Last-Event-ID to resume")
         if self.reader_task is not None:
             self.reader_task.cancel()
             await asyncio.gather(self.reader_task, return_exceptions=True)
@@ -177,20 +220,23 @@ class Gateway:
             while True:
                 batch = await consumer.getmany(timeout_ms=200, max_records=5000)
                 now = time.perf_counter()
+                fresh = []
                 for tp, recs in batch.items():
                     if tp.topic == T.RAW.name:
                         for rec in recs:
                             item = self.state.ingest_raw(rec.value, tp.partition, rec.offset, now)
-                            if item is not None and self.clients:
-                                self._fan_out(item)
+                            if item is not None:
+                                fresh.append(item)
                     else:
                         self._m_consumed.labels(tp.topic).inc(len(recs))
                         for rec in recs:
                             item = self.state.ingest(tp.topic, tp.partition, rec.offset, rec.value, now)
-                            if item is not None and self.clients:
-                                self._fan_out(item)
+                            if item is not None:
+                                fresh.append(item)
                     if todo and tp in todo and recs[-1].offset + 1 >= todo[tp]:
                         del todo[tp]
+                if fresh and self.clients:
+                    self._fan_out(fresh)
                 if not self.ready.is_set() and (not todo or not batch and await self._caught_up(consumer, todo)):
                     self._set_ready()
         except asyncio.CancelledError:
@@ -216,12 +262,38 @@ class Gateway:
         self._m_ready.set(1)
         log.info("gateway ready: %d races, %d events", len(self.state.races), len(self.state.log))
 
-    def _fan_out(self, item: Item) -> None:
+    def _fan_out(self, items: list) -> None:
+        """Hand a batch of new events to every client whose filter takes them."""
         state = self.state
-        for c in self.clients:
-            if c.dropped is None and (c.flt.empty or c.flt.match(item, state)):
-                if not c.push(item):
-                    self._m_dropped.labels(c.transport).inc()
+        limit = self.s.send_buffer
+        observe = self._m_latency.observe
+        for c in list(self.clients):
+            if c.dropped is not None:
+                continue
+            mine = items if c.flt.empty else [it for it in items if c.flt.match(it, state)]
+            if not mine:
+                continue
+            if not c.direct:
+                for it in mine:
+                    if not c.push(it):
+                        self._m_dropped.labels(c.transport).inc()
+                        break
+                continue
+            if c.sock.is_closing():
+                c.drop("connection closed")
+                continue
+            if c.sock.get_write_buffer_size() > limit:
+                c.drop(f"slow client: more than {limit} bytes not taken; reconnect with "
+                       "Last-Event-ID to resume")
+                self._m_dropped.labels(c.transport).inc()
+                continue
+            c.write_direct(c.frames(mine))
+            now = time.perf_counter()
+            for it in mine:
+                observe(now - it.arrived)
+            self._m_fanned_sse.inc(len(mine))
+        for it in items:
+            it.frames = None
 
     # -- HTTP ------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -419,40 +491,40 @@ class Gateway:
         try:
             head = [b"retry: 2000\n\n"]
             if snapshot is not None:
-                head.append(b"id: " + encode_pos_fast(client.pos).encode() + b"\nevent: snapshot\ndata: "
+                head.append(b"id: " + client.pos_str.encode() + b"\nevent: snapshot\ndata: "
                             + orjson.dumps(snapshot) + b"\n\n")
             await resp.write(b"".join(head))
-            chunk = []
-            for item in backlog:
-                chunk.append(sse_frame(item, client.advance(item)))
-                if len(chunk) >= 256:
-                    await resp.write(b"".join(chunk))
-                    chunk = []
-            if chunk:
-                await resp.write(b"".join(chunk))
-            hb = self.s.heartbeat_s
-            fanned = self._m_fanned.labels("sse")
-            while True:
-                if not client.queue and client.dropped is None:
-                    client.wake.clear()
-                    try:
-                        await asyncio.wait_for(client.wake.wait(), hb)
-                    except asyncio.TimeoutError:
-                        await resp.write(b": heartbeat\n\n")
-                        continue
-                if client.dropped is not None:
-                    self._unsubscribe(client)
-                    watchdog = asyncio.get_running_loop().call_later(
-                        self.s.slow_close_grace_s, _abort, request)
-                    await resp.write(b"event: close\ndata: " + orjson.dumps({"reason": client.dropped}) + b"\n\n")
-                    break
+            for k in range(0, len(backlog), 256):
+                await resp.write(b"".join([sse_frame(it, client.advance(it)) for it in backlog[k:k + 256]]))
+            # what came meanwhile waited in the queue; then the fan-out writes
+            # straight to the socket (no await between the last catch-up and that)
+            while client.queue and client.dropped is None:
                 items = list(client.queue)
                 client.queue.clear()
                 await resp.write(b"".join([sse_frame(it, client.advance(it)) for it in items]))
-                now = time.perf_counter()
-                for it in items:
-                    self._m_latency.observe(now - it.arrived)
-                fanned.inc(len(items))
+            if client.dropped is None and request.transport is not None:
+                client.sock = request.transport
+                client.chunked = request.version >= HttpVersion11
+                client.direct = True
+            hb = self.s.heartbeat_s
+            while client.dropped is None:
+                client.wake.clear()
+                try:
+                    await asyncio.wait_for(client.wake.wait(), hb)
+                except asyncio.TimeoutError:
+                    if client.sock.is_closing():
+                        client.drop("connection closed")
+                    elif client.sock.get_write_buffer_size() > self.s.send_buffer:
+                        client.drop("slow client: not taking its heartbeats")
+                        self._m_dropped.labels("sse").inc()
+                    else:
+                        client.write_direct(b": heartbeat\n\n")
+            self._unsubscribe(client)
+            if client.dropped != "connection closed":
+                client.direct = False
+                watchdog = asyncio.get_running_loop().call_later(self.s.slow_close_grace_s, _abort, request)
+                await resp.write(b"event: close\ndata: " + orjson.dumps({"reason": client.dropped}) + b"\n\n")
+                await resp.write_eof()
         except (ConnectionResetError, asyncio.CancelledError, ConnectionError):
             pass
         finally:

@@ -143,6 +143,9 @@ class Item:
     group: Optional[str]
     venue: Optional[str]
     cls_event: Optional[str]
+    # during one fan-out: a client's position before -> (position after, SSE frame);
+    # clients at the same position (most of them) share the work
+    frames: Optional[dict] = None
 
 
 @dataclass

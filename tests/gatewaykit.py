@@ -77,8 +77,12 @@ class SSE:
     disconnect at any moment, and resume with Last-Event-ID."""
 
     def __init__(self, port: int, path: str = "/api/v1/stream", last_id: str | None = None,
-                 timeout: float = 60.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+                 timeout: float = 60.0, rcvbuf: int | None = None) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:   # a small window: a client that stops reading backs up at the gateway at once
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect(("127.0.0.1", port))
         head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
         if last_id:
             head += f"Last-Event-ID: {last_id}\r\n"

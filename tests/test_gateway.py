@@ -202,41 +202,36 @@ def test_websocket_streams_the_same_events_and_resumes(live):
     same_as_offline(asyncio.run(go()), want)
 
 
-def test_a_slow_client_is_closed_with_a_reason_and_resumes(live):
-    """A gateway whose clients may be 4 events behind; a burst of 600 events
-    arrives at once: the client is closed with `event: close` and a reason,
-    the drop is counted, and resuming with its last id (more than once if
-    need be) gets every event exactly once."""
-    gw = live.new_gateway(["--queue-size", "4"]).wait_ready()
-    c = G.SSE(gw.port, "/api/v1/stream?race=SLOW-1")
-    it = c.events()
-    ident, event, _ = next(it)
-    assert event == "snapshot"
-    last = ident
-    burst = [{"kind": "split", "v": 1, "event_id": f"slow-{i}", "race_id": "SLOW-1", "t_us": i,
-              "attempt": 1, "competitor_id": f"C{i % 7}", "skater_id": None, "distance_m": 100 * (i + 1),
-              "time_ms": 1000 * (i + 1), "time": "x", "lap_ms": None, "rank": 1, "behind_ms": 0}
-             for i in range(600)]
+def burst_of(race: str, n: int, pad: int = 0) -> list[dict]:
+    return [{"kind": "split", "v": 1, "event_id": f"{race}-{i}", "race_id": race, "t_us": i,
+             "attempt": 1, "competitor_id": f"C{i % 7}", "skater_id": None, "distance_m": 100 * (i + 1),
+             "time_ms": 1000 * (i + 1), "time": "x", "lap_ms": None, "rank": 1, "behind_ms": 0,
+             **({"pad": "x" * pad} if pad else {})}
+            for i in range(n)]
 
-    async def produce():
+
+def produce(bootstrap: str, events: list[dict], key: bytes) -> None:
+    async def go():
         from aiokafka import AIOKafkaProducer
 
-        p = AIOKafkaProducer(bootstrap_servers=live.broker.bootstrap, linger_ms=50)
+        p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=50, max_request_size=16 << 20)
         await p.start()
         try:
-            for e in burst:
-                await p.send(T.SPLITS.name, orjson.dumps(e), key=b"SLOW-1")
+            for e in events:
+                await p.send(T.SPLITS.name, orjson.dumps(e), key=key)
             await p.flush()
         finally:
             await p.stop()
 
-    asyncio.run(produce())
+    asyncio.run(go())
+
+
+def resume_until(gw: G.Gateway, path: str, it, c, last: str, want: list[str], reasons: list[str]):
+    """Read (resuming after every close) until every wanted split arrived."""
     got: list[str] = []
-    reasons: list[str] = []
-    sessions = 0
-    deadline = time.monotonic() + 120
-    while len(got) < len(burst):
-        assert time.monotonic() < deadline, f"only {len(got)} of {len(burst)}"
+    deadline = time.monotonic() + 180
+    while len(got) < len(want):
+        assert time.monotonic() < deadline, f"only {len(got)} of {len(want)}"
         for ident, event, data in it:
             if event == "close":
                 reasons.append(orjson.loads(data)["reason"])
@@ -245,20 +240,58 @@ def test_a_slow_client_is_closed_with_a_reason_and_resumes(live):
                 last = ident
             if event == "split":
                 got.append(orjson.loads(data)["event_id"])
-            if len(got) == len(burst):
+            if len(got) == len(want):
                 break
         c.close()
-        if len(got) < len(burst):
-            sessions += 1
-            c = G.SSE(gw.port, "/api/v1/stream?race=SLOW-1", last_id=last)
+        if len(got) < len(want):
+            c = G.SSE(gw.port, path, last_id=last)
             it = c.events()
     c.close()
+    return got
+
+
+def test_a_slow_sse_client_is_closed_with_a_reason_and_resumes(live):
+    """An SSE client that stops reading (a tiny receive window) while 1,000
+    events of 8 KiB arrive: the gateway keeps at most --send-buffer bytes for
+    it, then closes it with `event: close` and a reason; the drop is counted,
+    and resuming with its last id gets every event exactly once."""
+    gw = live.new_gateway(["--send-buffer", "65536"]).wait_ready()
+    path = "/api/v1/stream?race=SLOW-SSE"
+    c = G.SSE(gw.port, path, rcvbuf=4096)
+    it = c.events()
+    ident, event, _ = next(it)
+    assert event == "snapshot"
+    burst = burst_of("SLOW-SSE", 1000, pad=8192)
+    produce(live.broker.bootstrap, burst, b"SLOW-SSE")
+    reasons: list[str] = []
+    got = resume_until(gw, path, it, c, ident, [e["event_id"] for e in burst], reasons)
     assert reasons and reasons[0].startswith("slow client"), reasons
     assert got == [e["event_id"] for e in burst]
     metrics = gw.get("/metrics")[2].decode()
     dropped = [ln for ln in metrics.splitlines()
                if ln.startswith('lapstream_gateway_slow_clients_dropped_total{transport="sse"}')]
     assert dropped and float(dropped[0].split()[-1]) >= 1
+    gw.stop()
+
+
+def test_a_slow_websocket_client_is_closed_with_a_reason(live):
+    """A WebSocket client may be --queue-size events behind: a burst of 600
+    arriving at once closes it with code 4008 and the reason."""
+    gw = live.new_gateway(["--queue-size", "4"]).wait_ready()
+
+    async def go():
+        url = gw.url("/api/v1/ws").replace("http", "ws", 1) + "?race=SLOW-WS"
+        async with aiohttp.ClientSession() as s:
+            async with s.ws_connect(url) as ws:
+                assert orjson.loads((await ws.receive(timeout=30)).data)["type"] == "snapshot"
+                await asyncio.get_running_loop().run_in_executor(
+                    None, produce, live.broker.bootstrap, burst_of("SLOW-WS", 600), b"SLOW-WS")
+                while True:
+                    m = await ws.receive(timeout=60)
+                    if m.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+                        return m.data, m.extra
+    code, reason = asyncio.run(go())
+    assert code == 4008 and reason.startswith("slow client"), (code, reason)
     gw.stop()
 
 
