@@ -539,10 +539,13 @@ class Gateway:
                 items = list(client.queue)
                 client.queue.clear()
                 await resp.write(b"".join([sse_frame(it, client.advance(it)) for it in items]))
-            if client.dropped is None and request.transport is not None:
-                client.sock = request.transport
-                client.chunked = request.version >= HttpVersion11
-                client.direct = True
+            if client.dropped is None:
+                if request.transport is None or request.transport.is_closing():
+                    client.drop("connection closed")
+                else:
+                    client.sock = request.transport
+                    client.chunked = request.version >= HttpVersion11
+                    client.direct = True
             hb = self.s.heartbeat_s
             while client.dropped is None:
                 client.wake.clear()
