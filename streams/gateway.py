@@ -414,7 +414,7 @@ class Gateway:
         r = self.state.races.get(request.match_info["race_id"])
         if r is None:
             return self._json(request, {"error": "no such race"}, 404)
-        return self._json(request, r.detail())
+        return self._json(request, self.state.race_detail(r))
 
     async def venues(self, request):
         await self._wait_ready()

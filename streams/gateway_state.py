@@ -206,8 +206,25 @@ class RaceState:
             meta["competitors"] = comps
         return meta
 
-    def detail(self) -> dict:
-        """Everything the gateway knows of the race now (REST and snapshot)."""
+    def sprint_distances(self, lap_m: int = 400) -> set:
+        """Mass start: the distances of the intermediate sprints (contract:
+        laps 4, 8, 12 unless the race says otherwise)."""
+        if self.meta.get("format") != "mass_start":
+            return set()
+        sprints = self.meta.get("sprints")
+        laps = sprints.keys() if isinstance(sprints, dict) else ("4", "8", "12")
+        out = set()
+        for lap in laps:
+            try:
+                out.add(int(lap) * lap_m)
+            except (TypeError, ValueError):
+                continue
+        return out
+
+    def detail(self, lap_m: int = 400) -> dict:
+        """Everything the gateway knows of the race now (REST and snapshot).
+        A mass start also lists every split at an intermediate sprint
+        (``sprint_splits``: who crossed first, for the sprint points)."""
         latest: dict = {}
         for (comp, skater, dist), ev in self.splits.items():
             c = latest.setdefault(comp, {"competitor_id": comp, "split": None, "skaters": {}})
@@ -222,7 +239,16 @@ class RaceState:
                 "latest_splits": sorted(latest.values(), key=lambda c: c["competitor_id"]),
                 "finishes": sorted(self.finishes.values(), key=lambda e: e["competitor_id"]),
                 "incidents": sorted(self.incidents.values(), key=lambda e: e.get("t_us", 0)),
-                "records": sorted(self.records.values(), key=lambda e: e.get("t_us", 0))}
+                "records": sorted(self.records.values(), key=lambda e: e.get("t_us", 0)),
+                **self._sprint_splits(lap_m)}
+
+    def _sprint_splits(self, lap_m: int) -> dict:
+        at = self.sprint_distances(lap_m)
+        if not at:
+            return {}
+        splits = [e for (_, _, d), e in self.splits.items() if d in at]
+        splits.sort(key=lambda e: (e["distance_m"], e.get("time_ms") if isinstance(e.get("time_ms"), int) else 0))
+        return {"sprint_splits": splits}
 
 
 class Filter:
@@ -484,6 +510,11 @@ class GatewayState:
         return out
 
     # -- views -----------------------------------------------------------------------
+    def race_detail(self, r: RaceState) -> dict:
+        v = self.venues.get(r.meta.get("venue")) or {}
+        lap = v.get("lap_m") if isinstance(v.get("lap_m"), int) and v.get("lap_m") > 0 else 400
+        return r.detail(lap)
+
     def race_list(self, flt: Optional[Filter] = None) -> list[dict]:
         rs = [r for r in self.races.values() if flt is None or flt.match_race(r, self)]
         return [r.summary() for r in sorted(rs, key=lambda r: (r.started_t_us or r.updated_t_us or 0, r.race_id))]
@@ -502,7 +533,7 @@ class GatewayState:
         return {"kind": "snapshot", "position": encode_position(self.position),
                 "venues": [v for k, v in sorted(self.venues.items())
                            if not flt.venues or k in flt.venues],
-                "races": [r.detail() for r in races], "standings": standings,
+                "races": [self.race_detail(r) for r in races], "standings": standings,
                 "classifications": classes}
 
     def backlog(self, pos: dict, flt: Filter) -> Optional[list[Item]]:

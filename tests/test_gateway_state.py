@@ -270,3 +270,22 @@ def test_a_trimmed_log_asks_for_a_new_snapshot():
     assert s.backlog({}, Filter()) is None
     assert len(s.backlog(dict(s.position), Filter())) == 0
     assert TOPIC_INDEX[T.RAW.name] == RAW_INDEX
+
+
+def test_a_mass_start_lists_its_sprint_splits_for_the_points_so_far():
+    from tests import msgs as M
+
+    gun = M.T0 + 60 * M.S
+    race = M.race("MS", [M.comp(n, 0) for n in ("A", "B", "C")], fmt="mass_start", distance=6400, laps=16)
+    reads = [M.read(f"{n}-T1", at, gun + (lap - 1) * 30 * M.S + (at or 400) * 75_000 + i * 5_000)
+             for lap in range(1, 10) for at in (100, 200, 300, 0) for i, n in enumerate(("C", "B", "A"))]
+    msgs = [M.venue(), race, M.start("MS", gun)] + M.by_time(reads + M.heartbeats(gun, gun + 280 * M.S))
+    s = GatewayState()
+    for off, m in enumerate(msgs):
+        s.ingest_raw(orjson.dumps(m), 0, off)
+    for off, e in enumerate(process_lines(M.lines(msgs))):
+        s.ingest(T.TOPIC_OF_KIND[e["kind"]], 0, off, orjson.dumps(e))
+    d = s.race_detail(s.races["MS"])
+    at = [(e["distance_m"], e["competitor_id"]) for e in d["sprint_splits"]]
+    assert at == [(1600, "C"), (1600, "B"), (1600, "A"), (3200, "C"), (3200, "B"), (3200, "A")]
+    assert "sprint_splits" not in s.race_detail(load(beijing.FINAL_A_FILE)[0].races["OWG2022-TPW-FA"])

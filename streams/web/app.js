@@ -69,6 +69,7 @@ function loadSnapshot(snap) {
       for (const s of Object.values(c.skaters || {}))
         r.splits.set(`${s.competitor_id}|${s.skater_id}|${s.distance_m}`, s);
     }
+    for (const s of d.sprint_splits || []) r.splits.set(`${s.competitor_id}|${s.skater_id}|${s.distance_m}`, s);
     for (const f of d.finishes || []) r.finishes.set(f.competitor_id, f);
     for (const i of d.incidents || []) { r.incidents.set(`${i.competitor_id}|${i.skater_id}|${i.type}`, i); S.incidentLog.push(i); }
     for (const x of d.records || []) { r.records.set(`${x.competitor_id}|${x.record}`, x); S.recordLog.push(x); }
@@ -157,6 +158,22 @@ function skaterName(r, id) {
   for (const c of (r.setup && r.setup.competitors) || [])
     for (const s of c.skaters || []) if (s.skater_id === id) return s.name || id;
   return id;
+}
+
+// Mass start: the intermediate sprint points so far, from who crossed the line
+// first at each sprint lap (the finish and the result carry the final count).
+function sprintPoints(r, id) {
+  const s = r.setup || {};
+  const lap = (S.venues.get(s.venue) || {}).lap_m || 400;
+  const sprints = s.sprints || { 4: [5, 3, 1], 8: [5, 3, 1], 12: [5, 3, 1] };
+  let pts = 0;
+  for (const [l, award] of Object.entries(sprints)) {
+    const d = Number(l) * lap;
+    const at = [...r.splits.values()].filter((x) => x.distance_m === d).sort((a, b) => a.time_ms - b.time_ms);
+    const k = at.findIndex((x) => x.competitor_id === id);
+    if (k >= 0 && k < award.length) pts += award[k];
+  }
+  return pts;
 }
 
 function rows(r) {
@@ -251,7 +268,9 @@ function render() {
     const last = x.fin || x.split;
     if (last && last.final === false) notes.append(el("span", { class: "note prov" }, "provisional"));
     const lap = x.split && x.split.lap_ms !== null && x.split.lap_ms !== undefined ? fmt(x.split.lap_ms) : "";
-    const pts = el("td", { class: "pts" }, x.entry && x.entry.points !== undefined ? x.entry.points : "");
+    const points = x.entry && x.entry.points !== undefined ? x.entry.points
+      : x.fin && x.fin.points !== undefined ? x.fin.points : mass ? sprintPoints(r, x.id) : "";
+    const pts = el("td", { class: "pts" }, points);
     pts.hidden = !mass;
     const tr = el("tr", { "data-competitor": x.id },
       el("td", { class: "rank" }, x.rank || (x.entry && x.entry.irm) || ""), who,
