@@ -159,8 +159,17 @@ def test_rest_answers_with_etags_cors_and_openapi(live):
     assert gw.get("/api/v1/stream", {"Last-Event-ID": "not-a-position"})[0] == 400
 
 
-def test_cors_origins_are_configurable(live):
-    gw = live.new_gateway(["--cors-origin", "http://board.test"]).wait_ready()
+def test_cors_origins_are_configurable_and_idle_streams_get_heartbeats(live):
+    gw = live.new_gateway(["--cors-origin", "http://board.test", "--heartbeat", "0.3"]).wait_ready()
+    c = G.SSE(gw.port, "/api/v1/stream?race=NOTHING-HERE")
+    assert next(c.events())[1] == "snapshot"
+    deadline = time.monotonic() + 30
+    while c.body.count(b": heartbeat\n\n") < 2:
+        assert time.monotonic() < deadline, c.body
+        c._fill()
+    c.close()
+    status, headers, _ = gw.get("/api/v1/races", {"Origin": "http://board.test"})
+    assert status == 200
     status, headers, _ = gw.get("/api/v1/races", {"Origin": "http://board.test"})
     assert headers.get("Access-Control-Allow-Origin") == "http://board.test"
     assert "ETag" in headers.get("Access-Control-Expose-Headers", "")
