@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import gc
 import hashlib
 import logging
 import os
@@ -291,6 +292,9 @@ class Gateway:
         return True
 
     def _set_ready(self) -> None:
+        # what was built at start stays: keep it out of the collector's full
+        # passes (a pass over the whole heap is a pause for every client)
+        gc.freeze()
         self.ready.set()
         self._m_ready.set(1)
         log.info("gateway ready: %d races, %d events", len(self.state.races), len(self.state.log))
