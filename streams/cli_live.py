@@ -216,6 +216,6 @@ def add_commands(sub) -> None:
     p.add_argument("--send-buffer", type=int, default=1 << 20,
                    help="bytes an SSE client may leave unread before it is closed (default %(default)s)")
     p.add_argument("--heartbeat", type=float, default=15.0, help="seconds between heartbeats (default %(default)s)")
-    p.add_argument("--max-log", type=int, default=500_000,
+    p.add_argument("--max-log", type=int, default=200_000,
                    help="derived events kept in memory for stream resumes (default %(default)s)")
     p.set_defaults(func=_cmd_serve)

@@ -55,7 +55,7 @@ class GatewaySettings:
     queue_size: int = 1024                # events a client may be behind before it is closed
     send_buffer: int = 1 << 20            # bytes an SSE client may leave unread before it is closed
     heartbeat_s: float = 15.0             # SSE comment / WebSocket ping when idle
-    max_log: int = 500_000                # derived events kept for resumes
+    max_log: int = 200_000                # derived events kept for resumes
     fetch_max_wait_ms: int = 5
     ready_timeout_s: float = 30.0         # a stream request waits this long for readiness
     slow_close_grace_s: float = 5.0       # a dropped client blocked in a write is cut after this

@@ -316,7 +316,7 @@ class Filter:
 
 
 class GatewayState:
-    def __init__(self, max_log: int = 500_000) -> None:
+    def __init__(self, max_log: int = 200_000) -> None:
         self.venues: dict[str, dict] = {}
         self.races: dict[str, RaceState] = {}
         self.standings: dict[str, dict] = {}
@@ -397,17 +397,17 @@ class GatewayState:
         if not isinstance(ev, dict) or not well_formed(ev):
             return None
         eid = ev.get("event_id")
-        if isinstance(eid, str):
-            if eid in self.seen_ids:
-                self.duplicates += 1
-                return None
-            self.seen_ids.add(eid)
+        if isinstance(eid, str) and eid in self.seen_ids:
+            self.duplicates += 1
+            return None
         try:
             item = self._apply(t, partition, offset, ev, value, arrived)
         except (KeyError, TypeError, AttributeError, ValueError):
             return None
         if item is None:
             return None
+        if isinstance(eid, str):      # forgotten with the item when the log drops it
+            self.seen_ids.add(eid)
         self.version += 1
         self._log(item)
         return item
