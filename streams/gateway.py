@@ -612,9 +612,12 @@ class Gateway:
                     client.wake.clear()
                     await client.wake.wait()
                 if client.dropped is not None:
+                    self._unsubscribe(client)
                     if client.dropped.startswith("slow"):
-                        self._unsubscribe(client)
                         await asyncio.wait_for(ws.close(code=4008, message=client.dropped[:120].encode()),
+                                               self.s.slow_close_grace_s)
+                    elif client.dropped.startswith("gateway shutting down"):
+                        await asyncio.wait_for(ws.close(code=1001, message=client.dropped[:120].encode()),
                                                self.s.slow_close_grace_s)
                     break
                 items = list(client.queue)
