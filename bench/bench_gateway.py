@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,12 +36,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import orjson  # noqa: E402
-
 from streams import beijing  # noqa: E402
 from streams import topics as T  # noqa: E402
 from streams.broker import EmbeddedBroker, ensure_topics, free_port  # noqa: E402
 from streams.demo import start_worker, stop_process, wait_http  # noqa: E402
+from streams.process import process_lines  # noqa: E402
 from streams.replay import replay  # noqa: E402
 
 
@@ -170,7 +168,7 @@ async def main_async(args) -> None:
 
         probe_task = asyncio.create_task(run_probe())
         lines = (beijing.FEEDS_DIR / beijing.FINAL_A_FILE).read_bytes().splitlines()
-        want = sum(1 for _ in __import__("streams.process", fromlist=["x"]).process_lines(lines))
+        want = sum(1 for e in process_lines(lines) if e["kind"] != "deadletter")
         cpu0, bcpu0, t0 = cpu_s(gateway.pid), time.process_time(), time.perf_counter()
         await replay(broker.bootstrap, lines, speed=args.speed, skip_idle=True)
         deadline = time.monotonic() + 60

@@ -289,3 +289,19 @@ def test_a_mass_start_lists_its_sprint_splits_for_the_points_so_far():
     at = [(e["distance_m"], e["competitor_id"]) for e in d["sprint_splits"]]
     assert at == [(1600, "C"), (1600, "B"), (1600, "A"), (3200, "C"), (3200, "B"), (3200, "A")]
     assert "sprint_splits" not in s.race_detail(load(beijing.FINAL_A_FILE)[0].races["OWG2022-TPW-FA"])
+
+
+def test_serve_is_a_lapstream_command():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "streams.cli", "serve", "--help"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0
+    for flag in ("--broker", "--host", "--port", "--cors-origin", "--queue-size", "--send-buffer",
+                 "--heartbeat", "--max-log"):
+        assert flag in out.stdout
+    assert "127.0.0.1" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "streams.cli", "serve", "--broker", "embedded"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "lapstream broker" in bad.stderr
