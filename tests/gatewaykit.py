@@ -199,3 +199,28 @@ def replay_in_thread(bootstrap: str, lines, speed=None):
     t.result = None
     t.start()
     return t
+
+
+def produce_in_thread(bootstrap: str, topic: str, events: list[dict], key: bytes) -> None:
+    """Publish events straight to a derived topic (as a worker would), from a
+    thread of its own (safe beside Playwright's sync API); returns when sent."""
+    import asyncio
+    import threading
+
+    async def go():
+        from aiokafka import AIOKafkaProducer
+
+        p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+        await p.start()
+        try:
+            for e in events:
+                await p.send(topic, orjson.dumps(e), key=key)
+            await p.flush()
+        finally:
+            await p.stop()
+
+    errors = []
+    t = threading.Thread(target=lambda: errors.append(asyncio.run(go())), daemon=True)
+    t.start()
+    t.join(60)
+    assert errors == [None], errors

@@ -166,3 +166,36 @@ def test_a_photo_finish_changes_the_row_and_the_sprint_points(stack, browser):
     assert "55" in after[1].split() and after[1].split()[:2] == ["2", "A"]
     assert "B: finish revised" in text(page, "#revisions")
     page.close()
+
+
+def test_provisional_splits_and_their_final_revision(stack, browser):
+    """Splits published with "final": false show as provisional; the final
+    revision (a higher revision, another time) replaces the row's time; an
+    older revision arriving late changes nothing."""
+    from streams import topics as T
+
+    def split(rev, final, time_ms, shown, who="NED-X"):
+        return {"kind": "split", "v": 1, "event_id": f"prov-{who}-{rev}-{time_ms}", "race_id": "PROV-1",
+                "t_us": M.T0 + rev, "attempt": 1, "competitor_id": who, "skater_id": who, "distance_m": 500,
+                "time_ms": time_ms, "time": shown, "lap_ms": None, "rank": 1, "behind_ms": 0,
+                "revision": rev, "final": final}
+
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(stack.gateway.url("/"))
+    wait_text(page, "#conn", "live")
+    G.produce_in_thread(stack.broker.bootstrap, T.SPLITS.name, [split(0, False, 34_560, "34.56")], b"PROV-1")
+    wait_text(page, "#race-select", "PROV-1")
+    page.select_option("#race-select", "PROV-1")
+    wait_text(page, "tr[data-competitor='NED-X']", "provisional")
+    assert "34.56" in text(page, "tr[data-competitor='NED-X']")
+    # the final revision, then a provisional one (another event, a lower revision) arriving late,
+    # then another skater's split: same key, same partition, so it comes after the late one
+    G.produce_in_thread(stack.broker.bootstrap, T.SPLITS.name,
+                        [split(1, True, 34_510, "34.51"), split(0, False, 34_600, "34.60"),
+                         split(0, True, 35_000, "35.00", who="NED-Y")], b"PROV-1")
+    wait_text(page, "#board-body", "35.00")
+    row = text(page, "tr[data-competitor='NED-X']")
+    assert "34.51" in row
+    assert "provisional" not in row and "34.56" not in row and "34.60" not in row
+    assert "split 500 m revised to 34.51" in text(page, "#revisions")
+    page.close()
