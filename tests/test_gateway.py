@@ -404,3 +404,16 @@ def test_the_kafka_example_drops_repeats_and_late_revisions():
     seen = ex.SeenIds(max_age_s=10, max_ids=3)
     assert seen.first_time("x", 0) and not seen.first_time("x", 1)
     assert seen.first_time("y", 20) and seen.first_time("x", 21)   # x was forgotten after 10 s
+
+
+def test_a_gateway_shutting_down_tells_its_stream_clients(live):
+    gw = live.new_gateway().wait_ready()
+    c = G.SSE(gw.port, "/api/v1/stream?race=" + RACE)
+    it = c.events()
+    assert next(it)[1] == "snapshot"
+    gw.stop()
+    events = [(event, data) for _, event, data in it]
+    c.close()
+    assert events and events[-1][0] == "close"
+    assert orjson.loads(events[-1][1])["reason"].startswith("gateway shutting down")
+    assert c.closed
