@@ -12,6 +12,8 @@ Prints:
     consumer (aiokafka, no group, same broker and fetch wait as the gateway,
     in this process) of the same record: the gateway's arrival, as well as
     an outsider can see it;
+- the CPU time of one fan-out batch (``lapstream_gateway_fanout_cpu_seconds``):
+  the gateway's own cost, apart from waiting for a CPU on a busy host;
 - gateway RSS per idle client: (RSS with N clients connected and their
   snapshot read - RSS before) / N;
 - gateway CPU (% of one core) while the race is replayed, and this process's.
@@ -190,6 +192,9 @@ async def main_async(args) -> None:
               f"({want} derived events); every event reached {complete}/{args.clients} clients")
         print(f"fan-out latency, gateway histogram (arrival -> written to the client's socket), "
               f"{int(h['count'])} writes: p50 {h[0.5] * 1000:.1f} ms, p99 {h[0.99] * 1000:.1f} ms")
+        hc = histogram_quantiles(metrics, "lapstream_gateway_fanout_cpu_seconds")
+        print(f"fan-out CPU per batch (the gateway's own cost, {int(hc['count'])} batches): "
+              f"p50 {hc[0.5] * 1000:.1f} ms, p99 {hc[0.99] * 1000:.1f} ms")
         print(f"fan-out latency, client receipt minus probe-consumer receipt, {len(lat)} deliveries: "
               f"p50 {pct(lat, 50):.1f} ms, p99 {pct(lat, 99):.1f} ms, max {max(lat):.1f} ms"
               if lat else "no latency samples")

@@ -201,6 +201,7 @@ class Gateway:
         self._m_consumed = self.metrics["lapstream_gateway_events_consumed_total"]
         self._m_ready = self.metrics["lapstream_gateway_ready"]
         self._m_fanned_sse = self._m_fanned.labels("sse")
+        self._m_fanout_cpu = self.metrics["lapstream_gateway_fanout_cpu_seconds"]
         for tr in ("sse", "ws"):
             self._m_clients.labels(tr).set(0)
             self._m_fanned.labels(tr)
@@ -302,6 +303,7 @@ class Gateway:
     def _fan_out(self, items: list) -> None:
         """Hand a batch of new events to every client whose filter takes them."""
         state = self.state
+        cpu0 = time.thread_time()
         limit = self.s.send_buffer
         lat = _Latencies(self._m_latency)
         fanned = 0
@@ -335,6 +337,7 @@ class Gateway:
         lat.flush()
         if fanned:
             self._m_fanned_sse.inc(fanned)
+        self._m_fanout_cpu.observe(time.thread_time() - cpu0)
 
     # -- HTTP ------------------------------------------------------------------------
     def app(self) -> web.Application:

@@ -114,6 +114,10 @@ GATEWAY_CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("lapstream_gateway_fanout_latency_seconds", "histogram",
                "Time from a derived event's arrival at the gateway to its write to a client.", (),
                FANOUT_BUCKETS),
+    MetricSpec("lapstream_gateway_fanout_cpu_seconds", "histogram",
+               "CPU time the gateway spends handing one batch of events to every client (its "
+               "own cost; the latency histogram adds waiting for the CPU on a busy host).", (),
+               FANOUT_BUCKETS),
     MetricSpec("lapstream_gateway_events_consumed_total", "counter",
                "Records the gateway read from the derived topics, by topic.", ("topic",)),
     MetricSpec("lapstream_gateway_ready", "gauge",
