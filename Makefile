@@ -18,6 +18,9 @@ deps:
 	@{ command -v stunnel4 && command -v openssl; } >/dev/null 2>&1 || { \
 	  echo "installing stunnel4 and openssl (TLS in front of the test broker; deploy/gen_secrets.sh)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends stunnel4 openssl >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (Debian package, for the browser test; Playwright drives it)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 	$(PYTHON) -m pip install --quiet -e ".[test]"
 	@test -f $(ASYNCAPI_SPECS)/schemas/3.0.0.json || { \
 	  command -v npm >/dev/null 2>&1 || { echo "installing npm (Debian package npm)"; \

@@ -228,6 +228,17 @@ def _env_int(name: str, default: int) -> int:
         raise CliError(f"${name} must be a number, not {text!r}", USAGE) from None
 
 
+def _cmd_serve(args) -> int:
+    from streams.gateway import GatewaySettings, run
+
+    settings = GatewaySettings.from_env(
+        _bootstrap(args.broker), host=args.host, port=args.port,
+        cors_origins=tuple(args.cors_origin) if args.cors_origin else None,
+        queue_size=args.queue_size, send_buffer=args.send_buffer, heartbeat_s=args.heartbeat,
+        max_log=args.max_log)
+    return run(settings)
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("broker", help="start an embedded Kafka-protocol broker on loopback and print its address")
     p.add_argument("--kind", choices=("tansu", "noida"), default="tansu",
@@ -287,4 +298,26 @@ def add_commands(sub) -> None:
                    help="replay the quiet time between races too (by default it is skipped)")
     p.add_argument("--exit-when-done", action="store_true",
                    help="stop once the feed is replayed and the last result is official")
+    p.add_argument("--web", action="store_true",
+                   help="also start the gateway (lapstream serve) and print the scoreboard page's URL")
+    p.add_argument("--web-port", type=int, default=None, help="the page's port (default: a free one)")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("serve", help="the subscribers' gateway: REST, SSE, WebSocket and the scoreboard page")
+    _broker_arg(p)
+    p.add_argument("--host", default=os.environ.get("LAPSTREAM_GATEWAY_HOST", "127.0.0.1"),
+                   help="bind address (default %(default)s)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("LAPSTREAM_GATEWAY_PORT", "8000")),
+                   help="port (default %(default)s; 0 = a free one)")
+    p.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
+                   help="an origin allowed to call the API from a browser ('*' for any); repeatable "
+                        "(default: $LAPSTREAM_CORS_ORIGINS, comma-separated, or none)")
+    p.add_argument("--queue-size", type=int, default=1024,
+                   help="events a WebSocket client (or an SSE client catching up) may fall behind "
+                        "before it is closed (default %(default)s)")
+    p.add_argument("--send-buffer", type=int, default=1 << 20,
+                   help="bytes an SSE client may leave unread before it is closed (default %(default)s)")
+    p.add_argument("--heartbeat", type=float, default=15.0, help="seconds between heartbeats (default %(default)s)")
+    p.add_argument("--max-log", type=int, default=200_000,
+                   help="derived events kept in memory for stream resumes (default %(default)s)")
+    p.set_defaults(func=_cmd_serve)

@@ -13,7 +13,7 @@ import orjson
 
 from streams import defaults as D
 from streams import topics as T
-from streams.procs import start_worker, stop_process, wait_http
+from streams.procs import start_gateway, start_worker, stop_process, wait_http
 
 FEEDS = {
     None: "beijing2022-tpw-final-a.jsonl",
@@ -63,6 +63,7 @@ def run_demo(args) -> int:
     check_port_free(D.HTTP_HOST, http_port)   # the worker's: say so now, not "not ready" later
     broker = None
     worker = None
+    gateway = None
     workdir = tempfile.mkdtemp(prefix="lapstream-demo-")
     try:
         if boot is None:
@@ -80,12 +81,23 @@ def run_demo(args) -> int:
             log = os.path.join(workdir, "worker.log")
             raise CliError(f"the worker did not become ready: {_last_line(log) or 'no output'} (log: {log})",
                            FAILURE)
+        if getattr(args, "web", False):
+            web_port = args.web_port or free_port()
+            gateway = start_gateway(boot, web_port, log_path=os.path.join(workdir, "gateway.log"))
+            if not wait_http(f"http://127.0.0.1:{web_port}/readyz", 90, gateway):
+                log = os.path.join(workdir, "gateway.log")
+                raise CliError(f"the gateway did not become ready: {_last_line(log) or 'no output'} "
+                               f"(log: {log})", FAILURE)
+            console.print(f"scoreboard: [bold]http://127.0.0.1:{web_port}/[/bold]  "
+                          f"(API /api/v1/races, stream /api/v1/stream, /openapi.yaml)")
         console.print(f"replaying {path.name} {pace_text(args.speed)} (Ctrl-C stops)")
         return asyncio.run(_live(console, boot, path, args, metrics_url, security))
     except KeyboardInterrupt:
         console.print("stopped")
         return 130
     finally:
+        if gateway is not None:
+            stop_process(gateway)
         if worker is not None:
             stop_process(worker)
         if broker is not None:

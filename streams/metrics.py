@@ -99,7 +99,32 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("lapstream_build", "info", "lapstream version of this worker."),
 )
 
-BY_NAME = {m.name: m for m in CATALOGUE}
+# -- gateway (``lapstream serve``, streams/gateway.py): its own process, so its
+# own block; a gateway instantiates ``Metrics(specs=GATEWAY_CATALOGUE)``.
+FANOUT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+GATEWAY_CATALOGUE: tuple[MetricSpec, ...] = (
+    MetricSpec("lapstream_gateway_clients", "gauge",
+               "Stream clients connected to the gateway, by transport (sse, ws).", ("transport",)),
+    MetricSpec("lapstream_gateway_events_fanned_out_total", "counter",
+               "Derived events written to stream clients (one per client and event), by transport.",
+               ("transport",)),
+    MetricSpec("lapstream_gateway_slow_clients_dropped_total", "counter",
+               "Stream clients closed because their bounded queue was full, by transport.",
+               ("transport",)),
+    MetricSpec("lapstream_gateway_fanout_latency_seconds", "histogram",
+               "Time from a derived event's arrival at the gateway to its write to a client.", (),
+               FANOUT_BUCKETS),
+    MetricSpec("lapstream_gateway_fanout_cpu_seconds", "histogram",
+               "CPU time the gateway spends handing one batch of events to every client (its "
+               "own cost; the latency histogram adds waiting for the CPU on a busy host).", (),
+               FANOUT_BUCKETS),
+    MetricSpec("lapstream_gateway_events_consumed_total", "counter",
+               "Records the gateway read from the derived topics, by topic.", ("topic",)),
+    MetricSpec("lapstream_gateway_ready", "gauge",
+               "1 when the gateway has read every derived topic up to its end at start."),
+)
+
+BY_NAME = {m.name: m for m in CATALOGUE + GATEWAY_CATALOGUE}
 
 
 def exposed_names(spec: MetricSpec) -> list[str]:
@@ -123,10 +148,11 @@ def all_exposed_names(catalogue: Iterable[MetricSpec] = CATALOGUE) -> set[str]:
 class Metrics:
     """The catalogue instantiated in one registry (one per worker process)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None,
+                 specs: Iterable[MetricSpec] | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._m: dict[str, object] = {}
-        for spec in CATALOGUE:
+        for spec in (CATALOGUE if specs is None else specs):
             kw = dict(name=spec.name, documentation=spec.help, labelnames=spec.labels,
                       registry=self.registry)
             if spec.type == "counter":

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 
 WEEK_MS = 7 * 24 * 3600 * 1000
+DAY_MS = 24 * 3600 * 1000
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,22 @@ SPLITS = TopicSpec("timing.splits", 12, "race_id")
 FINISHES = TopicSpec("timing.finishes", 12, "race_id")
 INCIDENTS = TopicSpec("timing.incidents", 12, "race_id")
 RECORDS = TopicSpec("timing.records", 12, "race_id")
-RESULTS = TopicSpec("timing.results", 12, "race_id")
-STANDINGS = TopicSpec("timing.standings", 12, "group (standings) / event (classification)")
+# State topics (subscribers' guide, docs/subscribers.md): every result,
+# standings and classification record is the whole current state of its key
+# with its revision, so the latest record per key is the current state. They
+# are compacted: a late subscriber reads one record per key. Revisions stay
+# at least a day before compaction may drop them, so a subscriber (or a
+# gateway's SSE client resuming by offset) that was away less than a day
+# still sees every revision; after that, only the newest per key.
+RESULTS = TopicSpec("timing.results", 12, "race_id", compacted=True,
+                    configs=(("min.compaction.lag.ms", str(DAY_MS)),))
+STANDINGS = TopicSpec("timing.standings", 12, "group (standings) / event (classification)",
+                      compacted=True, configs=(("min.compaction.lag.ms", str(DAY_MS)),))
 DEADLETTER = TopicSpec("timing.deadletter", 3, "source key")
 
 ALL = (RAW, RECORDS_REF, SPLITS, FINISHES, INCIDENTS, RECORDS, RESULTS, STANDINGS, DEADLETTER)
 DERIVED = (SPLITS, FINISHES, INCIDENTS, RECORDS, RESULTS, STANDINGS)
+STATE = (RESULTS, STANDINGS)   # compacted: the latest record per key is the current state
 
 # Which derived topic carries which derived kind.
 TOPIC_OF_KIND = {

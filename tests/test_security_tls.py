@@ -26,7 +26,7 @@ from streams.replay import record
 from tests import livekit as L
 from tests.securitykit import TLSBroker
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.live, pytest.mark.timeout(600)]
 REPO = Path(__file__).resolve().parents[1]
 
 
