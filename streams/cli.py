@@ -105,7 +105,23 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, (BrokerError, TopicLayoutError)):
             print(f"{prog}: {' '.join(str(exc).split())}", file=sys.stderr)
             return FAILURE
+        if _raised_in_kafka_client(exc):   # e.g. a refused SASL login that aiokafka cannot parse
+            where = getattr(args, "broker", None)
+            print(f"{prog}: the Kafka client failed talking to the broker{f' at {where}' if where else ''} "
+                  f"({type(exc).__name__}; a refused login or an incompatible broker): check the "
+                  "LAPSTREAM_KAFKA_* settings", file=sys.stderr)
+            return FAILURE
         raise
+
+
+def _raised_in_kafka_client(exc: BaseException) -> bool:
+    """True when the exception was raised inside aiokafka (not in lapstream's code)."""
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last = tb
+        tb = tb.tb_next
+    return last is not None and "aiokafka" in (last.tb_frame.f_code.co_filename or "")
 
 
 if __name__ == "__main__":
