@@ -186,3 +186,7 @@ def add_commands(sub) -> None:
     p.add_argument("--exit-when-done", action="store_true",
                    help="stop once the feed is replayed and the last result is official")
     p.set_defaults(func=_cmd_demo)
+
+    from streams.p3.cli import add_commands as add_p3_commands   # ingest p3, sim-decoder
+
+    add_p3_commands(sub, _broker_arg)
