@@ -226,6 +226,10 @@ class P3Ingest:
                     await self._handle(link, data)
             except (OSError, ConnectionError) as exc:
                 log.info("decoder %s: connection lost (%s)", address, exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception:   # nothing a decoder sends may stop ingest: log, reconnect
+                log.exception("decoder %s: unexpected error; reconnecting", address)
             finally:
                 link.connected, link.writer = False, None
                 m["lapstream_p3_connected"].labels(address).set(0)
@@ -276,7 +280,12 @@ class P3Ingest:
         addr = link.address
         wall = self.wall_us()
         for f in frames:
-            conv = self.conv.convert(f, addr, wall)
+            try:
+                conv = self.conv.convert(f, addr, wall)
+            except Exception:   # pragma: no cover - the converter checks what it reads
+                log.exception("decoder %s: a %s frame could not be converted", addr, f.type_name)
+                self.metrics["lapstream_p3_records_total"].labels(addr, "internal").inc()
+                continue
             for msg in conv.messages:
                 await self.send(orjson.dumps(msg), msg["venue"].encode(), kind=msg["kind"])
             for what, detail in conv.notes:
