@@ -20,7 +20,9 @@ How a record becomes a message (the rules, and the choices made here):
 - ``t_us``: the UTC time (0x10, the decoder has a GPS fix) when present,
   else the RTC time (0x04). A PASSING without either, without a passing
   number or without a transponder is counted (``unusable``) and skipped:
-  the contract requires them.
+  the contract requires them. So is one whose passing number does not fit
+  in 32 bits or whose time does not fit in a signed 64-bit integer (fields
+  are read at any width).
 - ``transponder``: the transponder number (0x03) in decimal; the
   transponder string (0x0A) when the number is absent.
 - ``seq``: the contract needs ``(source, seq)`` unique within a venue, and
@@ -69,6 +71,8 @@ from .records import Passing, Status, Version, record_of
 
 SLOTS = 100
 EPOCH = 10**12
+MAX_PN = 0xFFFFFFFF          # passing numbers are u32 (read liberally at any width, used only in range)
+MAX_T_US = 2**63 - 1         # a time (or strength, hits) beyond a signed 64-bit integer is not a time
 
 
 @dataclass(frozen=True)
@@ -250,9 +254,12 @@ class Converter:
         t = p.time_us
         pn = p.passing_number
         tp = str(p.transponder) if p.transponder is not None else (p.transponder_code or None)
-        if t is None or pn is None or tp is None:
+        why = ("no time" if t is None else "no passing number" if pn is None else "no transponder" if tp is None
+               else "time out of range" if t > MAX_T_US else "passing number out of range" if pn > MAX_PN
+               else None)
+        if why:
             self._count(who, "unusable")
-            out.notes.append(("unusable", f"passing without {'time' if t is None else 'number' if pn is None else 'transponder'}"))
+            out.notes.append(("unusable", f"passing skipped: {why}"))
             return
         self._numbering(pn, st, who, out)
         if wall_us is not None:
@@ -260,9 +267,9 @@ class Converter:
         seq = st.restarts * EPOCH + pn * SLOTS + tg.slot
         m = {"kind": "passing", "v": 1, "t_us": t, "venue": tg.venue, "source": tg.source, "seq": seq,
              "loop": tg.loop, "transponder": tp}
-        if p.strength is not None:
+        if p.strength is not None and p.strength <= MAX_T_US:
             m["strength"] = p.strength
-        if p.hits is not None:
+        if p.hits is not None and p.hits <= MAX_T_US:
             m["hits"] = p.hits
         out.messages.append(m)
         self._count(who, "passings")
@@ -326,7 +333,7 @@ class Converter:
                 self._clock(t - wall_us, st, who, out, backward=True)
         elif wall_us is not None and st.offset_us is not None:
             t = wall_us + st.offset_us
-        if t is None:
+        if t is None or t > MAX_T_US:
             self._count(who, "heartbeat_no_time")
             return
         key = (tg.venue, tg.source)

@@ -112,8 +112,13 @@ class DecoderServer:
         return self
 
     async def stop(self) -> None:
-        for w in self.clients:
-            w.transport.abort()
+        """Close the connections (what was written is delivered first) and stop listening."""
+        for w in list(self.clients):
+            w.close()
+            try:
+                await asyncio.wait_for(w.wait_closed(), 5)
+            except (OSError, ConnectionError, asyncio.TimeoutError):
+                w.transport.abort()
         self.clients.clear()
         if self.server is not None:
             self.server.close()
