@@ -41,8 +41,7 @@ from __future__ import annotations
 
 import binascii
 import struct
-from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 SOR = 0x8E
 EOR = 0x8F
@@ -67,6 +66,10 @@ _ESC_ORDER = (0x8D, 0x8A, 0x8B, 0x8C, 0x8E, 0x8F)
 # unescape 0x8D last, so an unescaped 0x8D never pairs with the byte after it
 _UNESC_ORDER = (0x8A, 0x8B, 0x8C, 0x8E, 0x8F, 0x8D)
 _PAIRS = {b: bytes([ESC, b + 0x20]) for b in ESCAPED}
+
+
+_crc = binascii.crc_hqx
+_CRC_SOR = _crc(_SOR_B, 0xFFFF)
 
 
 def crc16(data: bytes) -> int:
@@ -96,8 +99,7 @@ def unescape(data: bytes) -> bytes | None:
     return data if pairs == n_esc else None
 
 
-@dataclass(frozen=True)
-class Frame:
+class Frame(NamedTuple):
     """One decoded P3 frame: its header and its TLV fields in wire order."""
     tor: int
     fields: tuple[tuple[int, bytes], ...] = ()
@@ -143,16 +145,17 @@ def encode_frame(tor: int, fields: Sequence[tuple[int, bytes]] = (), flags: int 
 def parse_body(body: bytes) -> tuple[tuple[tuple[int, bytes], ...], bool]:
     """TLV fields of a body; (fields, truncated)."""
     out = []
+    add = out.append
     i, n = 0, len(body)
-    while i < n:
-        if i + 2 > n:
-            return tuple(out), True
-        tag, ln = body[i], body[i + 1]
-        j = i + 2 + ln
-        if j > n:
-            return tuple(out), True
-        out.append((tag, body[i + 2:j]))
-        i = j
+    try:
+        while i < n:
+            j = i + 2 + body[i + 1]
+            if j > n:
+                return tuple(out), True
+            add((body[i], body[i + 2:j]))
+            i = j
+    except IndexError:   # a tag without its length byte
+        return tuple(out), True
     return tuple(out), False
 
 
@@ -174,8 +177,8 @@ def parse_frame(inner: bytes, stats: dict | None = None) -> Frame | None:
     if length != len(plain) + 2:
         st["bad_length"] += 1
         return None
-    zeroed = _SOR_B + plain[:3] + b"\x00\x00" + plain[5:] + _EOR_B
-    if crc16(zeroed) != crc:
+    # the CRC of SOR + header with the CRC field zeroed + body + EOR, in pieces
+    if _crc(_EOR_B, _crc(plain[5:], _crc(b"\x00\x00", _crc(plain[:3], _CRC_SOR)))) != crc:
         st["bad_crc"] += 1
         return None
     fields, truncated = parse_body(plain[HEADER_LEN - 1:])
