@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import sys
+import time
 import urllib.request
 
 import orjson
@@ -258,3 +259,66 @@ def test_the_ingest_command(stack, tmp_path):
     assert [m["kind"] for m in raw] == ["heartbeat", "passing", "heartbeat"]
     assert raw[1] == {"kind": "passing", "v": 1, "t_us": 1_700_000_000_000_005, "venue": "NSO", "source": "X2-A",
                       "seq": 4100, "loop": "L000", "transponder": "410011", "strength": 90, "hits": 20}
+
+
+def test_a_silent_decoder_is_reconnected_and_a_broker_outage_loses_no_passing(tmp_path):
+    """A decoder link that stays silent (unplugged, no FIN) is dropped and dialled again;
+    passings produced while the broker is down are sent again until acknowledged."""
+    from streams.broker import EmbeddedBroker, ensure_topics
+    from streams.p3.ingest import make_producer
+    from streams.p3.records import Passing, Status
+
+    # noida keeps its data directory, so topics (and what was acknowledged) survive the restart,
+    # as on a real cluster; the in-memory tansu would come back empty
+    port = free_port()
+    broker = EmbeddedBroker("noida", port=port, data_dir=tmp_path / "data", log_path=tmp_path / "b1.log")
+    broker.start()
+    asyncio.run(ensure_topics(broker.bootstrap))
+    boot = broker.bootstrap
+    dmap = DecoderMap.load(MAP)
+
+    async def go():
+        srv = await DecoderServer(dmap.by_id[1001]).start()
+        quiet = await DecoderServer(dmap.by_id[1002]).start()
+        producer = make_producer(boot, idempotent=False, request_timeout_ms=1500, retry_backoff_ms=100,
+                                 metadata_max_age_ms=1000)
+        await producer.start()
+        ing = P3Ingest(IngestSettings(decoders=[srv.address, quiet.address], bootstrap=boot,
+                                      idle_timeout_s=0.5, retry_max_s=0.5), dmap, producer=producer)
+        await ing.start()
+        try:
+            # the quiet decoder never says a word: its link is dropped and dialled again
+            await wait_until(lambda: ing.links[quiet.address].connects >= 3, 60)
+            async def alive():      # the other decoder says STATUS every 0.2 s
+                while True:
+                    await srv.emit(Status(decoder_id=1001, utc_us=time.time_ns() // 1000))
+                    await asyncio.sleep(0.2)
+
+            beat = asyncio.create_task(alive())
+            await wait_until(lambda: ing.produced >= 1, 60)
+            # the broker goes away; a passing arrives meanwhile
+            broker.stop()
+            await srv.emit(Passing(passing_number=7, transponder=410011, utc_us=time.time_ns() // 1000,
+                                   decoder_id=1001))
+            await wait_until(lambda: ing.conv.stats[(srv.address, "passings")] == 1, 30)
+            await asyncio.sleep(2.0)
+            produced = ing.metrics["lapstream_p3_messages_produced_total"].labels("passing")
+            assert produced._value.get() == 0
+            # it comes back (same port, same data directory): the passing gets through
+            broker.start()     # in this thread: the broker ends with the thread that started it
+            await wait_until(lambda: produced._value.get() == 1, 120, poll=0.05)
+            assert ing.errors >= 1                            # aiokafka gave up on it; ingest did not
+            beat.cancel()
+        finally:
+            await ing.stop()
+            await producer.stop()
+            await srv.stop()
+            await quiet.stop()
+
+    try:
+        asyncio.run(go())
+        raw = L.record_all(boot, topics=[T.RAW.name], idle_s=1.0)
+        assert [m["kind"] for m in raw].count("passing") == 1
+        assert [m for m in raw if m["kind"] == "passing"][0]["seq"] == 700
+    finally:
+        broker.stop()

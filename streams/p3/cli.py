@@ -67,7 +67,7 @@ def _cmd_ingest_p3(args) -> int:
     settings = IngestSettings(decoders=list(args.decoder), bootstrap=_bootstrap(args.broker),
                               idempotence=args.idempotence, resend=not args.no_resend,
                               http_host=args.http_host, http_port=args.http_port,
-                              clock_step_us=int(args.clock_step * 1e6))
+                              clock_step_us=int(args.clock_step * 1e6), idle_timeout_s=args.idle_timeout)
 
     async def main() -> None:
         ing = P3Ingest(settings, dmap)
@@ -173,6 +173,8 @@ def add_commands(sub, broker_arg) -> None:
     p.add_argument("--no-resend", action="store_true", help="never send RESEND requests to the decoders")
     p.add_argument("--clock-step", type=float, default=2.0, metavar="S",
                    help="a decoder clock moving by more than S seconds is a step (default %(default)s)")
+    p.add_argument("--idle-timeout", type=float, default=15.0, metavar="S",
+                   help="a decoder silent for S seconds is reconnected (0: never; default %(default)s)")
     p.add_argument("--loglevel", default="info")
     p.set_defaults(func=_cmd_ingest_p3)
 

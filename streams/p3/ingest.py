@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -103,6 +104,8 @@ class IngestSettings:
     http_host: str = "127.0.0.1"
     http_port: Optional[int] = None          # None: no HTTP server
     clock_step_us: int = 2_000_000
+    idle_timeout_s: float = 15.0             # no byte for this long: the link is dead, reconnect (0: never)
+    retry_max_s: float = 5.0                 # an unacknowledged message is sent again, backing off to this
 
 
 @dataclass
@@ -162,8 +165,9 @@ class P3Ingest:
             await self._runner.cleanup()
 
     async def flush(self) -> None:
-        if self._pending:
+        while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
+            await asyncio.sleep(0)
         if self.producer is not None:
             await self.producer.flush()
 
@@ -176,21 +180,46 @@ class P3Ingest:
 
     # -- producing -------------------------------------------------------------
     async def send(self, value: bytes, key: Optional[bytes], topic: Optional[str] = None, kind: str = "other") -> None:
-        """Hand one record to the producer (in call order per partition)."""
-        fut = await self.producer.send(topic or self.s.topic, value=value, key=key)
+        """Hand one record to the producer (in call order per partition). A record
+        the broker does not acknowledge (after the producer's own retries) is sent
+        again until it is, with a backoff: a late duplicate is harmless (the core
+        drops it by source and seq), a lost passing is not."""
+        fut = await self._hand_over(value, key, topic, kind)
         self._pending.add(fut)
-        fut.add_done_callback(lambda f, k=kind: self._acked(f, k))
+        fut.add_done_callback(lambda f: self._acked(f, value, key, topic, kind, 0))
 
-    def _acked(self, fut, kind: str) -> None:
+    async def _hand_over(self, value, key, topic, kind):
+        """producer.send, with a refusal (no metadata in time, a closed producer...)
+        turned into a failed delivery, so that it is sent again like one."""
+        try:
+            return await self.producer.send(topic or self.s.topic, value=value, key=key)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_exception(exc)
+            return fut
+
+    def _acked(self, fut, value, key, topic, kind: str, attempt: int) -> None:
         self._pending.discard(fut)
         if fut.cancelled() or fut.exception() is not None:
             self.errors += 1
             self.metrics["lapstream_p3_produce_errors_total"].inc()
-            log.error("timing.raw: a %s was not acknowledged: %s", kind,
+            log.error("%s: a %s was not acknowledged (%s); sending it again", topic or self.s.topic, kind,
                       "cancelled" if fut.cancelled() else fut.exception())
+            if not self._stop.is_set():
+                t = asyncio.get_running_loop().create_task(self._again(value, key, topic, kind, attempt + 1))
+                self._pending.add(t)
+                t.add_done_callback(self._pending.discard)
         else:
             self.produced += 1
             self.metrics["lapstream_p3_messages_produced_total"].labels(kind).inc()
+
+    async def _again(self, value, key, topic, kind: str, attempt: int) -> None:
+        await self._sleep(min(self.s.retry_max_s, 0.1 * 2 ** attempt))
+        fut = await self._hand_over(value, key, topic, kind)
+        self._pending.add(fut)
+        fut.add_done_callback(lambda f: self._acked(f, value, key, topic, kind, attempt))
 
     # -- one decoder -----------------------------------------------------------
     async def _run(self, address: str) -> None:
@@ -207,6 +236,12 @@ class P3Ingest:
                 await self._sleep(backoff * random.uniform(0.8, 1.2))
                 backoff = min(backoff * 2, self.s.backoff_max_s)
                 continue
+            sock = writer.get_extra_info("socket")
+            if sock is not None:   # a decoder unplugged without a FIN is noticed by keepalive too
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                except OSError:
+                    pass
             link.connected, link.writer = True, writer
             link.connects += 1
             m["lapstream_p3_connected"].labels(address).set(1)
@@ -218,8 +253,14 @@ class P3Ingest:
             try:
                 if link.connects > 1:
                     self._after_reconnect(link)
+                idle = self.s.idle_timeout_s or None
                 while True:
-                    data = await reader.read(65536)
+                    try:
+                        data = await asyncio.wait_for(reader.read(65536), idle)
+                    except asyncio.TimeoutError:
+                        log.warning("decoder %s: silent for %.1f s; reconnecting", address, idle)
+                        m["lapstream_p3_records_total"].labels(address, "idle_timeout").inc()
+                        break
                     if not data:
                         break
                     backoff = self.s.backoff_initial_s
