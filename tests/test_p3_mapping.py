@@ -310,3 +310,19 @@ def test_the_sim_decoder_command_speaks_p3():
     feed = [orjson.loads(x) for x in FEED.read_bytes().splitlines()]
     key = lambda m: (m["kind"], m["t_us"], m["source"], m.get("loop", ""), m.get("transponder", ""))  # noqa: E731
     assert sorted(map(key, msgs)) == sorted(key(m) for m in feed if m["kind"] in ("passing", "heartbeat"))
+
+
+def test_heartbeats_are_filled_while_a_source_talks_without_status():
+    c = conv()
+    wall = 1_800_000_000_000_000
+    c.convert(status(wall - 30_000, 1001), "a:1", wall)          # decoder clock 30 ms behind the host
+    c.convert(status(wall - 30_000 + 1, 1002), "a:2", wall)
+    assert c.fill(wall + 500_000) == []                          # not a second yet
+    got = c.fill(wall + 1_000_000)
+    assert got == [{"kind": "heartbeat", "v": 1, "t_us": wall + 970_000, "venue": "NSO", "source": "X2-A"}]
+    assert c.fill(wall + 1_100_000) == []
+    # still heard (a VERSION record) -> one more a second later; silent for 2 s -> none
+    c.convert(C.decode_all(Version("d", "1", 1001).encode())[0][0], "a:1", wall + 1_900_000)
+    assert [m["t_us"] for m in c.fill(wall + 2_000_000)] == [wall + 1_970_000]
+    assert c.fill(wall + 4_500_000) == []
+    assert c.stats[("a:1", "heartbeats_filled")] == 2

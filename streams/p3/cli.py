@@ -67,7 +67,8 @@ def _cmd_ingest_p3(args) -> int:
     settings = IngestSettings(decoders=list(args.decoder), bootstrap=_bootstrap(args.broker),
                               idempotence=args.idempotence, resend=not args.no_resend,
                               http_host=args.http_host, http_port=args.http_port,
-                              clock_step_us=int(args.clock_step * 1e6), idle_timeout_s=args.idle_timeout)
+                              clock_step_us=int(args.clock_step * 1e6), idle_timeout_s=args.idle_timeout,
+                              heartbeat_fill_s=args.heartbeat_fill)
 
     async def main() -> None:
         ing = P3Ingest(settings, dmap)
@@ -175,6 +176,9 @@ def add_commands(sub, broker_arg) -> None:
                    help="a decoder clock moving by more than S seconds is a step (default %(default)s)")
     p.add_argument("--idle-timeout", type=float, default=15.0, metavar="S",
                    help="a decoder silent for S seconds is reconnected (0: never; default %(default)s)")
+    p.add_argument("--heartbeat-fill", type=float, default=1.0, metavar="S",
+                   help="while a source's decoders are heard, a heartbeat at least every S seconds even if "
+                        "their STATUS records come less often (0: only from STATUS; default %(default)s)")
     p.add_argument("--loglevel", default="info")
     p.set_defaults(func=_cmd_ingest_p3)
 

@@ -106,6 +106,7 @@ class IngestSettings:
     clock_step_us: int = 2_000_000
     idle_timeout_s: float = 15.0             # no byte for this long: the link is dead, reconnect (0: never)
     retry_max_s: float = 5.0                 # an unacknowledged message is sent again, backing off to this
+    heartbeat_fill_s: float = 1.0            # a heartbeat per source at least this often while heard (0: off)
 
 
 @dataclass
@@ -152,6 +153,8 @@ class P3Ingest:
         for a in self.links:
             self._tasks.append(asyncio.create_task(self._run(a), name=f"p3 {a}"))
         self._tasks.append(asyncio.create_task(self._ages(), name="p3 ages"))
+        if self.s.heartbeat_fill_s:
+            self._tasks.append(asyncio.create_task(self._fill(), name="p3 heartbeats"))
 
     async def stop(self) -> None:
         self._stop.set()
@@ -381,6 +384,13 @@ class P3Ingest:
                 if link.last_frame is not None:
                     g.labels(a).set(round(now - link.last_frame, 3))
             await asyncio.sleep(0.5)
+
+    async def _fill(self) -> None:
+        every = int(self.s.heartbeat_fill_s * 1e6)
+        while True:
+            await asyncio.sleep(min(0.25, self.s.heartbeat_fill_s / 4))
+            for msg in self.conv.fill(self.wall_us(), every_us=every, alive_us=max(2 * every, 2_000_000)):
+                await self.send(orjson.dumps(msg), msg["venue"].encode(), kind="heartbeat")
 
     # -- health ----------------------------------------------------------------
     def readiness(self) -> tuple[bool, dict]:

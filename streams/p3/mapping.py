@@ -46,7 +46,9 @@ How a record becomes a message (the rules, and the choices made here):
   passing yet, or offline) means no heartbeat (``heartbeat_no_time``). At
   most one heartbeat per venue and source every ``heartbeat_gap_us``
   (0.5 s): every decoder of a system sends STATUS, the contract wants about
-  one a second per source.
+  one a second per source. When STATUS comes less often, ``fill`` (called
+  by live ingest about four times a second) adds a heartbeat at the
+  estimated clock once a second while the source's decoders are heard.
 - Gaps: a passing number more than one above the last one seen is a gap
   (``gaps``, ``missed_passings``); the converter asks for a RESEND of the
   missing range (live ingest sends it when ``resend`` is on).
@@ -193,6 +195,7 @@ class DecoderState:
     offset_us: int | None = None                     # decoder time - wall time (estimate)
     version: str | None = None
     address: str | None = None                       # the connection it was last seen on
+    seen_wall: int | None = None                     # wall time of its last record
 
 
 @dataclass
@@ -237,6 +240,8 @@ class Converter:
             st = self.state[target] = DecoderState()
         if address is not None:
             st.address = address
+        if wall_us is not None:
+            st.seen_wall = wall_us
         who = address or target.name
         if isinstance(rec, Passing):
             self._passing(rec, target, st, who, wall_us, out)
@@ -343,3 +348,29 @@ class Converter:
         self.last_hb[key] = t
         out.messages.append({"kind": "heartbeat", "v": 1, "t_us": t, "venue": tg.venue, "source": tg.source})
         self._count(who, "heartbeats")
+
+    # -- heartbeats between STATUS records ------------------------------------------
+    def fill(self, wall_us: int, every_us: int = 1_000_000, alive_us: int = 2_000_000) -> list:
+        """Heartbeats for sources whose decoders talk but whose STATUS records come
+        less than once a second: for each (venue, source) with a decoder heard
+        within ``alive_us`` whose clock offset is known, a heartbeat at the
+        earliest estimate of their clocks (wall + offset), if that is at least
+        ``every_us`` after the source's last heartbeat. A silent source gets
+        none (its silence is what the operators' alert watches)."""
+        est: dict[tuple[str, str], tuple[int, str]] = {}
+        for tg, st in self.state.items():
+            if st.offset_us is None or st.seen_wall is None or st.seen_wall < wall_us - alive_us:
+                continue
+            t = wall_us + st.offset_us
+            key = (tg.venue, tg.source)
+            if key not in est or t < est[key][0]:
+                est[key] = (t, st.address or tg.name)
+        out = []
+        for (venue, source), (t, who) in est.items():
+            last = self.last_hb.get((venue, source))
+            if last is not None and t < last + every_us or not 0 <= t <= MAX_T_US:
+                continue
+            self.last_hb[(venue, source)] = t
+            out.append({"kind": "heartbeat", "v": 1, "t_us": t, "venue": venue, "source": source})
+            self._count(who, "heartbeats_filled")
+        return out
