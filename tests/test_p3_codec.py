@@ -172,3 +172,12 @@ def test_unknown_tags_are_skipped_by_length():
     g = C.Frame(C.PASSING, ((0x01, b"\x02\x01"), (0x04, b"\x01\x02\x03\x04\x05\x06")))
     rec = R.Passing.from_frame(g)
     assert rec.passing_number == 0x0102 and rec.rtc_us == 0x060504030201
+
+
+@given(frames)
+def test_a_frame_with_a_wrong_crc_is_counted_and_dropped(frame):
+    from streams.p3.simdecoder import with_bad_crc
+
+    good = C.encode_frame(frame.tor, frame.fields, frame.flags)
+    got, stats = C.decode_all(with_bad_crc(good) + good)
+    assert got == [frame] and stats["bad_crc"] == 1

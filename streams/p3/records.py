@@ -28,7 +28,6 @@ decoder says otherwise):
 """
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 
 from .codec import PASSING, RESEND, STATUS, VERSION_TOR, Frame, encode_frame
@@ -54,7 +53,6 @@ T_VERSION = 0x02
 T_FROM = 0x01
 T_UNTIL = 0x02
 
-_U = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
 
 
 def _int(v: bytes | None) -> int | None:

@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Optional
 
 import orjson
 
-from .codec import PASSING, RESEND, STATUS, FrameDecoder, crc16
+from .codec import RESEND, FrameDecoder, escape, unescape
 from .mapping import DecoderMap, Target
 from .records import Passing, Resend, Status
 
@@ -204,16 +204,9 @@ class DecoderServer:
 
     async def bad_crc(self, rec) -> None:
         """A frame of ``rec`` with its CRC wrong (the record itself is not kept)."""
-        good = rec.encode()
-        plain = bytearray(good)
-        # the CRC's low byte is the 5th byte unless escaping moved it; flip a body byte
-        # then re-escape nothing: corrupt a non-control byte of the body instead
-        i = len(plain) - 2
-        while plain[i] in (0x8A, 0x8B, 0x8C, 0x8D, 0x8E, 0x8F) or plain[i - 1] == 0x8D:
-            i -= 1
-        plain[i] ^= 0x01 if (plain[i] ^ 0x01) not in range(0x8A, 0x90) else 0x02
+        frame = with_bad_crc(rec.encode())
         for w in list(self.clients):
-            w.write(bytes(plain))
+            w.write(frame)
             await w.drain()
 
     async def restart(self) -> None:
@@ -225,6 +218,13 @@ class DecoderServer:
 
     def step_clock(self, us: int) -> None:
         self.clock_offset_us += us
+
+
+def with_bad_crc(frame: bytes) -> bytes:
+    """The same frame with the low byte of its CRC flipped (escaped again)."""
+    plain = bytearray(unescape(frame[1:-1]))
+    plain[3] ^= 0x5A          # after SOR: version, length (2), CRC low byte
+    return frame[:1] + escape(bytes(plain)) + frame[-1:]
 
 
 def _shift(t: Optional[int], d: int) -> Optional[int]:
@@ -240,4 +240,4 @@ async def wait_until(cond: Callable[[], bool], timeout: float = 30.0, poll: floa
         await asyncio.sleep(poll)
 
 
-__all__ = ["Step", "plan", "DecoderServer", "wait_until", "PASSING", "STATUS", "crc16"]
+__all__ = ["Step", "plan", "DecoderServer", "wait_until", "with_bad_crc"]
