@@ -4,13 +4,28 @@ One asyncio task per decoder connection (``--decoder HOST:PORT``, repeatable):
 connect, read whatever the socket gives, feed the frame decoder, convert
 records (``mapping.Converter``), produce each message to ``timing.raw``
 keyed by venue with acks=all, and reconnect with exponential backoff (with
-jitter) when the decoder drops the connection or cannot be reached.
+jitter) when the decoder drops the connection or cannot be reached, or
+stays silent for ``idle_timeout_s`` (an unplugged cable sends no FIN; TCP
+keepalive is on too).
 
 After a reconnect ingest asks the decoder, with a RESEND request, for every
 passing after the last one it saw (an open range, last = 0xFFFFFFFF: an
 ASSUMPTION about RESEND, see ``records.py``; ``resend=False`` turns RESEND
 off for decoders that do not support it). A gap seen later is asked for
 too. Duplicates go on as they are; the core drops them by (source, seq).
+
+Nothing acknowledged is lost (acks=all), and nothing unacknowledged is
+dropped: aiokafka fails a send after a broker outage (measured: the future
+fails with NodeNotReadyError), so a message whose delivery failed is sent
+again, with a backoff up to ``retry_max_s``, until the broker takes it (a
+late passing is still applied if it is within the core's window; a late
+duplicate is dropped by the core). While the broker is unreachable the
+producer's buffer fills and reading from the decoders pauses (TCP pushes
+back to them).
+
+Heartbeats come from STATUS records; when a source's decoders talk but
+send STATUS less than once a second, one is filled in a second at the
+estimated decoder clock (``heartbeat_fill_s``; ``mapping.Converter.fill``).
 
 The producer is built by ``make_producer`` and nowhere else, so that
 transport security (TLS, SASL) can be wired into that one function.
