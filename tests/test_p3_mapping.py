@@ -323,3 +323,18 @@ def test_heartbeats_are_filled_while_a_source_talks_without_status():
     assert [m["t_us"] for m in c.fill(wall + 2_000_000)] == [wall + 1_970_000]
     assert c.fill(wall + 4_500_000) == []
     assert c.stats[("a:1", "heartbeats_filled")] == 2
+
+
+def test_after_a_reconnect_a_lower_number_is_a_restart_whatever_it_is():
+    c = conv()
+    for pn in range(500, 505):
+        c.convert(passing(pn), "a:1")
+    c.convert(passing(300), "a:1")                         # not after a reconnect: a duplicate of an old one
+    assert c.stats[("a:1", "restarts")] == 0 and c.stats[("a:1", "duplicates")] == 1
+    c.reconnected("a:1")
+    r = c.convert(passing(37), "a:1")                       # the decoder counted 36 passings while we were away
+    assert c.stats[("a:1", "restarts")] == 1 and r.messages[0]["seq"] == EPOCH + 3700
+    c.reconnected("a:1")
+    c.convert(passing(38), "a:1")                           # the next number after a reconnect: no restart
+    c.convert(passing(30), "a:1")
+    assert c.stats[("a:1", "restarts")] == 1

@@ -270,6 +270,7 @@ class P3Ingest:
             self._notify(link)
             try:
                 if link.connects > 1:
+                    self.conv.reconnected(address)
                     self._after_reconnect(link)
                 idle = self.s.idle_timeout_s or None
                 while True:

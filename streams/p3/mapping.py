@@ -52,8 +52,13 @@ How a record becomes a message (the rules, and the choices made here):
 - Gaps: a passing number more than one above the last one seen is a gap
   (``gaps``, ``missed_passings``); the converter asks for a RESEND of the
   missing range (live ingest sends it when ``resend`` is on).
-- Restart: a passing number lower than the last one seen that is at most
-  ``restart_below`` (10) and not in a range asked for again.
+- Restart: a passing number lower than the last one seen, not in a range
+  asked for again, and either at most ``restart_below`` (10) or the first
+  passing after a reconnect (``reconnected``: ingest asked for the numbers
+  after the last one, so a lower one is a new count). A decoder that
+  replayed old passings on a new connection would be taken for a restart:
+  its replays then get new seqs, and the core still drops them as another
+  read of a crossing it has, or as too late.
 - Clock step: the decoder's time minus the arrival time (wall clock) moving
   by more than ``clock_step_us`` (2 s): forward by a PASSING or a STATUS,
   backward by a STATUS that carries a time (a passing may arrive late, a
@@ -196,6 +201,7 @@ class DecoderState:
     version: str | None = None
     address: str | None = None                       # the connection it was last seen on
     seen_wall: int | None = None                     # wall time of its last record
+    fresh: bool = False                              # reconnected, no passing since
 
 
 @dataclass
@@ -254,6 +260,15 @@ class Converter:
             self._count(who, "other_record")
         return out
 
+    def reconnected(self, address: str) -> None:
+        """A new connection to ``address``: the first passing number of a decoder
+        seen there that is lower than the last one (and not asked for again)
+        means its numbering started again, whatever the number (the decoder
+        may have counted a few passings while nobody listened)."""
+        for st in self.state.values():
+            if st.address == address:
+                st.fresh = True
+
     # -- passings ------------------------------------------------------------
     def _passing(self, p: Passing, tg: Target, st: DecoderState, who: str, wall_us, out: Converted) -> None:
         t = p.time_us
@@ -286,6 +301,7 @@ class Converter:
             return
         if pn == last + 1:
             st.last_pn = pn
+            st.fresh = False
             return
         if pn > last + 1:
             first, until = last + 1, pn - 1
@@ -296,13 +312,15 @@ class Converter:
             out.resend.append((first, until))
             out.notes.append(("gap", f"passings {first}..{until} missing"))
             st.last_pn = pn
+            st.fresh = False
             return
         # pn <= last: asked for again, a duplicate, or numbering started again
         for r in st.asked:
             if r[0] <= pn <= r[1]:
                 self._count(who, "resent")
                 return
-        if pn <= self.restart_below and pn < last - 1:
+        fresh, st.fresh = st.fresh, False
+        if pn < last - 1 and (pn <= self.restart_below or fresh):
             st.restarts += 1
             st.last_pn = pn
             st.asked.clear()
