@@ -135,7 +135,6 @@ class Link:
     decoder: FrameDecoder = field(default_factory=FrameDecoder)
     seen: dict = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     writer: Optional[asyncio.StreamWriter] = None
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class P3Ingest:
@@ -267,7 +266,6 @@ class P3Ingest:
             log.info("decoder %s: connected (%d)", address, link.connects)
             link.decoder.reset()
             self._sync_counters(link)
-            self._notify(link)
             try:
                 if link.connects > 1:
                     self.conv.reconnected(address)
@@ -296,7 +294,6 @@ class P3Ingest:
                 writer.close()
                 link.decoder.reset()      # a frame cut by the drop is dropped
                 self._sync_counters(link)
-                self._notify(link)
             if not self._stop.is_set():
                 log.info("decoder %s: disconnected; reconnecting in %.2f s", address, backoff)
                 await self._sleep(backoff * random.uniform(0.8, 1.2))
@@ -307,10 +304,6 @@ class P3Ingest:
             await asyncio.wait_for(self._stop.wait(), s)
         except asyncio.TimeoutError:
             pass
-
-    def _notify(self, link: Link) -> None:
-        link.changed.set()
-        link.changed = asyncio.Event()
 
     def _after_reconnect(self, link: Link) -> None:
         """Ask each decoder seen on this connection for what came after its last passing."""
@@ -357,7 +350,6 @@ class P3Ingest:
         link.frames += len(frames)
         link.last_frame = time.monotonic()
         m["lapstream_p3_last_message_age_seconds"].labels(addr).set(0)
-        self._notify(link)
 
     # -- metrics ---------------------------------------------------------------
     def _sync_counters(self, link: Link) -> None:

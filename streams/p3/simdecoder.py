@@ -100,7 +100,6 @@ class DecoderServer:
         self.sent_good = 0                       # whole frames written to a client
         self.resend_requests = 0
         self.connections = 0
-        self.changed = asyncio.Event()
 
     @property
     def address(self) -> str:
@@ -124,14 +123,9 @@ class DecoderServer:
             self.server.close()
             await self.server.wait_closed()
 
-    def _poke(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
-
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.clients.append(writer)
         self.connections += 1
-        self._poke()
         dec = FrameDecoder()
         try:
             while True:
@@ -147,7 +141,6 @@ class DecoderServer:
             if writer in self.clients:
                 self.clients.remove(writer)
             writer.close()
-            self._poke()
 
     def _resend(self, r: Resend, writer) -> None:
         first = r.first or 1
@@ -157,7 +150,6 @@ class DecoderServer:
                 writer.write(self.store[pn])
                 self.sent_good += 1
         self.resend_requests += 1
-        self._poke()
 
     def encode(self, rec) -> bytes:
         if isinstance(rec, Passing):
