@@ -338,3 +338,20 @@ def test_after_a_reconnect_a_lower_number_is_a_restart_whatever_it_is():
     c.convert(passing(38), "a:1")                           # the next number after a reconnect: no restart
     c.convert(passing(30), "a:1")
     assert c.stats[("a:1", "restarts")] == 1
+
+
+def test_a_capture_without_decoder_ids_is_mapped_by_its_address():
+    import io
+
+    dmap = DecoderMap.from_obj({"decoders": [
+        {"address": "10.0.0.11:5403", "venue": "V", "source": "A", "loop": "L0"},
+        {"address": "10.0.0.12:5403", "venue": "V", "source": "A", "loop": "L1"}]})
+    data = Passing(passing_number=9, transponder=77, rtc_us=1_000_000).encode() + Status(utc_us=2_000_000).encode()
+    for addr, loop in (("10.0.0.12:5403", "L1"), ("10.0.0.11:5403", "L0")):
+        out = io.BytesIO()
+        n, _, _ = capture_to_feed(io.BytesIO(data), dmap, out, address=addr)
+        msgs = [orjson.loads(x) for x in out.getvalue().splitlines()]
+        assert n == 2 and msgs[0]["loop"] == loop and msgs[0]["seq"] == 900 + int(loop[1])
+        assert msgs[1] == {"kind": "heartbeat", "v": 1, "t_us": 2_000_000, "venue": "V", "source": "A"}
+    out = io.BytesIO()
+    assert capture_to_feed(io.BytesIO(data), dmap, out)[0] == 0      # no id, no address: unmapped, nothing sent
