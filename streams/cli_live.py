@@ -321,3 +321,7 @@ def add_commands(sub) -> None:
     p.add_argument("--max-log", type=int, default=200_000,
                    help="derived events kept in memory for stream resumes (default %(default)s)")
     p.set_defaults(func=_cmd_serve)
+
+    from streams.p3.cli import add_commands as add_p3_commands   # ingest p3, sim-decoder
+
+    add_p3_commands(sub, _broker_arg)

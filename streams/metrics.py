@@ -97,6 +97,38 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("lapstream_worker_ready", "gauge",
                "1 when the worker has joined its group, has partitions assigned and state recovered."),
     MetricSpec("lapstream_build", "info", "lapstream version of this worker."),
+    # -- P3 decoder ingest (lapstream ingest p3; streams/p3/) -------------------------
+    # label ``decoder``: the HOST:PORT of a decoder connection (a venue has a few)
+    MetricSpec("lapstream_p3_frames_total", "counter",
+               "P3 frames decoded from a decoder connection (CRC and framing good).", ("decoder",)),
+    MetricSpec("lapstream_p3_frames_rejected_total", "counter",
+               "P3 frames skipped, by reason (bad_crc, bad_escape, bad_length, oversized, broken, "
+               "truncated: the body was cut short but the frame was kept).", ("decoder", "reason")),
+    MetricSpec("lapstream_p3_garbage_bytes_total", "counter",
+               "Bytes between P3 frames that belonged to no frame.", ("decoder",)),
+    MetricSpec("lapstream_p3_records_total", "counter",
+               "P3 records by what ingest did with them (passing, heartbeat, status, duplicate, resent, "
+               "unmapped, unusable, unknown_record, version...).", ("decoder", "outcome")),
+    MetricSpec("lapstream_p3_messages_produced_total", "counter",
+               "Contract messages ingest produced to timing.raw (acknowledged), by kind.", ("kind",)),
+    MetricSpec("lapstream_p3_produce_errors_total", "counter",
+               "Contract messages the broker did not acknowledge.", ()),
+    MetricSpec("lapstream_p3_passing_gaps_total", "counter",
+               "Gaps in a decoder's passing numbers.", ("decoder",)),
+    MetricSpec("lapstream_p3_missed_passings_total", "counter",
+               "Passing numbers missing in those gaps.", ("decoder",)),
+    MetricSpec("lapstream_p3_resend_requests_total", "counter",
+               "RESEND requests sent to a decoder (after a gap or a reconnect).", ("decoder",)),
+    MetricSpec("lapstream_p3_decoder_restarts_total", "counter",
+               "Decoder restarts seen (its passing numbers started again).", ("decoder",)),
+    MetricSpec("lapstream_p3_clock_steps_total", "counter",
+               "Steps of a decoder's clock against the ingest host's clock.", ("decoder",)),
+    MetricSpec("lapstream_p3_connects_total", "counter",
+               "TCP connections established to a decoder (the first and every reconnect).", ("decoder",)),
+    MetricSpec("lapstream_p3_connected", "gauge",
+               "1 while ingest holds a TCP connection to the decoder, else 0.", ("decoder",)),
+    MetricSpec("lapstream_p3_last_message_age_seconds", "gauge",
+               "Seconds (ingest clock) since the last good frame from a decoder.", ("decoder",)),
 )
 
 # -- gateway (``lapstream serve``, streams/gateway.py): its own process, so its

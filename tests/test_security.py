@@ -436,3 +436,36 @@ def test_cli_settings_errors_are_one_line_without_secrets(cmd, env, words, tmp_p
     assert words in err and err.startswith("lapstream ") and len(err.strip().splitlines()) == 1
     assert r.returncode == 2   # a usage / settings mistake
     assert "secret" not in err
+
+
+def test_p3_ingest_producer_takes_the_security_settings():
+    """``lapstream ingest p3`` builds its producer in one place, with the TLS/SASL settings."""
+    from streams.p3.ingest import make_producer
+
+    sec = KafkaSecurity.from_env(sasl_env("pw-p3", LAPSTREAM_KAFKA_SASL_MECHANISM="SCRAM-SHA-512"))
+
+    async def build():
+        p = make_producer("127.0.0.1:1", idempotent=False, security=sec)
+        plain = make_producer("127.0.0.1:1", idempotent=False)
+        out = [(x.client._security_protocol, x.client._sasl_mechanism, x.client._sasl_plain_username)
+               for x in (p, plain)]
+        await p.stop()
+        await plain.stop()
+        return out
+
+    (proto, mech, user), (plain_proto, _, plain_user) = asyncio.run(build())
+    assert (proto, mech, user) == ("SASL_PLAINTEXT", "SCRAM-SHA-512", "alice")
+    assert (plain_proto, plain_user) == ("PLAINTEXT", None)
+
+
+def test_p3_ingest_command_reads_the_security_settings(tmp_path):
+    """A bad security setting stops ``ingest p3`` with one line, before anything connects."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAPSTREAM_KAFKA_")}
+    env.update(PYTHONPATH=str(REPO), LAPSTREAM_KAFKA_SECURITY_PROTOCOL="SASL_SSL",
+               LAPSTREAM_KAFKA_SASL_PASSWORD="p3-secret-55")
+    r = subprocess.run([sys.executable, "-m", "streams.cli", "ingest", "p3", "--decoder", "127.0.0.1:1",
+                        "--map", str(REPO / "tests" / "data" / "p3-map.json"), "--broker", "kafka://127.0.0.1:1"],
+                       env=env, capture_output=True, cwd=tmp_path, timeout=120)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and len(err.strip().splitlines()) == 1, err
+    assert "needs sasl_mechanism" in err and "p3-secret-55" not in err + r.stdout.decode()
