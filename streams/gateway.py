@@ -94,6 +94,9 @@ class Client:
     sock: Optional[asyncio.Transport] = None
     chunked: bool = True
     pos_str: str = ""
+    # resumed with an id from another gateway that had read further than this
+    # one: events this gateway reads up to that position are not sent again
+    ahead: bool = False
 
     def __post_init__(self) -> None:
         self.pos_str = encode_pos_fast(self.pos)
@@ -107,6 +110,14 @@ class Client:
         self.queue.append(item)
         self.wake.set()
         return True
+
+    def not_seen(self, items: list, position: dict) -> list:
+        """``items`` without those at or before this client's position (it has
+        them from another gateway); ``ahead`` ends once this gateway is there."""
+        pos = self.pos
+        out = [it for it in items if it.offset >= pos.get((it.topic, it.partition), 0)]
+        self.ahead = any(o > position.get(tp, 0) for tp, o in pos.items())
+        return out
 
     def drop(self, reason: str) -> None:
         if self.dropped is None:
@@ -324,6 +335,8 @@ class Gateway:
             if c.dropped is not None:
                 continue
             mine = items if c.flt.empty else [it for it in items if c.flt.match(it, state)]
+            if c.ahead:
+                mine = c.not_seen(mine, state.position)
             if not mine:
                 continue
             if not c.direct:
@@ -525,6 +538,7 @@ class Gateway:
         if pos is None:
             pos = dict(self.state.position)
         client = Client(transport, flt, dict(pos), self.s.queue_size)
+        client.ahead = any(o > self.state.position.get(tp, 0) for tp, o in pos.items())
         self.clients.add(client)
         self._m_clients.labels(transport).inc()
         return client, snapshot, backlog

@@ -203,6 +203,38 @@ def _get(url: str):
         return e.code, e.read()
 
 
+# -- behind a load balancer: a resume on a gateway that has read less ---------------
+
+
+def test_a_resume_on_a_gateway_behind_the_id_gets_no_event_twice():
+    """Gateways read the same topics at their own pace. A client that resumes
+    with an id from a gateway that had read further than this one must not
+    be sent the events between: this gateway's fan-out skips them until it
+    has read up to the client's position (found by the live mTLS test below:
+    5 splits came twice)."""
+    from streams.gateway import Client
+    from streams.gateway_state import Filter, Item, encode_position
+
+    gw = Gateway(GatewaySettings(bootstrap="unused"))
+    gw.state.position = {(0, 5): 99}            # this gateway has read offsets .. 98
+    last = encode_position({(0, 5): 104})       # the client got .. 103 from another gateway
+    client, snapshot, backlog = gw._subscribe("ws", Filter.from_query({}), last)
+    assert snapshot is None and backlog == [] and client.ahead
+
+    def item(off):
+        return Item(topic=0, partition=5, offset=off, kind="split", event={}, data=b"{}", arrived=0.0,
+                    race_id="R", group=None, venue=None, cls_event=None)
+
+    for batch in ([item(99), item(100)], [item(101), item(102), item(103), item(104)], [item(105)]):
+        gw.state.position[(0, 5)] = batch[-1].offset + 1
+        gw._fan_out(batch)
+    assert [it.offset for it in client.queue] == [104, 105]
+    assert not client.ahead   # caught up: the fast path again
+    # a client at this gateway's own position is not "ahead"
+    other, _, _ = gw._subscribe("ws", Filter.from_query({}), encode_position(gw.state.position))
+    assert not other.ahead
+
+
 # -- mistakes: one line, exit 2, nothing listening, no secret -------------------------
 
 
