@@ -230,12 +230,19 @@ def _env_int(name: str, default: int) -> int:
 
 def _cmd_serve(args) -> int:
     from streams.gateway import GatewaySettings, run
+    from streams.kafka_security import KafkaSecurityError
 
+    boot = _bootstrap(args.broker)
+    security = _security(args)
+    try:   # a CA / client key that does not load is said now, in one line, not by a dead reader
+        security.ssl_context()
+    except KafkaSecurityError as exc:
+        raise CliError(str(exc), USAGE) from None
     settings = GatewaySettings.from_env(
-        _bootstrap(args.broker), host=args.host, port=args.port,
+        boot, host=args.host, port=args.port,
         cors_origins=tuple(args.cors_origin) if args.cors_origin else None,
         queue_size=args.queue_size, send_buffer=args.send_buffer, heartbeat_s=args.heartbeat,
-        max_log=args.max_log)
+        max_log=args.max_log, security=security)
     return run(settings)
 
 

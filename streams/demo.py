@@ -58,7 +58,7 @@ def run_demo(args) -> int:
     except KafkaSecurityError as exc:
         raise CliError(str(exc), USAGE) from None
     plain_env = None if security is not None else {
-        k: "" for k in os.environ if k.startswith(ENV_PREFIX)}   # the worker too
+        k: "" for k in os.environ if k.startswith(ENV_PREFIX)}   # the worker and the gateway too
     http_port = args.http_port or free_port()
     check_port_free(D.HTTP_HOST, http_port)   # the worker's: say so now, not "not ready" later
     broker = None
@@ -83,7 +83,8 @@ def run_demo(args) -> int:
                            FAILURE)
         if getattr(args, "web", False):
             web_port = args.web_port or free_port()
-            gateway = start_gateway(boot, web_port, log_path=os.path.join(workdir, "gateway.log"))
+            gateway = start_gateway(boot, web_port, log_path=os.path.join(workdir, "gateway.log"),
+                                    env=plain_env)
             if not wait_http(f"http://127.0.0.1:{web_port}/readyz", 90, gateway):
                 log = os.path.join(workdir, "gateway.log")
                 raise CliError(f"the gateway did not become ready: {_last_line(log) or 'no output'} "

@@ -34,6 +34,7 @@ from aiohttp import HttpVersion11, WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams import topics as T
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.gateway_state import (BadPosition, Filter, GatewayState, Item, TOPIC_NAMES,
                                    decode_position)
 from streams.metrics import GATEWAY_CATALOGUE, Metrics
@@ -59,6 +60,8 @@ class GatewaySettings:
     fetch_max_wait_ms: int = 5
     ready_timeout_s: float = 30.0         # a stream request waits this long for readiness
     slow_close_grace_s: float = 5.0       # a dropped client blocked in a write is cut after this
+    # Kafka TLS / SASL (streams/kafka_security.py); None = PLAINTEXT
+    security: Optional[KafkaSecurity] = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, bootstrap: str, **kw) -> "GatewaySettings":
@@ -91,6 +94,9 @@ class Client:
     sock: Optional[asyncio.Transport] = None
     chunked: bool = True
     pos_str: str = ""
+    # resumed with an id from another gateway that had read further than this
+    # one: events this gateway reads up to that position are not sent again
+    ahead: bool = False
 
     def __post_init__(self) -> None:
         self.pos_str = encode_pos_fast(self.pos)
@@ -104,6 +110,14 @@ class Client:
         self.queue.append(item)
         self.wake.set()
         return True
+
+    def not_seen(self, items: list, position: dict) -> list:
+        """``items`` without those at or before this client's position (it has
+        them from another gateway); ``ahead`` ends once this gateway is there."""
+        pos = self.pos
+        out = [it for it in items if it.offset >= pos.get((it.topic, it.partition), 0)]
+        self.ahead = any(o > position.get(tp, 0) for tp, o in pos.items())
+        return out
 
     def drop(self, reason: str) -> None:
         if self.dropped is None:
@@ -229,14 +243,12 @@ class Gateway:
 
     # -- Kafka ------------------------------------------------------------------------
     async def _read(self) -> None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka import TopicPartition
 
+        consumer = None
         names = list(TOPIC_NAMES)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.s.bootstrap, group_id=None,
-                                    enable_auto_commit=False, client_id="lapstream-gateway",
-                                    fetch_max_wait_ms=self.s.fetch_max_wait_ms,
-                                    max_partition_fetch_bytes=4 * 1024 * 1024)
         try:
+            consumer = self.consumer()
             await consumer.start()
             while True:
                 have = await consumer.topics()
@@ -280,7 +292,19 @@ class Gateway:
             self.reader_error = f"{type(exc).__name__}: {exc}"
             log.exception("gateway reader stopped")
         finally:
-            await consumer.stop()
+            if consumer is not None:
+                await consumer.stop()
+
+    def consumer(self):
+        """The gateway's Kafka reader (its only Kafka client): every partition,
+        no consumer group, through the settings' TLS / SASL."""
+        from aiokafka import AIOKafkaConsumer
+
+        return AIOKafkaConsumer(bootstrap_servers=self.s.bootstrap, group_id=None,
+                                enable_auto_commit=False, client_id="lapstream-gateway",
+                                fetch_max_wait_ms=self.s.fetch_max_wait_ms,
+                                max_partition_fetch_bytes=4 * 1024 * 1024,
+                                **(self.s.security or PLAINTEXT).aiokafka_kwargs())
 
     @staticmethod
     async def _caught_up(consumer, todo) -> bool:
@@ -311,6 +335,8 @@ class Gateway:
             if c.dropped is not None:
                 continue
             mine = items if c.flt.empty else [it for it in items if c.flt.match(it, state)]
+            if c.ahead:
+                mine = c.not_seen(mine, state.position)
             if not mine:
                 continue
             if not c.direct:
@@ -512,6 +538,7 @@ class Gateway:
         if pos is None:
             pos = dict(self.state.position)
         client = Client(transport, flt, dict(pos), self.s.queue_size)
+        client.ahead = any(o > self.state.position.get(tp, 0) for tp, o in pos.items())
         self.clients.add(client)
         self._m_clients.labels(transport).inc()
         return client, snapshot, backlog
@@ -669,7 +696,8 @@ async def serve(settings: GatewaySettings, on_started=None, stop: Optional[async
 def run(settings: GatewaySettings) -> int:
     def started(gw: Gateway) -> None:
         print(f"http://{settings.host}:{gw.port}/", flush=True)
-        print(f"lapstream serve: broker {settings.bootstrap}; page http://{settings.host}:{gw.port}/, "
+        sec = (settings.security or PLAINTEXT).describe()   # no secret in it
+        print(f"lapstream serve: broker {settings.bootstrap} ({sec}); page http://{settings.host}:{gw.port}/, "
               f"API {API}/races, stream {API}/stream, OpenAPI /openapi.yaml", file=sys.stderr, flush=True)
 
     return asyncio.run(serve(settings, started))

@@ -38,7 +38,7 @@ def start_worker(bootstrap: str, http_port: int, worker_id: str = "demo-1", log_
 
 
 def start_gateway(bootstrap: str, port: int, log_path: str | None = None,
-                  host: str = "127.0.0.1") -> subprocess.Popen:
+                  host: str = "127.0.0.1", env: dict | None = None) -> subprocess.Popen:
     """``lapstream serve`` for ``demo --web``: the scoreboard page and the API."""
     cmd = [sys.executable, "-m", "streams.cli", "serve", "--broker", f"kafka://{bootstrap}",
            "--host", host, "--port", str(port)]
@@ -46,7 +46,7 @@ def start_gateway(bootstrap: str, port: int, log_path: str | None = None,
 
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=die_with_parent)
+                            preexec_fn=die_with_parent, env={**os.environ, **(env or {})})
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:

@@ -37,11 +37,15 @@ GRAFANA_DS_FILE = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometh
 GRAFANA_DASH_PROVIDER = DEPLOY / "grafana" / "provisioning" / "dashboards" / "lapstream.yml"
 K8S_DIR = DEPLOY / "k8s"
 HTTP_PORT = 9300
+GATEWAY_PORT = 8000   # lapstream serve in the deploy files (LAPSTREAM_GATEWAY_PORT)
 
 # Series the rules and dashboard may use besides the catalogue.
 ALLOWED_BUILTINS = {"up", "scrape_duration_seconds", "scrape_samples_scraped", "ALERTS",
                     "ALERTS_FOR_STATE"}
-CATALOGUE_NAMES = metrics.all_exposed_names()
+# The worker's catalogue and the gateway's (lapstream serve): one Prometheus
+# and one dashboard watch both.
+ALL_SPECS = tuple(metrics.CATALOGUE) + tuple(metrics.GATEWAY_CATALOGUE)
+CATALOGUE_NAMES = metrics.all_exposed_names(ALL_SPECS)
 KNOWN_NAMES = CATALOGUE_NAMES | ALLOWED_BUILTINS
 # Labels Prometheus adds to every scraped series, plus the histogram bucket label.
 TARGET_LABELS = {"job", "instance"}
@@ -71,7 +75,7 @@ def compose() -> dict:
 
 
 def spec_of(sample_name: str) -> metrics.MetricSpec | None:
-    for spec in metrics.CATALOGUE:
+    for spec in ALL_SPECS:
         if sample_name in metrics.exposed_names(spec):
             return spec
     return None
@@ -206,8 +210,9 @@ def test_dashboard_shows_every_catalogue_metric():
     used = set()
     for _, expr in dashboard_expressions(dash):
         used |= lapstream_identifiers(expr)
-    for spec in metrics.CATALOGUE:
+    for spec in ALL_SPECS:
         assert used & set(metrics.exposed_names(spec)), f"{spec.name} is not on the dashboard"
+    assert metrics.GATEWAY_CATALOGUE and set(ALL_SPECS) >= set(metrics.GATEWAY_CATALOGUE)
 
 
 def test_alert_rules_use_only_catalogue_metrics():
@@ -240,6 +245,13 @@ def test_metric_name_check_catches_typos():
         'histogram_quantile(0.99, sum by (instance, le) '
         '(rate(lapstream_processing_latency_seconds_bucket{job="lapstream"}[$__rate_interval])))', "x")
     assert not check_expression("label_values(lapstream_event_time_lag_seconds, venue)", "x")
+    # the gateway's catalogue counts; its metrics have their own labels
+    assert not check_expression(
+        'histogram_quantile(0.99, sum by (instance, le) '
+        '(rate(lapstream_gateway_fanout_latency_seconds_bucket[5m])))', "x")
+    assert check_expression('sum by (venue) (lapstream_gateway_clients)', "x")
+    assert check_expression('lapstream_gateway_slow_clients_dropped_total{transprt="sse"}', "x")
+    assert check_expression("rate(lapstream_gateway_events_fanout_total[1m])", "x")
 
 
 # ------------------------------------------------------------------ alerts
@@ -247,6 +259,8 @@ EXPECTED_ALERTS = {
     "LapstreamWorkerDown", "LapstreamConsumerLagGrowing", "LapstreamLatencyP99OverBudget",
     "LapstreamDeadLettersHigh", "LapstreamDecoderSilent", "LapstreamWorkerNotReady",
     "LapstreamDecoderUnheardSinceTakeover",
+    "LapstreamGatewayDown", "LapstreamGatewaysAllDown", "LapstreamGatewayNotReady",
+    "LapstreamGatewaySlowClientDrops", "LapstreamGatewayFanoutP99High",
 }
 
 
@@ -271,6 +285,21 @@ def test_alert_rules_are_complete():
     assert "deriv(" in rules["LapstreamConsumerLagGrowing"]["expr"]
     # The latency budget must be a bucket bound for the comparison to be exact.
     assert 0.025 in metrics.BY_NAME["lapstream_processing_latency_seconds"].buckets
+    # Gateway alerts select the gateways' job, worker alerts never match a gateway.
+    assert 'job="lapstream-gateway"' in rules["LapstreamGatewayDown"]["expr"]
+    assert 'absent(up{job="lapstream-gateway"})' in rules["LapstreamGatewaysAllDown"]["expr"]
+    assert "lapstream_gateway_ready == 0" in rules["LapstreamGatewayNotReady"]["expr"]
+    assert "rate(lapstream_gateway_slow_clients_dropped_total" in rules["LapstreamGatewaySlowClientDrops"]["expr"]
+    fanout = rules["LapstreamGatewayFanoutP99High"]["expr"]
+    assert "lapstream_gateway_fanout_latency_seconds_bucket" in fanout and "> 0.05" in fanout
+    assert 0.05 in metrics.BY_NAME["lapstream_gateway_fanout_latency_seconds"].buckets
+    gateway_names = metrics.all_exposed_names(metrics.GATEWAY_CATALOGUE)
+    for name, rule in rules.items():
+        if name.startswith("LapstreamGateway"):
+            assert lapstream_identifiers(rule["expr"]) <= gateway_names or "up{" in rule["expr"], name
+        else:
+            assert not lapstream_identifiers(rule["expr"]) & gateway_names, name
+            assert "lapstream-gateway" not in rule["expr"], name
 
 
 def test_alert_unit_tests_cover_firing_and_silence_for_every_alert():
@@ -320,6 +349,12 @@ def test_prometheus_scrapes_both_workers_and_loads_alerts():
     targets = {t for sc in job["static_configs"] for t in sc["targets"]}
     workers = {name for name in compose()["services"] if name.startswith("worker-")}
     assert targets == {f"{w}:{HTTP_PORT}" for w in workers}
+    # the gateways: a job of their own (the worker alerts select job="lapstream")
+    gw = jobs["lapstream-gateway"]
+    assert gw.get("metrics_path", "/metrics") == "/metrics"
+    gw_targets = {t for sc in gw["static_configs"] for t in sc["targets"]}
+    gateways = {name for name, svc in compose()["services"].items() if svc.get("command") == ["serve"]}
+    assert gateways and gw_targets == {f"{g}:{GATEWAY_PORT}" for g in gateways}
 
 
 # ----------------------------------------------------------------- compose
@@ -341,7 +376,7 @@ def listeners(value: str) -> dict[str, tuple[str, int]]:
 
 def test_compose_services_and_pinned_images():
     services = compose()["services"]
-    for name in (*KAFKA_NODES, "kafka-init", "worker-1", "worker-2", "prometheus", "grafana"):
+    for name in (*KAFKA_NODES, "kafka-init", "worker-1", "worker-2", "gateway", "prometheus", "grafana"):
         assert name in services, f"service {name} missing"
     for name, svc in services.items():
         if "image" in svc:
@@ -465,6 +500,33 @@ def test_compose_workers():
     assert len(ids) == len(workers), "worker ids must differ"
 
 
+def test_compose_gateway(monkeypatch):
+    """lapstream serve from the workers' image, after the topics exist, bound to
+    all interfaces inside its container and published on loopback only, its
+    healthcheck on /readyz of its own port."""
+    services = compose()["services"]
+    gw = services["gateway"]
+    worker = services["worker-1"]
+    assert gw["build"] == worker["build"]
+    assert gw["command"] == ["serve"]
+    assert gw["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
+    env = {k: str(v) for k, v in gw["environment"].items()}
+    assert env["LAPSTREAM_BROKER"] == "kafka://" + ",".join(f"{n}:9092" for n in KAFKA_NODES)
+    assert env["LAPSTREAM_GATEWAY_HOST"] == "0.0.0.0"
+    assert env["LAPSTREAM_GATEWAY_PORT"] == str(GATEWAY_PORT)
+    assert gw["ports"] == [f"127.0.0.1:{GATEWAY_PORT}:{GATEWAY_PORT}"]
+    test = gw["healthcheck"]["test"]
+    assert test[0] == "CMD" and "/usr/local/bin/lapstream-healthcheck" in test
+    assert test[-2:] == ["/readyz", str(GATEWAY_PORT)]
+    # the flags / env the serve command reads (streams/cli_live.py) are these
+    from streams.cli import build_parser
+
+    for k in ("LAPSTREAM_GATEWAY_HOST", "LAPSTREAM_GATEWAY_PORT"):
+        monkeypatch.setenv(k, env[k])
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.port) == ("0.0.0.0", GATEWAY_PORT)
+
+
 def mount_target(svc: dict, source: str) -> str:
     for volume in svc["volumes"]:
         parts = volume.split(":")
@@ -565,6 +627,7 @@ def test_dockerfile():
     users = [r for w, r in final if w == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert ("EXPOSE", str(HTTP_PORT)) in final
+    assert ("EXPOSE", str(GATEWAY_PORT)) in final
     health = [r for w, r in final if w == "HEALTHCHECK"]
     assert health and "/healthz" in health[0]
     assert ("ENTRYPOINT", '["lapstream"]') in final
@@ -592,6 +655,11 @@ def test_healthcheck_script(monkeypatch):
         monkeypatch.setenv("LAPSTREAM_HTTP_PORT", str(server.server_port))
         assert hc.main(["hc"]) == 0
         assert hc.main(["hc", "/readyz"]) == 1
+        # the gateway's form: path and port as arguments (LAPSTREAM_HTTP_PORT is the worker's)
+        monkeypatch.setenv("LAPSTREAM_HTTP_PORT", "1")
+        assert hc.main(["hc", "/healthz", str(server.server_port)]) == 0
+        assert hc.main(["hc", "/readyz", str(server.server_port)]) == 1
+        assert hc.main(["hc", "/healthz", "x"]) == 2
     finally:
         server.shutdown()
         server.server_close()
@@ -611,8 +679,22 @@ def k8s_objects() -> list[dict]:
     return objs
 
 
-def k8s_by_kind(kind: str) -> list[dict]:
-    return [o for o in k8s_objects() if o["kind"] == kind]
+def k8s_by_kind(kind: str, component: str | None = None) -> list[dict]:
+    """Objects of a kind; with ``component``, those whose pods (selector) are
+    that app.kubernetes.io/component (worker, gateway)."""
+    out = [o for o in k8s_objects() if o["kind"] == kind]
+    if component is not None:
+        out = [o for o in out if _selected_component(o) == component]
+    return out
+
+
+def _selected_component(obj: dict):
+    spec = obj.get("spec", {})
+    sel = spec.get("selector", {})
+    sel = sel.get("matchLabels", sel) if isinstance(sel, dict) else {}
+    if not sel and "scaleTargetRef" in spec:
+        return "worker" if spec["scaleTargetRef"]["name"] == "lapstream-worker" else None
+    return sel.get("app.kubernetes.io/component")
 
 
 def resolve_port(port, container: dict) -> int:
@@ -624,7 +706,8 @@ def resolve_port(port, container: dict) -> int:
 
 
 def test_k8s_deployment_probes_resources_and_config():
-    (deploy,) = k8s_by_kind("Deployment")
+    assert len(k8s_by_kind("Deployment")) == 2   # the workers and the gateways
+    (deploy,) = k8s_by_kind("Deployment", "worker")
     spec = deploy["spec"]
     assert spec["replicas"] >= 2
     template = spec["template"]
@@ -651,10 +734,10 @@ def test_k8s_deployment_probes_resources_and_config():
 
 
 def test_k8s_service_pdb_and_hpa_match_the_workers():
-    (deploy,) = k8s_by_kind("Deployment")
+    (deploy,) = k8s_by_kind("Deployment", "worker")
     pod_labels = set(deploy["spec"]["template"]["metadata"]["labels"].items())
     (container,) = deploy["spec"]["template"]["spec"]["containers"]
-    (svc,) = k8s_by_kind("Service")
+    (svc,) = k8s_by_kind("Service", "worker")
     assert set(svc["spec"]["selector"].items()) <= pod_labels
     (port,) = svc["spec"]["ports"]
     assert resolve_port(port["targetPort"], container) == HTTP_PORT
@@ -662,7 +745,7 @@ def test_k8s_service_pdb_and_hpa_match_the_workers():
     assert ann["prometheus.io/scrape"] == "true"
     assert ann["prometheus.io/port"] == str(HTTP_PORT)
     assert ann["prometheus.io/path"] == "/metrics"
-    (pdb,) = k8s_by_kind("PodDisruptionBudget")
+    (pdb,) = k8s_by_kind("PodDisruptionBudget", "worker")
     assert set(pdb["spec"]["selector"]["matchLabels"].items()) <= pod_labels
     assert "maxUnavailable" in pdb["spec"] or "minAvailable" in pdb["spec"]
     for hpa in k8s_by_kind("HorizontalPodAutoscaler"):
@@ -699,7 +782,7 @@ def test_compose_publishes_on_loopback_only():
         for host_ip, entry in published_ports(svc):
             seen += 1
             assert host_ip in ("127.0.0.1", "::1"), f"{name} publishes {entry} on every interface"
-    assert seen >= 7   # 3 Kafka EXTERNAL listeners, 2 workers, Prometheus, Grafana
+    assert seen >= 8   # 3 Kafka EXTERNAL listeners, 2 workers, the gateway, Prometheus, Grafana
     # the KRaft controllers are never published
     for node in KAFKA_NODES:
         assert not any(entry.endswith(":9093") for _, entry in published_ports(services[node]))
@@ -737,9 +820,11 @@ def test_no_secret_value_in_the_compose_file():
 
 def test_compose_workers_use_sasl_ssl_from_secret_files():
     doc = compose()
-    for name, svc in doc["services"].items():
-        if not name.startswith("worker-"):
-            continue
+    clients = [name for name, svc in doc["services"].items()
+               if name.startswith("worker-") or svc.get("command") == ["serve"]]
+    assert "gateway" in clients
+    for name in clients:
+        svc = doc["services"][name]
         env = {k: str(v) for k, v in svc["environment"].items()}
         assert env["LAPSTREAM_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
         assert env["LAPSTREAM_KAFKA_SASL_MECHANISM"] in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -816,17 +901,73 @@ def test_gen_secrets_makes_what_compose_reads_and_it_fits_together(tmp_path):
         assert not errors, errors
 
 
-def test_k8s_workers_use_sasl_ssl_with_a_mounted_secret():
-    (deploy,) = k8s_by_kind("Deployment")
+@pytest.mark.parametrize("component", ["worker", "gateway"])
+def test_k8s_workers_and_gateways_use_sasl_ssl_with_a_mounted_secret(component):
+    (deploy,) = k8s_by_kind("Deployment", component)
     (cm,) = k8s_by_kind("ConfigMap")
     data = cm["data"]
     assert data["LAPSTREAM_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
     assert "LAPSTREAM_KAFKA_SASL_PASSWORD" not in data
     pod = deploy["spec"]["template"]["spec"]
     (container,) = pod["containers"]
+    assert cm["metadata"]["name"] in [e["configMapRef"]["name"] for e in container["envFrom"]]
+    assert not any(e["name"].startswith("LAPSTREAM_KAFKA_") for e in container.get("env", []))
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
     for key in ("LAPSTREAM_KAFKA_SASL_PASSWORD_FILE", "LAPSTREAM_KAFKA_SSL_CAFILE"):
         folder = data[key].rsplit("/", 1)[0]
         (vol,) = [n for n, m in mounts.items() if m["mountPath"] == folder]
         assert vol in secrets and mounts[vol]["readOnly"] is True
+        assert secrets[vol] == "lapstream-kafka"
+
+
+def test_k8s_gateway_deployment_services_and_pdb():
+    """lapstream serve: 2+ interchangeable pods, liveness on /healthz, readiness
+    on /readyz (its port), a ClusterIP Service for the load balancer (ready
+    pods only) and a headless metrics Service that keeps not-ready pods
+    scraped; a PodDisruptionBudget."""
+    (deploy,) = k8s_by_kind("Deployment", "gateway")
+    spec = deploy["spec"]
+    assert spec["replicas"] >= 2
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    template = spec["template"]
+    pod_labels = set(template["metadata"]["labels"].items())
+    assert set(spec["selector"]["matchLabels"].items()) <= pod_labels
+    (container,) = template["spec"]["containers"]
+    assert container["args"] == ["serve"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["LAPSTREAM_GATEWAY_HOST"] == "0.0.0.0"
+    assert env["LAPSTREAM_GATEWAY_PORT"] == str(GATEWAY_PORT)
+    live, ready = container["livenessProbe"]["httpGet"], container["readinessProbe"]["httpGet"]
+    assert (live["path"], ready["path"]) == ("/healthz", "/readyz")
+    assert resolve_port(live["port"], container) == resolve_port(ready["port"], container) == GATEWAY_PORT
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(container["resources"][kind])
+    assert template["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    services = {s["metadata"]["name"]: s for s in k8s_by_kind("Service", "gateway")}
+    assert set(services) == {"lapstream-gateway", "lapstream-gateway-lb"}
+    for svc in services.values():
+        assert set(svc["spec"]["selector"].items()) <= pod_labels
+        (port,) = svc["spec"]["ports"]
+        assert resolve_port(port["targetPort"], container) == GATEWAY_PORT
+    lb = services["lapstream-gateway-lb"]
+    assert lb["spec"].get("type", "ClusterIP") == "ClusterIP"
+    assert not lb["spec"].get("publishNotReadyAddresses")        # clients go to ready pods only
+    assert "prometheus.io/scrape" not in lb["metadata"].get("annotations", {})
+    metrics_svc = services["lapstream-gateway"]
+    assert metrics_svc["spec"]["clusterIP"] == "None" and metrics_svc["spec"]["publishNotReadyAddresses"]
+    ann = metrics_svc["metadata"]["annotations"]
+    assert (ann["prometheus.io/scrape"], ann["prometheus.io/port"], ann["prometheus.io/path"]) == \
+        ("true", str(GATEWAY_PORT), "/metrics")
+    # the workers' Service does not select gateway pods, nor the gateways' a worker
+    (worker_svc,) = k8s_by_kind("Service", "worker")
+    assert not set(worker_svc["spec"]["selector"].items()) <= pod_labels
+    (pdb,) = k8s_by_kind("PodDisruptionBudget", "gateway")
+    assert set(pdb["spec"]["selector"]["matchLabels"].items()) <= pod_labels
+    # the optional ServiceMonitor names the job "lapstream-gateway" (the Service's name)
+    monitors = {m["metadata"]["name"]: m for m in k8s_by_kind("ServiceMonitor")}
+    sel = monitors["lapstream-gateway"]["spec"]["selector"]["matchLabels"]
+    assert set(sel.items()) <= set(metrics_svc["metadata"]["labels"].items())
+    assert not set(sel.items()) <= set(lb["metadata"]["labels"].items())
