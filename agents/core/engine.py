@@ -17,10 +17,11 @@ window.
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from schemas.decode import IRM_CODES, Rejected, parse_record_time
 
+from . import provisional
 from .timefmt import elapsed_ms, event_id, fmt_hundredths, fmt_time, utc_date
 
 INF = float("inf")
@@ -47,6 +48,27 @@ class CoreConfig:
 # ---------------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class Pending:
+    """A crossing still inside the reordering window: its earliest read so far."""
+
+    t: int
+    run: "SkaterRun"
+    loop: str
+    at_m: int
+
+
+@dataclass(slots=True)
+class Pub:
+    """What was last published under one natural key (a split): its revision,
+    its value (None: withdrawn), whether that was final, and the event."""
+
+    rev: int
+    val: tuple | None
+    final: bool
+    ev: dict = field(default_factory=dict)
+
+
 class Venue:
     __slots__ = ("id", "name", "lap_m", "loops", "clock", "hb", "seqs", "transponders",
                  "pending", "races", "next_due", "seq_pruned")
@@ -57,7 +79,7 @@ class Venue:
         self.hb: dict[str, int] = {}
         self.seqs: dict[str, dict[int, int]] = {}
         self.transponders: dict[str, SkaterRun] = {}
-        self.pending: dict[tuple, list] = {}  # (SkaterRun id, loop) -> [min_t, run, loop, at_m]
+        self.pending: dict[tuple, Pending] = {}  # (SkaterRun id, loop) -> the open crossing
         self.races: list[Race] = []            # started races (current attempts)
         self.next_due = INF
         self.seq_pruned = -1
@@ -137,7 +159,8 @@ class SkaterRun:
 class CompRun:
     __slots__ = ("id", "name", "nation", "start_m", "skaters", "offsets", "irm", "finish_tr",
                  "finish_ms", "source", "finish_rev", "finish_t_us", "points", "records",
-                 "record_evals", "team_split", "caught", "order", "team_incidents", "final_points")
+                 "record_evals", "team_split", "caught", "order", "team_incidents", "final_points",
+                 "prov_finish", "prov_rec", "rec_base")
 
     def __init__(self, c: dict, race: "Race", lap: int, loop_positions, order: int) -> None:
         self.id = c["competitor_id"]
@@ -160,13 +183,17 @@ class CompRun:
         self.caught = False
         self.team_incidents = 0
         self.final_points = 0
+        self.prov_finish: tuple | None = None    # last provisional finish published (ms, rank, points, source)
+        self.prov_rec: dict[tuple, dict] = {}    # book key -> provisional record state
+        self.rec_base: dict[tuple, int] = {}     # book key -> first revision a final judgement takes
 
 
 class Race:
     """One attempt of a race."""
 
     __slots__ = ("d", "attempt", "gun", "status", "comps", "by_comp", "by_skater", "split_idx",
-                 "result_rev", "photos", "sprint_awards", "venue", "falls_confirmed")
+                 "result_rev", "photos", "sprint_awards", "venue", "falls_confirmed", "pub",
+                 "open", "prov_result")
 
     def __init__(self, d: RaceDef, attempt: int, gun: int, venue: Venue, result_rev: int) -> None:
         self.d = d
@@ -183,6 +210,9 @@ class Race:
         self.photos: dict[str, int] = {}
         self.sprint_awards: dict[int, int] = {}
         self.falls_confirmed: set = set()
+        self.pub: dict[tuple, Pub] = {}          # (competitor, skater, distance) -> last split published
+        self.open: dict[tuple, None] = {}        # keys of ``pub`` not final (an ordered set)
+        self.prov_result: tuple | None = None    # the provisional ranking last published
 
     @property
     def ended(self) -> bool:
@@ -233,6 +263,7 @@ class Engine:
         self.event_rev: dict[str, int] = {}
         self.stats: dict[tuple[str, str], int] = {}
         self.outcome = "applied"
+        self.dirty: set[Race] = set()     # races whose provisional events need a refresh
         self.max_jump_us = self.cfg.max_jump_us
         self._handlers = {
             "passing": self._passing,
@@ -253,6 +284,8 @@ class Engine:
         self.outcome = "applied"
         kind = msg["kind"]
         self._handlers[kind](msg, out)
+        if self.dirty:
+            self._refresh(out)
         key = (kind, self.outcome)
         stats = self.stats
         stats[key] = stats.get(key, 0) + 1
@@ -268,7 +301,15 @@ class Engine:
         for v in self.venues.values():
             if v.clock >= 0:
                 self._timeline(v, v.clock + 1, out)
+        if self.dirty:
+            self._refresh(out)
         return out
+
+    def _refresh(self, out: list) -> None:
+        dirty = sorted(self.dirty, key=lambda r: (r.d.id, r.attempt))
+        self.dirty.clear()
+        for race in dirty:
+            provisional.refresh(self, race, out)
 
     def venue_clock(self, venue: str) -> int:
         v = self.venues.get(venue)
@@ -333,7 +374,7 @@ class Engine:
         if old is not None:
             if old in venue.races:
                 venue.races.remove(old)
-            for key in [k for k, p in venue.pending.items() if p[1].race is old]:
+            for key in [k for k, p in venue.pending.items() if p.run.race is old]:
                 del venue.pending[key]
         for cid, code in self.pre_irm.get(rid, {}).items():
             if cid in race.by_comp:
@@ -345,7 +386,15 @@ class Engine:
                 for tp in s.transponders:
                     venue.transponders[tp] = s
         if old is not None:   # a restart: tell subscribers attempt 1 is gone
+            self.dirty.discard(old)
+            provisional.withdraw_attempt(old, out)
             for c in old.comps:
+                for s in c.skaters:
+                    s.deadline = INF
+                    if s.suspected:
+                        s.suspected = False
+                        out.append(self._incident(old, c, s, "fall", "cleared", s.last_d, msg["t_us"],
+                                                  note="attempt discarded by a restart"))
                 self._withdraw_records(old, c, msg["t_us"], out)
             self._emit_result(race, msg["t_us"], out)
             self._emit_group(race, msg["t_us"], out)
@@ -422,13 +471,15 @@ class Engine:
         key = (id(run), loop)
         p = v.pending.get(key)
         if p is None:
-            v.pending[key] = [t, run, loop, at_m]
+            v.pending[key] = Pending(t, run, loop, at_m)
             if t < v.next_due:
                 v.next_due = t
-        elif t < p[0]:
-            p[0] = t
+            self.dirty.add(race)
+        elif t < p.t:
+            p.t = t
             if t < v.next_due:
                 v.next_due = t
+            self.dirty.add(race)
 
     def _check_jump(self, v: Venue, t: int, kind: str) -> None:
         """A decoder clock leaping far ahead during a race would close every open
@@ -458,6 +509,7 @@ class Engine:
         if fin <= race.gun:
             raise Rejected("bad_value", f"photo: finish_us of {sid!r} is not after the gun of {race.d.id}")
         race.photos[sid] = fin
+        self.dirty.add(race)
         comp = run.comp
         if not run.finished and (run.hist or run.lost) and comp.irm is None and not race.ended:
             # the camera saw a finish the loops missed
@@ -489,6 +541,7 @@ class Engine:
             return
         code = msg["code"]
         t = msg["t_us"]
+        self.dirty.add(race)
         cid = msg.get("competitor_id")
         comp = None
         if cid is not None:
@@ -574,8 +627,9 @@ class Engine:
         v = race.venue
         if race in v.races:
             v.races.remove(race)
-        for key in [k for k, p in v.pending.items() if p[1].race is race]:
+        for key in [k for k, p in v.pending.items() if p.run.race is race]:
             del v.pending[key]
+        self.dirty.add(race)
 
     def _record_ref(self, msg: dict, out: list) -> None:
         key = (msg["record"], msg["format"], msg["gender"], msg["distance_m"], msg["scope"])
@@ -657,8 +711,8 @@ class Engine:
             best_t = INF
             best_key = None
             for key, p in pending.items():
-                if p[0] < best_t or (p[0] == best_t and _order(p[1]) < _order(pending[best_key][1])):
-                    best_t = p[0]
+                if p.t < best_t or (p.t == best_t and _order(p.run) < _order(pending[best_key].run)):
+                    best_t = p.t
                     best_key = key
             dl_t = INF
             dl_run = None
@@ -670,7 +724,8 @@ class Engine:
                             dl_run = s
             if best_t <= dl_t and best_t < horizon:
                 p = pending.pop(best_key)
-                self._crossing(p[1], p[2], p[3], p[0], out)
+                self.dirty.add(p.run.race)
+                self._crossing(p.run, p.loop, p.at_m, p.t, out)
             elif dl_t < best_t and dl_t < horizon:
                 self._overdue(dl_run, int(dl_t), out)
             else:
@@ -682,24 +737,13 @@ class Engine:
         if run.finished or run.lost or race.ended or run.comp.irm is not None:
             return
         d_race = race.d
-        lap = race.venue.lap_m
         comp = run.comp
-        offset = (at_m - comp.start_m) % lap
         last_d = run.last_d
-        last_t = run.last_t
-        dt = t - last_t
-        if dt <= 0:
-            return
+        dt = t - run.last_t
         v = self._pace(run)
-        if run.hist:
-            d_est = last_d + dt * v
-        else:   # no crossing yet: a standing start (~2 s lost), then cruising
-            d_est = max(0.0, dt - 2_000_000) * self.cfg.v_cruise_mps / 1e6
-        c_min = offset if offset > last_d else offset + ((last_d - offset) // lap + 1) * lap
-        j = round((d_est - c_min) / lap)
-        d = c_min + (j if j > 0 else 0) * lap
-        if (d - last_d) * 1e6 / dt > self.cfg.v_max_mps:
-            return  # e.g. a read on the start line just after the gun
+        d = self._place(run, at_m, t, last_d, run.last_t, bool(run.hist), v)
+        if d is None:
+            return
         run.last_cross[loop] = t
         if d > d_race.distance:
             # seen beyond the finish without a finish crossing: the finish read was missed
@@ -749,6 +793,26 @@ class Engine:
                 self._settle_finish(race, comp, t, out)
         else:
             self._set_deadline(run)
+
+    def _place(self, run: SkaterRun, at_m: int, t: int, last_d: int, last_t: int, moving: bool,
+               v: float) -> int | None:
+        """The race distance of a crossing of the loop at ``at_m`` at ``t`` by a
+        skater last placed at ``last_d`` at ``last_t``; None if impossible."""
+        dt = t - last_t
+        if dt <= 0:
+            return None
+        lap = run.race.venue.lap_m
+        offset = (at_m - run.comp.start_m) % lap
+        if moving:
+            d_est = last_d + dt * v
+        else:   # no crossing yet: a standing start (~2 s lost), then cruising
+            d_est = max(0.0, dt - 2_000_000) * self.cfg.v_cruise_mps / 1e6
+        c_min = offset if offset > last_d else offset + ((last_d - offset) // lap + 1) * lap
+        j = round((d_est - c_min) / lap)
+        d = c_min + (j if j > 0 else 0) * lap
+        if (d - last_d) * 1e6 / dt > self.cfg.v_max_mps:
+            return None  # e.g. a read on the start line just after the gun
+        return d
 
     def _pace(self, run: SkaterRun) -> float:
         """Recent pace in metres per microsecond (over up to the last lap)."""
@@ -877,6 +941,7 @@ class Engine:
         comp.finish_rev += 1
         if first:
             comp.finish_t_us = t
+            comp.prov_finish = None
             self.finish_log.append((t, race, comp))
         elif race.d.final is not None:
             self._reaward_final(race)
@@ -885,7 +950,7 @@ class Engine:
               "event_id": event_id("finish", race.d.id, race.attempt, comp.id, comp.finish_rev),
               "race_id": race.d.id, "t_us": t, "attempt": race.attempt,
               "competitor_id": comp.id, "time_ms": ms, "time": fmt_time(ms), "rank": rank,
-              "source": source, "revision": comp.finish_rev}
+              "source": source, "revision": comp.finish_rev, "final": True}
         if race.d.format == "mass_start":
             ev["points"] = comp.points
         out.append(ev)
@@ -936,14 +1001,18 @@ class Engine:
         th = comp.finish_ms // 10
         me = (race.d.id, comp.id)
         ev_state = comp.record_evals.get(key)
+        pr = None
         if ev_state is not None:
             # a revision: judged against the reference this finish was judged against
             prev = ev_state["prev"]
             prev_h = ev_state["prev_h"]
         else:
+            pr = comp.prov_rec.pop(key, None)
+            if pr is not None:   # the final judgement follows the provisional ones
+                comp.rec_base[key] = pr["rev"] + 1
             prev = self._reference(key, exclude=me, before=comp.finish_t_us)
             if prev is None:
-                return False
+                return self._drop_provisional_record(race, comp, key, pr, t, out)
             prev_h = prev.time_h
         if th < prev_h:
             equalled = False
@@ -952,15 +1021,27 @@ class Engine:
         else:
             equalled = None
         if ev_state is None and equalled is None:
-            return False
+            return self._drop_provisional_record(race, comp, key, pr, t, out)
         if ev_state is not None and ev_state["equalled"] == equalled and ev_state["th"] == th:
             return False
-        rev = 0 if ev_state is None else ev_state["rev"] + 1
+        rev = comp.rec_base.get(key, 0) if ev_state is None else ev_state["rev"] + 1
         new_state = {"prev": prev, "prev_h": prev_h, "equalled": equalled, "th": th, "rev": rev}
         comp.record_evals[key] = new_state
         self._claim(key, me, race, comp, th, equalled, t)
         out.append(self._record_event(race, comp, key, new_state, t))
         return True
+
+    def _drop_provisional_record(self, race: Race, comp: CompRun, key: tuple, pr: dict | None,
+                                 t: int, out: list) -> bool:
+        """The final judgement found no record where a provisional one was published."""
+        if pr is None:
+            return False
+        st = dict(pr, equalled=None, rev=pr["rev"] + 1)
+        comp.rec_base[key] = st["rev"] + 1
+        ev = self._record_event(race, comp, key, st, t)
+        ev["time_ms"] = comp.finish_ms
+        out.append(ev)
+        return False
 
     def _rejudge(self, lost: list, caller: Race, t: int, out: list) -> None:
         """A record was taken back (DQ, VOID, restart, photo): the finishes after
@@ -992,7 +1073,8 @@ class Engine:
         else:
             claims.pop(me, None)
 
-    def _record_event(self, race: Race, comp: CompRun, key: tuple, st: dict, t: int) -> dict:
+    def _record_event(self, race: Race, comp: CompRun, key: tuple, st: dict, t: int,
+                      final: bool = True) -> dict:
         rec, fmt, gender, dist, scope = key
         prev = st["prev"]
         ev = {"kind": "record", "v": 1,
@@ -1003,7 +1085,7 @@ class Engine:
               "previous_holder": prev.holder if prev else None,
               "time_ms": comp.finish_ms, "scope": scope, "format": fmt, "gender": gender,
               "distance_m": dist, "holder": comp.id, "set_on": utc_date(t), "venue": race.d.venue,
-              "revision": st["rev"], "withdrawn": st["equalled"] is None}
+              "revision": st["rev"], "withdrawn": st["equalled"] is None, "final": final}
         return ev
 
     def _withdraw_records(self, race: Race, comp: CompRun, t: int, out: list) -> None:
@@ -1022,29 +1104,38 @@ class Engine:
         if lost:
             self._rejudge(lost, race, t, out)
 
-    def _ranking(self, race: Race) -> list[dict]:
-        mass = race.d.format == "mass_start"
-        done = [c for c in race.comps if c.finish_ms is not None and c.irm is None]
+    def _ranking(self, race: Race, prov: dict | None = None) -> list[dict]:
+        """The race's ranking; ``prov`` adds provisional finishes: comp -> (ms, points, records)."""
         if race.status == "void":
             return []
+        mass = race.d.format == "mass_start"
+        done = []
+        for c in race.comps:
+            if c.irm is not None:
+                continue
+            if c.finish_ms is not None:
+                done.append((c, c.finish_ms, c.points, c.records))
+            elif prov is not None and c in prov:
+                ms, pts, recs = prov[c]
+                done.append((c, ms, pts, recs))
         if mass:
-            done.sort(key=lambda c: (-c.points, c.finish_ms, c.order))
+            done.sort(key=lambda x: (-x[2], x[1], x[0].order))
         else:
-            done.sort(key=lambda c: (c.finish_ms, c.order))
+            done.sort(key=lambda x: (x[1], x[0].order))
         out = []
-        best = done[0].finish_ms if done else None
+        best = done[0][1] if done else None
         prev_key = None
         rank = 0
-        for i, c in enumerate(done):
-            k = (c.points, c.finish_ms) if mass else c.finish_ms
+        for i, (c, ms, pts, recs) in enumerate(done):
+            k = (pts, ms) if mass else ms
             if k != prev_key:
                 rank = i + 1
                 prev_key = k
-            e = {"rank": rank, "competitor_id": c.id, "time_ms": c.finish_ms,
-                 "time": fmt_time(c.finish_ms), "behind_ms": c.finish_ms - best,
-                 "irm": None, "records": list(c.records), "name": c.name, "nation": c.nation}
+            e = {"rank": rank, "competitor_id": c.id, "time_ms": ms,
+                 "time": fmt_time(ms), "behind_ms": ms - best,
+                 "irm": None, "records": list(recs), "name": c.name, "nation": c.nation}
             if mass:
-                e["points"] = c.points
+                e["points"] = pts
             out.append(e)
         for c in race.comps:
             if c.irm is not None:
@@ -1068,7 +1159,8 @@ class Engine:
                     "race_id": race.d.id, "t_us": t, "attempt": race.attempt,
                     "status": race.status, "revision": race.result_rev,
                     "ranking": self._ranking(race), "group": race.d.group,
-                    "format": race.d.format})
+                    "format": race.d.format, "final": True})
+        race.prov_result = None
 
     def _emit_group(self, race: Race, t: int, out: list) -> None:
         d = race.d
@@ -1159,12 +1251,15 @@ class Engine:
         insort(idx, ms)
         rank = bisect_left(idx, ms) + 1
         sid = run.id if run is not None else None
-        return {"kind": "split", "v": 1,
-                "event_id": event_id("split", race.d.id, race.attempt, comp.id, sid, d),
-                "race_id": race.d.id, "t_us": t, "attempt": race.attempt,
-                "competitor_id": comp.id, "skater_id": sid, "distance_m": d, "time_ms": ms,
-                "time": fmt_time(ms), "lap_ms": lap_ms, "rank": rank, "behind_ms": ms - idx[0],
-                "loop": loop}
+        key = (comp.id, sid, d)
+        pub = race.pub.get(key)
+        rev = 0 if pub is None else pub.rev + 1
+        behind = ms - idx[0]
+        ev = split_event(race, comp.id, sid, d, t, ms, lap_ms, rank, behind, loop, rev, True)
+        race.pub[key] = Pub(rev, (t, ms, lap_ms, rank, behind), True, ev)
+        if pub is not None:
+            race.open.pop(key, None)
+        return ev
 
     def _incident(self, race: Race, comp: CompRun, run: SkaterRun | None, typ: str, status: str,
                   at_m, t: int, note: str | None = None) -> dict:
@@ -1178,6 +1273,16 @@ class Engine:
         if note:
             ev["note"] = note
         return ev
+
+
+def split_event(race: Race, cid: str, sid: str | None, d: int, t: int, ms: int, lap_ms: int | None,
+                rank: int, behind: int, loop: str, rev: int, final: bool) -> dict:
+    return {"kind": "split", "v": 1,
+            "event_id": event_id("split", race.d.id, race.attempt, cid, sid, d, rev),
+            "race_id": race.d.id, "t_us": t, "attempt": race.attempt,
+            "competitor_id": cid, "skater_id": sid, "distance_m": d, "time_ms": ms,
+            "time": fmt_time(ms), "lap_ms": lap_ms, "rank": rank, "behind_ms": behind,
+            "loop": loop, "revision": rev, "final": final}
 
 
 def _record_codes(comp: CompRun) -> list[str]:
