@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from schemas.decode import IRM_CODES, Rejected, parse_record_time
 
 from . import provisional
+from .provisional import Pub, split_event
 from .timefmt import elapsed_ms, event_id, fmt_hundredths, fmt_time, utc_date
 
 INF = float("inf")
@@ -50,23 +51,15 @@ class CoreConfig:
 
 @dataclass(slots=True)
 class Pending:
-    """A crossing still inside the reordering window: its earliest read so far."""
+    """A crossing still inside the reordering window: its earliest read so far,
+    and its provisional placement (``d`` for ``sig`` = (t, skater's last_t))."""
 
     t: int
     run: "SkaterRun"
     loop: str
     at_m: int
-
-
-@dataclass(slots=True)
-class Pub:
-    """What was last published under one natural key (a split): its revision,
-    its value (None: withdrawn), whether that was final, and the event."""
-
-    rev: int
-    val: tuple | None
-    final: bool
-    ev: dict = field(default_factory=dict)
+    sig: tuple | None = None
+    d: int | None = None
 
 
 class Venue:
@@ -133,7 +126,7 @@ class RaceDef:
 class SkaterRun:
     __slots__ = ("id", "name", "transponders", "comp", "race", "last_d", "last_t", "hist", "split_t",
                  "finished", "finish_t", "last_cross", "deadline", "incident_n", "suspected",
-                 "overdue", "lost", "confirmed_t")
+                 "overdue", "lost", "confirmed_t", "pace")
 
     def __init__(self, s: dict, comp: "CompRun", race: "Race") -> None:
         self.id = s["skater_id"]
@@ -153,6 +146,7 @@ class SkaterRun:
         self.suspected = False   # an open suspected fall (until cleared or confirmed)
         self.overdue = False     # not seen since its fall deadline passed
         self.confirmed_t = None  # when the referee last confirmed a fall
+        self.pace: float | None = None   # cached recent pace (None: to compute)
         self.lost = False
 
 
@@ -211,7 +205,8 @@ class Race:
         self.sprint_awards: dict[int, int] = {}
         self.falls_confirmed: set = set()
         self.pub: dict[tuple, Pub] = {}          # (competitor, skater, distance) -> last split published
-        self.open: dict[tuple, None] = {}        # keys of ``pub`` not final (an ordered set)
+        # keys of ``pub`` not final -> what supports them (None: withdrawn for now)
+        self.open: dict[tuple, tuple | None] = {}
         self.prov_result: tuple | None = None    # the provisional ranking last published
 
     @property
@@ -263,7 +258,8 @@ class Engine:
         self.event_rev: dict[str, int] = {}
         self.stats: dict[tuple[str, str], int] = {}
         self.outcome = "applied"
-        self.dirty: set[Race] = set()     # races whose provisional events need a refresh
+        # races whose provisional events need a refresh: the skaters touched (None: all)
+        self.dirty: dict[Race, set[SkaterRun] | None] = {}
         self.max_jump_us = self.cfg.max_jump_us
         self._handlers = {
             "passing": self._passing,
@@ -306,10 +302,22 @@ class Engine:
         return out
 
     def _refresh(self, out: list) -> None:
-        dirty = sorted(self.dirty, key=lambda r: (r.d.id, r.attempt))
-        self.dirty.clear()
-        for race in dirty:
-            provisional.refresh(self, race, out)
+        dirty = self.dirty
+        self.dirty = {}
+        for race in sorted(dirty, key=lambda r: (r.d.id, r.attempt)):
+            provisional.refresh(self, race, dirty[race], out)
+
+    def _touch(self, race: Race, run: SkaterRun | None = None) -> None:
+        """Mark a race for a provisional refresh (of one skater, or all)."""
+        dirty = self.dirty
+        if run is None:
+            dirty[race] = None
+        elif race not in dirty:
+            dirty[race] = {run}
+        else:
+            runs = dirty[race]
+            if runs is not None:
+                runs.add(run)
 
     def venue_clock(self, venue: str) -> int:
         v = self.venues.get(venue)
@@ -386,7 +394,7 @@ class Engine:
                 for tp in s.transponders:
                     venue.transponders[tp] = s
         if old is not None:   # a restart: tell subscribers attempt 1 is gone
-            self.dirty.discard(old)
+            self.dirty.pop(old, None)
             provisional.withdraw_attempt(old, out)
             for c in old.comps:
                 for s in c.skaters:
@@ -474,12 +482,12 @@ class Engine:
             v.pending[key] = Pending(t, run, loop, at_m)
             if t < v.next_due:
                 v.next_due = t
-            self.dirty.add(race)
+            self._touch(race, run)
         elif t < p.t:
             p.t = t
             if t < v.next_due:
                 v.next_due = t
-            self.dirty.add(race)
+            self._touch(race, run)
 
     def _check_jump(self, v: Venue, t: int, kind: str) -> None:
         """A decoder clock leaping far ahead during a race would close every open
@@ -509,7 +517,7 @@ class Engine:
         if fin <= race.gun:
             raise Rejected("bad_value", f"photo: finish_us of {sid!r} is not after the gun of {race.d.id}")
         race.photos[sid] = fin
-        self.dirty.add(race)
+        self._touch(race)
         comp = run.comp
         if not run.finished and (run.hist or run.lost) and comp.irm is None and not race.ended:
             # the camera saw a finish the loops missed
@@ -541,7 +549,7 @@ class Engine:
             return
         code = msg["code"]
         t = msg["t_us"]
-        self.dirty.add(race)
+        self._touch(race)
         cid = msg.get("competitor_id")
         comp = None
         if cid is not None:
@@ -629,7 +637,7 @@ class Engine:
             v.races.remove(race)
         for key in [k for k, p in v.pending.items() if p.run.race is race]:
             del v.pending[key]
-        self.dirty.add(race)
+        self._touch(race)
 
     def _record_ref(self, msg: dict, out: list) -> None:
         key = (msg["record"], msg["format"], msg["gender"], msg["distance_m"], msg["scope"])
@@ -724,7 +732,7 @@ class Engine:
                             dl_run = s
             if best_t <= dl_t and best_t < horizon:
                 p = pending.pop(best_key)
-                self.dirty.add(p.run.race)
+                self._touch(p.run.race, p.run)
                 self._crossing(p.run, p.loop, p.at_m, p.t, out)
             elif dl_t < best_t and dl_t < horizon:
                 self._overdue(dl_run, int(dl_t), out)
@@ -755,6 +763,7 @@ class Engine:
             return
         prev_v = v
         run.hist.append((d, t))
+        run.pace = None
         run.last_d = d
         run.last_t = t
         run.split_t[d] = t
@@ -816,19 +825,27 @@ class Engine:
 
     def _pace(self, run: SkaterRun) -> float:
         """Recent pace in metres per microsecond (over up to the last lap)."""
+        v = run.pace
+        if v is not None:
+            return v
         hist = run.hist
         if not hist:
-            return self.cfg.v_start_mps / 1e6
-        last_d, last_t = hist[-1]
-        ref_d, ref_t = 0, run.race.gun
-        lap = run.race.venue.lap_m
-        for d, tt in reversed(hist[:-1]):
-            if last_d - d > lap:
-                break
-            ref_d, ref_t = d, tt
-        if last_t <= ref_t:
-            return self.cfg.v_start_mps / 1e6
-        return (last_d - ref_d) / (last_t - ref_t)
+            v = self.cfg.v_start_mps / 1e6
+        else:
+            last_d, last_t = hist[-1]
+            ref_d, ref_t = 0, run.race.gun
+            lap = run.race.venue.lap_m
+            for i in range(len(hist) - 2, -1, -1):
+                d, tt = hist[i]
+                if last_d - d > lap:
+                    break
+                ref_d, ref_t = d, tt
+            if last_t <= ref_t:
+                v = self.cfg.v_start_mps / 1e6
+            else:
+                v = (last_d - ref_d) / (last_t - ref_t)
+        run.pace = v
+        return v
 
     def _set_deadline(self, run: SkaterRun) -> None:
         """When a skater not seen at its next two loops is overdue."""
@@ -1273,16 +1290,6 @@ class Engine:
         if note:
             ev["note"] = note
         return ev
-
-
-def split_event(race: Race, cid: str, sid: str | None, d: int, t: int, ms: int, lap_ms: int | None,
-                rank: int, behind: int, loop: str, rev: int, final: bool) -> dict:
-    return {"kind": "split", "v": 1,
-            "event_id": event_id("split", race.d.id, race.attempt, cid, sid, d, rev),
-            "race_id": race.d.id, "t_us": t, "attempt": race.attempt,
-            "competitor_id": cid, "skater_id": sid, "distance_m": d, "time_ms": ms,
-            "time": fmt_time(ms), "lap_ms": lap_ms, "rank": rank, "behind_ms": behind,
-            "loop": loop, "revision": rev, "final": final}
 
 
 def _record_codes(comp: CompRun) -> list[str]:

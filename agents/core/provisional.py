@@ -19,25 +19,79 @@ offline, replayed and live runs publish the same provisional events.
 from __future__ import annotations
 
 from bisect import bisect_left
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .timefmt import elapsed_ms, event_id, fmt_hundredths
+from .timefmt import elapsed_ms, event_id, fmt_hundredths, fmt_time
 
 if TYPE_CHECKING:   # pragma: no cover
     from .engine import CompRun, Engine, Race, Ref, SkaterRun
+
+@dataclass(slots=True)
+class Pub:
+    """What was last published under one split's natural key: its revision,
+    its value (None: withdrawn), whether that was final, and the event."""
+
+    rev: int
+    val: tuple | None
+    final: bool
+    ev: dict = field(default_factory=dict)
+
+
+def split_event(race: Race, cid: str, sid: str | None, d: int, t: int, ms: int, lap_ms: int | None,
+                rank: int, behind: int, loop: str, rev: int, final: bool) -> dict:
+    return {"kind": "split", "v": 1,
+            "event_id": event_id("split", race.d.id, race.attempt, cid, sid, d, rev),
+            "race_id": race.d.id, "t_us": t, "attempt": race.attempt,
+            "competitor_id": cid, "skater_id": sid, "distance_m": d, "time_ms": ms,
+            "time": fmt_time(ms), "lap_ms": lap_ms, "rank": rank, "behind_ms": behind,
+            "loop": loop, "revision": rev, "final": final}
+
 
 # one open crossing placed on the race distance: (t_us, run, distance, loop)
 Placed = tuple[int, "SkaterRun", int, str]
 
 
-def refresh(eng: Engine, race: Race, out: list[dict]) -> None:
-    """Publish what changed in the race's provisional events since last time."""
+def refresh(eng: Engine, race: Race, touched: set[SkaterRun] | None, out: list[dict]) -> None:
+    """Publish what changed in the race's provisional events since last time.
+
+    ``touched``: the skaters whose open crossings changed (None: all of them)."""
     live = not race.ended and eng.races.get(race.d.id) is race
-    placed = _place_open(eng, race) if live else []
-    want = _wanted_splits(race, placed)
-    _publish_splits(race, want, out)
-    _withdraw_splits(race, want, live, out)
-    _finishes(eng, race, want, live, out)
+    if touched is None or not live:
+        touched = set(race.by_skater.values())
+    team = race.d.format == "team_pursuit"
+    opened = race.open
+    want: Want = {}
+    old = []   # what the touched skaters (teams) published and still hold open
+    if opened:
+        sids = {run.id for run in touched}
+        cids = {run.comp.id for run in touched}
+        for k, w in opened.items():
+            if k[1] in sids or (k[1] is None and k[0] in cids):
+                old.append(k)
+            elif w is not None:
+                want[k] = w
+    if live:
+        level = "skater" if team else "comp"
+        for t, run, d, loop in _place_open(eng, race, touched):
+            want[(run.comp.id, run.id, d)] = (t, run.comp, run, d, loop, level)
+        if team:
+            _team_splits(race, {run.comp.id for run in touched}, want)
+    changed = [k for k, w in want.items() if opened.get(k) != w]
+    gone = [k for k in old if k not in want]
+    if changed or gone:
+        _publish_splits(race, want, changed, gone, out)
+        if gone:
+            _withdraw_splits(race, gone, live, out)
+    distance = race.d.distance
+    if (race.prov_result is not None or any(k[2] == distance for k in changed)
+            or any(k[2] == distance for k in gone)
+            or any(c.prov_finish is not None for c in race.comps)):
+        _finishes(eng, race, want, live, out)
+
+
+def _level(race: Race, key: tuple) -> str:
+    return "skater" if race.d.format == "team_pursuit" and key[1] is not None else "comp"
 
 
 def withdraw_attempt(race: Race, out: list[dict]) -> None:
@@ -58,15 +112,15 @@ def withdraw_attempt(race: Race, out: list[dict]) -> None:
 # -- placing the open crossings -----------------------------------------------
 
 
-def _place_open(eng: Engine, race: Race) -> list[Placed]:
-    """The race distance of every open crossing of the race, in time order (a
-    skater with two open crossings: the second placed after the first)."""
-    v = race.venue
+def _place_open(eng: Engine, race: Race, touched: set[SkaterRun]) -> list[Placed]:
+    """The race distance of every open crossing of the touched skaters, in time
+    order (a skater with two open crossings: the second placed after the first)."""
     distance = race.d.distance
-    pend = [p for p in v.pending.values() if p.run.race is race]
+    pend = [p for p in race.venue.pending.values() if p.run in touched]
     if not pend:
         return []
-    pend.sort(key=lambda p: (p.t, p.run.comp.order, p.run.id))
+    if len(pend) > 1:
+        pend.sort(key=lambda p: (p.t, p.run.comp.order, p.run.id))
     chain: dict[int, tuple[int, int, bool, float]] = {}
     placed: list[Placed] = []
     for p in pend:
@@ -75,10 +129,18 @@ def _place_open(eng: Engine, race: Race) -> list[Placed]:
             continue
         st = chain.get(id(run))
         if st is None:
+            sig = (p.t, run.last_t)
+            if p.sig == sig:
+                d = p.d
+            else:
+                d = eng._place(run, p.at_m, p.t, run.last_d, run.last_t, bool(run.hist), eng._pace(run))
+                p.sig = sig
+                p.d = d
             st = (run.last_d, run.last_t, bool(run.hist), eng._pace(run))
         elif st[0] >= distance:
             continue   # provisionally finished already
-        d = eng._place(run, p.at_m, p.t, st[0], st[1], st[2], st[3])
+        else:
+            d = eng._place(run, p.at_m, p.t, st[0], st[1], st[2], st[3])
         if d is None or d > distance:
             continue   # no split: a misread, or the final step will call it an anomaly
         pace = st[3] if st[2] else d / max(1, p.t - race.gun)
@@ -93,60 +155,72 @@ def _place_open(eng: Engine, race: Race) -> list[Placed]:
 Want = dict[tuple, tuple[int, "CompRun", "SkaterRun | None", int, str, str]]
 
 
-def _wanted_splits(race: Race, placed: list[Placed]) -> Want:
-    team = race.d.format == "team_pursuit"
-    level = "skater" if team else "comp"
-    want: Want = {}
-    for t, run, d, loop in placed:
-        want[(run.comp.id, run.id, d)] = (t, run.comp, run, d, loop, level)
-    if team:
-        # a team's split is its third skater's: closed crossings and open ones
-        at: dict[tuple[str, int], list[tuple[int, str]]] = {}
-        comps = {}
-        for t, run, d, loop in placed:
-            at.setdefault((run.comp.id, d), []).append((t, loop))
-            comps[run.comp.id] = run.comp
-        for (cid, d), lst in at.items():
-            comp = comps[cid]
+def _team_splits(race: Race, cids: set[str], want: Want) -> None:
+    """A team's split is its third skater's: from closed crossings and open ones."""
+    for cid in cids:
+        comp = race.by_comp[cid]
+        at: dict[int, list[tuple[int, str]]] = {}
+        for k, w in want.items():
+            if k[0] == cid and k[1] is not None:
+                at.setdefault(w[3], []).append((w[0], w[4]))
+        for d, lst in at.items():
             closed = [s.split_t[d] for s in comp.skaters if d in s.split_t]
             if len(closed) >= 3:
                 continue
             times = sorted(closed + [x[0] for x in lst])
             if len(times) >= 3:
                 want[(cid, None, d)] = (times[2], comp, None, d, lst[0][1], "comp")
-    return want
 
 
-def _publish_splits(race: Race, want: Want, out: list[dict]) -> None:
-    from .engine import Pub, split_event
-
-    if not want:
-        return
+def _publish_splits(race: Race, want: Want, changed: list[tuple], gone: list[tuple],
+                    out: list[dict]) -> None:
+    """(Re)compute the open splits that ``changed`` and ``gone`` can affect: the
+    changed ones, and the others at the same distance whose rank or behind may
+    move (a changed split ahead of them, or one gone)."""
     gun = race.gun
     lap = race.venue.lap_m
+    full = {(_level(race, k), k[2]) for k in gone}
+    first: dict[tuple[str, int], int] = {}   # per group: the earliest changed time
+    for k in changed:
+        w = want[k]
+        g = (w[5], w[3])
+        if g not in first or w[0] < first[g]:
+            first[g] = w[0]
     ms_at: dict[tuple[str, int], list[int]] = {}
-    own: dict[tuple[str, str | None, int], int] = {}
-    for (cid, sid, d), (t, _c, _r, _d, _lp, level) in want.items():
-        ms_at.setdefault((level, d), []).append(elapsed_ms(t, gun))
-        own[(cid, sid, d)] = t
-    for key, (t, comp, run, d, loop, level) in sorted(
-            want.items(), key=lambda kv: (kv[1][0], kv[1][1].order, kv[0][1] or "")):
+    todo = []
+    ch = set(changed)
+    for key, w in want.items():
+        g = (w[5], w[3])
+        if g in full or g in first:
+            ms_at.setdefault(g, []).append(elapsed_ms(w[0], gun))
+            # an unchanged split earlier than every change at its distance keeps its values
+            if key in ch or g in full or w[0] > first[g]:
+                todo.append((w[0], w[1].order, key[1] or "", key, w))
+    if len(todo) > 1:
+        todo.sort(key=lambda x: x[:3])
+    for _t, _o, _s, key, (t, comp, run, d, loop, level) in todo:
         pub = race.pub.get(key)
         if pub is not None and pub.final and pub.val is not None:
             continue   # decided: only the final step revises it
         ms = elapsed_ms(t, gun)
         idx = race.split_idx.get((level, d), [])
         others = ms_at[(level, d)]
-        rank = bisect_left(idx, ms) + sum(1 for x in others if x < ms) + 1
-        best = min(others)
+        rank = bisect_left(idx, ms) + 1
+        best = ms
+        for x in others:
+            if x < ms:
+                rank += 1
+                best = x if x < best else best
         if idx and idx[0] < best:
             best = idx[0]
         sid = run.id if run is not None else None
         prev = run.split_t.get(d - lap) if run is not None else comp.team_split.get(d - lap)
         if prev is None:
-            prev = own.get((comp.id, sid, d - lap))
+            w_prev = want.get((comp.id, sid, d - lap))
+            prev = w_prev[0] if w_prev is not None else None
         lap_ms = ms - elapsed_ms(prev, gun) if prev is not None else None
         val = (t, ms, lap_ms, rank, ms - best)
+        race.open[key] = (t, comp, run, d, loop, level)
         if pub is not None and pub.val == val:
             continue
         rev = 0 if pub is None else pub.rev + 1
@@ -155,7 +229,6 @@ def _publish_splits(race: Race, want: Want, out: list[dict]) -> None:
             race.pub[key] = Pub(rev, val, False, ev)
         else:
             pub.rev, pub.val, pub.final, pub.ev = rev, val, False, ev
-        race.open[key] = None
         out.append(ev)
 
 
@@ -177,23 +250,24 @@ def _has_open(race: Race, cid: str, sid: str | None) -> bool:
     return False
 
 
-def _withdraw_splits(race: Race, want: Want, live: bool, out: list[dict]) -> None:
+def _withdraw_splits(race: Race, keys: list[tuple], live: bool, out: list[dict]) -> None:
     """Open keys no crossing supports any more: withdrawn, finally once no
     crossing of that skater (team) is open."""
-    if not race.open:
-        return
-    for key in list(race.open):
-        if key in want:
-            continue
+    for key in keys:
         pub = race.pub[key]
+        if pub.final:
+            race.open.pop(key, None)
+            continue
         still = live and _has_open(race, key[0], key[1])
         if pub.val is None and still:
             continue
         rev = pub.rev + 1
         ev = _withdrawn_split(race, key, pub.ev, rev, not still)
         pub.rev, pub.val, pub.final, pub.ev = rev, None, not still, ev
-        if not still:
-            del race.open[key]
+        if still:
+            race.open[key] = None
+        else:
+            race.open.pop(key, None)
         out.append(ev)
 
 
@@ -262,8 +336,6 @@ def _finishes(eng: Engine, race: Race, want: Want, live: bool, out: list[dict]) 
 
 def _finish_event(race: Race, comp: CompRun, t: int, ms: int, rank: int | None, source: str,
                   points: int | None) -> dict:
-    from .timefmt import fmt_time
-
     ev: dict[str, Any] = {
         "kind": "finish", "v": 1,
         "event_id": event_id("finish", race.d.id, race.attempt, comp.id, comp.finish_rev),
