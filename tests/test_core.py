@@ -21,7 +21,7 @@ EXAMPLE = example_feed()
 def is_final(e) -> bool:
     """The final view a subscriber converges to: provisional versions (final:
     false) and withdrawn provisional splits/finishes left out."""
-    return e.get("final", True) and not (e["kind"] in ("split", "finish") and e.get("withdrawn"))
+    return e.get("final", True) and not (e["kind"] in ("split", "finish", "incident") and e.get("withdrawn"))
 
 
 def kinds(events, kind):
@@ -207,11 +207,16 @@ def test_fall_is_suspected_before_the_next_loop_and_confirmed_by_the_referee():
     sus = inc[0]
     assert sus["at_m"] == 1000
     assert sus["t_us"] < ta[1100], "suspected before the skater reached the next loop"
-    # suspicion was emitted before the skater's next split
-    idx = events.index(sus)
+    # suspicion was emitted before the skater's next split (first versions: live, at the first read)
+    idx = [i for i, e in enumerate(events) if e["kind"] == "incident"][0]
+    assert events[idx]["status"] == "suspected" and events[idx]["final"] is False
     nxt = [i for i, e in enumerate(events) if e["kind"] == "split" and e["competitor_id"] == "NED-A"
            and e["distance_m"] == 1100][0]
     assert idx < nxt
+    # and the final suspicion before the final split
+    nxt_final = [i for i, e in enumerate(events) if e["kind"] == "split" and e["competitor_id"] == "NED-A"
+                 and e["distance_m"] == 1100 and e["final"]][0]
+    assert events.index(sus) < nxt_final
     assert inc[0]["event_id"] != inc[1]["event_id"]
     # the fallen skater still finishes
     assert any(e["competitor_id"] == "NED-A" for e in kinds(events, "finish"))

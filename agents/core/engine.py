@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from schemas.decode import IRM_CODES, Rejected, parse_record_time
 
-from . import provisional
+from . import falls, provisional
 from .provisional import Pub, split_event
 from .timefmt import elapsed_ms, event_id, fmt_hundredths, fmt_time, utc_date
 
@@ -126,7 +126,7 @@ class RaceDef:
 class SkaterRun:
     __slots__ = ("id", "name", "transponders", "comp", "race", "last_d", "last_t", "hist", "split_t",
                  "finished", "finish_t", "last_cross", "deadline", "incident_n", "suspected",
-                 "overdue", "lost", "confirmed_t", "pace")
+                 "overdue", "lost", "confirmed_t", "pace", "prov_sus")
 
     def __init__(self, s: dict, comp: "CompRun", race: "Race") -> None:
         self.id = s["skater_id"]
@@ -147,6 +147,7 @@ class SkaterRun:
         self.overdue = False     # not seen since its fall deadline passed
         self.confirmed_t = None  # when the referee last confirmed a fall
         self.pace: float | None = None   # cached recent pace (None: to compute)
+        self.prov_sus: tuple | None = None   # provisional suspicion: (n, revision, event, (at_m, t))
         self.lost = False
 
 
@@ -762,6 +763,7 @@ class Engine:
                                       note="finish crossing not read"))
             return
         prev_v = v
+        moving = bool(run.hist)
         run.hist.append((d, t))
         run.pace = None
         run.last_d = d
@@ -774,6 +776,11 @@ class Engine:
                 run.suspected = False
                 out.append(self._incident(race, comp, run, "fall", "cleared", d, t))
             # else it turned up late: the suspicion stays open until the referee decides
+        elif moving and not falls.explained(run) and falls.lost_time(dt, d - last_d, prev_v):
+            # back at its pace, but this segment lost the time a fall costs
+            run.suspected = True
+            run.incident_n += 1
+            out.append(self._incident(race, comp, run, "fall", "suspected", last_d, t))
         team = d_race.format == "team_pursuit"
         out.append(self._split(race, comp, run, d, t, loop, "skater" if team else "comp"))
         if team:
@@ -1282,11 +1289,12 @@ class Engine:
                   at_m, t: int, note: str | None = None) -> dict:
         sid = run.id if run is not None else None
         n = run.incident_n if run is not None else (comp.team_incidents if typ == "fall" else 1)
+        rev = falls.final_revision(run, n) if status == "suspected" and typ == "fall" else 0
         ev = {"kind": "incident", "v": 1,
-              "event_id": event_id("incident", race.d.id, race.attempt, comp.id, sid, typ, n, status),
+              "event_id": event_id("incident", race.d.id, race.attempt, comp.id, sid, typ, n, status, rev),
               "race_id": race.d.id, "t_us": int(t), "attempt": race.attempt,
               "competitor_id": comp.id, "skater_id": sid, "type": typ, "status": status,
-              "at_m": at_m}
+              "at_m": at_m, "revision": rev, "final": True}
         if note:
             ev["note"] = note
         return ev

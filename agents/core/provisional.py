@@ -22,6 +22,7 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import falls
 from .timefmt import elapsed_ms, event_id, fmt_hundredths, fmt_time
 
 if TYPE_CHECKING:   # pragma: no cover
@@ -71,10 +72,16 @@ def refresh(eng: Engine, race: Race, touched: set[SkaterRun] | None, out: list[d
                 old.append(k)
             elif w is not None:
                 want[k] = w
+    sus: dict[SkaterRun, tuple[int, int] | None] = {}
     if live:
         level = "skater" if team else "comp"
         for t, run, d, loop in _place_open(eng, race, touched):
             want[(run.comp.id, run.id, d)] = (t, run.comp, run, d, loop, level)
+            if run not in sus:   # its first open crossing: does it reveal a fall?
+                sus[run] = falls.provisional_suspicion(run, d, t, eng._pace(run))
+    for run in touched:
+        if run.prov_sus is not None or sus.get(run) is not None:
+            falls.publish_provisional(race, run, sus.get(run), out)
         if team:
             _team_splits(race, {run.comp.id for run in touched}, want)
     changed = [k for k, w in want.items() if opened.get(k) != w]

@@ -1,0 +1,101 @@
+"""Falls found from the timing: a deadline passed, or time lost on a segment.
+
+Two rules, both on event time:
+
+- **Overdue** (``Engine._set_deadline`` / ``_overdue``): a skater not seen at
+  its next *two* loops within ``fall_factor`` x its recent pace (+ slack) is
+  suspected (one missed read never raises it). A skater down for longer than
+  about two loop intervals is caught this way before it turns up.
+- **Lost time** (``lost_time``): a skater who falls and gets up within about
+  two loop intervals turns up late at the next loop it is read at. A loop's
+  identity fixes where on the lap a crossing is, so the segment's distance is
+  known even across missed reads or a decoder outage (a missed read makes the
+  segment longer in metres, not slower); only its *duration* can reveal a
+  fall. Physics of the rule: loop intervals are 3-10 s; a fall costs 2-15 s;
+  a skater's pace from one segment to the next varies by a few per cent
+  (corners against straights, a team pursuit's change of leader, the fade):
+  under 1 s on a 10 s segment. So a segment is suspect when it took at least
+  ``LOST_MIN_US`` (1.8 s) longer than the skater's own recent pace allows and
+  at least ``LOST_RATIO`` (x1.25) that expected time. ``at_m`` is the last
+  loop passed before the time was lost.
+
+A suspicion stays open until the referee's ``FALL`` (``confirmed``) or
+``OFFICIAL`` (``cleared``, "not confirmed by the referee"); a restart that
+discards the attempt clears it ("attempt discarded by a restart").
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .timefmt import event_id
+
+if TYPE_CHECKING:   # pragma: no cover
+    from .engine import Race, SkaterRun
+
+LOST_MIN_US = 1_800_000   # a fall costs at least ~2 s; pace noise on one segment stays under 1 s
+LOST_RATIO = 1.25         # and the segment took at least this share more than its expected time
+
+
+def lost_time(dt_us: int, metres: int, pace_m_per_us: float) -> bool:
+    """Did a segment of ``metres`` taking ``dt_us`` lose time against the pace?"""
+    if pace_m_per_us <= 0 or metres <= 0:
+        return False
+    expected = metres / pace_m_per_us
+    return dt_us - expected >= LOST_MIN_US and dt_us >= LOST_RATIO * expected
+
+
+def explained(run: SkaterRun) -> bool:
+    """No new suspicion: one is open, or the referee confirmed the fall of this gap."""
+    return run.suspected or (run.confirmed_t is not None and run.confirmed_t >= run.last_t)
+
+
+def provisional_suspicion(run: SkaterRun, d: int, t: int, pace: float) -> tuple[int, int] | None:
+    """What the final step will say when the skater's first open crossing (at
+    race distance ``d``, time ``t``) closes: (at_m, t_us) of a suspicion, or None."""
+    if explained(run) or not run.hist:
+        return None
+    if run.deadline < t:
+        return (run.last_d, int(run.deadline))   # the deadline passes first
+    if lost_time(t - run.last_t, d - run.last_d, pace):
+        return (run.last_d, t)
+    return None
+
+
+def publish_provisional(race: Race, run: SkaterRun, want: tuple[int, int] | None, out: list[dict]) -> None:
+    """Publish, revise or withdraw a skater's provisional suspicion."""
+    prov = run.prov_sus
+    if want is None:
+        if prov is None:
+            return
+        run.prov_sus = None
+        ev = dict(prov[2])
+        ev["revision"] = prov[1] + 1
+        ev["withdrawn"] = True
+        ev["final"] = True
+        ev["event_id"] = _id(race, run, prov[0], ev["revision"])
+        out.append(ev)
+        return
+    n = run.incident_n + 1
+    if prov is not None and prov[0] == n and prov[3] == want:
+        return
+    rev = 0 if prov is None else prov[1] + 1
+    at_m, t = want
+    ev = {"kind": "incident", "v": 1, "event_id": _id(race, run, n, rev),
+          "race_id": race.d.id, "t_us": t, "attempt": race.attempt, "competitor_id": run.comp.id,
+          "skater_id": run.id, "type": "fall", "status": "suspected", "at_m": at_m,
+          "revision": rev, "final": False}
+    run.prov_sus = (n, rev, ev, want)
+    out.append(ev)
+
+
+def final_revision(run: SkaterRun | None, n: int) -> int:
+    """The revision of a final suspicion: after the provisional one it confirms."""
+    if run is None or run.prov_sus is None or run.prov_sus[0] != n:
+        return 0
+    rev = run.prov_sus[1] + 1
+    run.prov_sus = None
+    return rev
+
+
+def _id(race: Race, run: SkaterRun, n: int, rev: int) -> str:
+    return event_id("incident", race.d.id, race.attempt, run.comp.id, run.id, "fall", n, "suspected", rev)
