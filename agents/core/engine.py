@@ -420,6 +420,8 @@ class Engine:
         if t > hb.get(src, -1):
             hb[src] = t
         if t > v.clock:
+            if t - v.clock > falls.OUTAGE_GAP_US and v.clock >= 0:
+                falls.venue_dark(v, v.clock, t, self.cfg.reorder_us)
             v.clock = t
             if t - self.cfg.reorder_us > v.next_due:
                 self._timeline(v, t - self.cfg.reorder_us, out)
@@ -708,6 +710,8 @@ class Engine:
     # -- the event-time timeline ------------------------------------------
 
     def _advance(self, v: Venue, t: int, out: list) -> None:
+        if t - v.clock > falls.OUTAGE_GAP_US and v.clock >= 0:
+            falls.venue_dark(v, v.clock, t, self.cfg.reorder_us)
         v.clock = t
         horizon = t - self.cfg.reorder_us
         if horizon > v.next_due:

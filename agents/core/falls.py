@@ -6,6 +6,10 @@ Two rules, both on event time:
   its next *two* loops within ``fall_factor`` x its recent pace (+ slack) is
   suspected (one missed read never raises it). A skater down for longer than
   about two loop intervals is caught this way before it turns up.
+- **Dark venue** (``venue_dark``): when no message at all (reads or
+  heartbeats) comes from a venue for ``OUTAGE_GAP_US``, its decoders were
+  down; open deadlines move on by the dark time, so an outage while the
+  skaters keep skating raises nothing.
 - **Lost time** (``lost_time``): a skater who falls and gets up within about
   two loop intervals turns up late at the next loop it is read at. A loop's
   identity fixes where on the lap a crossing is, so the segment's distance is
@@ -16,7 +20,7 @@ Two rules, both on event time:
   (corners against straights, a team pursuit's change of leader, the fade):
   under 1 s on a 10 s segment. So a segment is suspect when it took at least
   ``LOST_MIN_US`` (1.8 s) longer than the skater's own recent pace allows and
-  at least ``LOST_RATIO`` (x1.25) that expected time. ``at_m`` is the last
+  at least ``LOST_RATIO`` (x1.2) that expected time. ``at_m`` is the last
   loop passed before the time was lost.
 
 A suspicion stays open until the referee's ``FALL`` (``confirmed``) or
@@ -29,11 +33,26 @@ from typing import TYPE_CHECKING
 
 from .timefmt import event_id
 
-if TYPE_CHECKING:   # pragma: no cover
-    from .engine import Race, SkaterRun
+INF = float("inf")
 
+if TYPE_CHECKING:   # pragma: no cover
+    from .engine import Race, SkaterRun, Venue
+
+OUTAGE_GAP_US = 2_500_000  # a venue silent this long (decoders beat every second) is dark, not quiet
 LOST_MIN_US = 1_800_000   # a fall costs at least ~2 s; pace noise on one segment stays under 1 s
-LOST_RATIO = 1.25         # and the segment took at least this share more than its expected time
+LOST_RATIO = 1.2          # and the segment took at least this share more than its expected time
+
+
+def venue_dark(venue: Venue, since: int, until: int, reorder_us: int) -> None:
+    """No message at all from the venue between ``since`` and ``until``: its
+    decoders were down, so a skater not seen in that time proves nothing. The
+    deadlines still open are pushed back by the time the venue was dark."""
+    gap = until - since
+    for race in venue.races:
+        for comp in race.comps:
+            for run in comp.skaters:
+                if run.deadline != INF and run.deadline > since - reorder_us:
+                    run.deadline += gap
 
 
 def lost_time(dt_us: int, metres: int, pace_m_per_us: float) -> bool:
