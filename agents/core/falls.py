@@ -31,12 +31,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from schemas.decode import Rejected
+
+from . import events
+from .config import INF
+from .model import CompRun, Race, SkaterRun, Venue
 from .timefmt import event_id
 
-INF = float("inf")
-
 if TYPE_CHECKING:   # pragma: no cover
-    from .engine import Race, SkaterRun, Venue
+    from .engine import Engine
 
 OUTAGE_GAP_US = 2_500_000  # a venue silent this long (decoders beat every second) is dark, not quiet
 LOST_MIN_US = 1_800_000   # a fall costs at least ~2 s; pace noise on one segment stays under 1 s
@@ -118,3 +121,52 @@ def final_revision(run: SkaterRun | None, n: int) -> int:
 
 def _id(race: Race, run: SkaterRun, n: int, rev: int) -> str:
     return event_id("incident", race.d.id, race.attempt, run.comp.id, run.id, "fall", n, "suspected", rev)
+
+
+def overdue(eng: Engine, run: SkaterRun, t: float, out: list) -> None:
+    """The skater's deadline passed on the timeline: not seen at its next two loops."""
+    run.deadline = INF
+    run.overdue = True
+    if explained(run):
+        return   # a suspicion is open, or the referee confirmed the fall of this gap
+    run.suspected = True
+    run.incident_n += 1
+    out.append(events.incident(run.race, run.comp, run, "fall", "suspected", run.last_d, t))
+
+
+def confirm(race: Race, comp: CompRun | None, sid: str | None, msg: dict, out: list) -> None:
+    """The referee's FALL: confirms the open suspicion (or a fall not suspected)."""
+    run = None
+    if sid is not None:
+        run = race.by_skater.get(sid)
+        if run is None or (comp is not None and run.comp is not comp):
+            raise Rejected("unknown_reference", f"decision: skater {sid!r} is not in race {race.d.id}"
+                           + (f" for {comp.id!r}" if comp is not None else ""))
+        comp = run.comp
+    elif comp is not None and len(comp.skaters) == 1:
+        run = comp.skaters[0]
+    if comp is None:
+        raise Rejected("unknown_reference", f"decision: FALL in race {race.d.id} names no competitor or skater")
+    t = msg["t_us"]
+    at = None
+    if run is not None:
+        if not run.suspected:
+            run.incident_n += 1
+        run.suspected = False
+        run.overdue = False
+        run.deadline = INF
+        run.confirmed_t = t   # no suspicion for the gap this fall explains
+        at = run.last_d
+    else:
+        comp.team_incidents += 1
+    out.append(events.incident(race, comp, run, "fall", "confirmed", at, t, note=msg.get("note")))
+
+
+def clear_all(race: Race, t: int, note: str, out: list) -> None:
+    """Close every open suspicion of the race (OFFICIAL, a restart); no more deadlines."""
+    for c in race.comps:
+        for s in c.skaters:
+            s.deadline = INF
+            if s.suspected:
+                s.suspected = False
+                out.append(events.incident(race, c, s, "fall", "cleared", s.last_d, t, note=note))

@@ -19,35 +19,15 @@ offline, replayed and live runs publish the same provisional events.
 from __future__ import annotations
 
 from bisect import bisect_left
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from . import falls
-from .timefmt import elapsed_ms, event_id, fmt_hundredths, fmt_time
+from . import falls, live_finish, tracking
+from .events import split_event, withdrawn
+from .model import Pub, Race, SkaterRun
+from .timefmt import elapsed_ms, event_id
 
 if TYPE_CHECKING:   # pragma: no cover
-    from .engine import CompRun, Engine, Race, Ref, SkaterRun
-
-@dataclass(slots=True)
-class Pub:
-    """What was last published under one split's natural key: its revision,
-    its value (None: withdrawn), whether that was final, and the event."""
-
-    rev: int
-    val: tuple | None
-    final: bool
-    ev: dict = field(default_factory=dict)
-
-
-def split_event(race: Race, cid: str, sid: str | None, d: int, t: int, ms: int, lap_ms: int | None,
-                rank: int, behind: int, loop: str, rev: int, final: bool) -> dict:
-    return {"kind": "split", "v": 1,
-            "event_id": event_id("split", race.d.id, race.attempt, cid, sid, d, rev),
-            "race_id": race.d.id, "t_us": t, "attempt": race.attempt,
-            "competitor_id": cid, "skater_id": sid, "distance_m": d, "time_ms": ms,
-            "time": fmt_time(ms), "lap_ms": lap_ms, "rank": rank, "behind_ms": behind,
-            "loop": loop, "revision": rev, "final": final}
-
+    from .engine import Engine
 
 # one open crossing placed on the race distance: (t_us, run, distance, loop)
 Placed = tuple[int, "SkaterRun", int, str]
@@ -78,7 +58,7 @@ def refresh(eng: Engine, race: Race, touched: set[SkaterRun] | None, out: list[d
         for t, run, d, loop in _place_open(eng, race, touched):
             want[(run.comp.id, run.id, d)] = (t, run.comp, run, d, loop, level)
             if run not in sus:   # its first open crossing: does it reveal a fall?
-                sus[run] = falls.provisional_suspicion(run, d, t, eng._pace(run))
+                sus[run] = falls.provisional_suspicion(run, d, t, tracking.pace(eng, run))
     for run in touched:
         if run.prov_sus is not None or sus.get(run) is not None:
             falls.publish_provisional(race, run, sus.get(run), out)
@@ -94,7 +74,8 @@ def refresh(eng: Engine, race: Race, touched: set[SkaterRun] | None, out: list[d
     if (race.prov_result is not None or any(k[2] == distance for k in changed)
             or any(k[2] == distance for k in gone)
             or any(c.prov_finish is not None for c in race.comps)):
-        _finishes(eng, race, want, live, out)
+        still = {p.run.comp.id for p in race.venue.pending.values() if p.run.race is race} if live else set()
+        live_finish.refresh(eng, race, want, still, out)
 
 
 def _level(race: Race, key: tuple) -> str:
@@ -111,9 +92,7 @@ def withdraw_attempt(race: Race, out: list[dict]) -> None:
         pub.rev, pub.val, pub.final, pub.ev = rev, None, True, ev
         out.append(ev)
     race.open.clear()
-    for comp in race.comps:
-        if comp.prov_finish is not None:
-            _withdraw_finish(race, comp, True, out)
+    live_finish.withdraw_attempt(race, out)
 
 
 # -- placing the open crossings -----------------------------------------------
@@ -140,14 +119,14 @@ def _place_open(eng: Engine, race: Race, touched: set[SkaterRun]) -> list[Placed
             if p.sig == sig:
                 d = p.d
             else:
-                d = eng._place(run, p.at_m, p.t, run.last_d, run.last_t, bool(run.hist), eng._pace(run))
+                d = tracking.place(eng, run, p.at_m, p.t, run.last_d, run.last_t, bool(run.hist), tracking.pace(eng, run))
                 p.sig = sig
                 p.d = d
-            st = (run.last_d, run.last_t, bool(run.hist), eng._pace(run))
+            st = (run.last_d, run.last_t, bool(run.hist), tracking.pace(eng, run))
         elif st[0] >= distance:
             continue   # provisionally finished already
         else:
-            d = eng._place(run, p.at_m, p.t, st[0], st[1], st[2], st[3])
+            d = tracking.place(eng, run, p.at_m, p.t, st[0], st[1], st[2], st[3])
         if d is None or d > distance:
             continue   # no split: a misread, or the final step will call it an anomaly
         pace = st[3] if st[2] else d / max(1, p.t - race.gun)
@@ -241,12 +220,7 @@ def _publish_splits(race: Race, want: Want, changed: list[tuple], gone: list[tup
 
 def _withdrawn_split(race: Race, key: tuple, last: dict, rev: int, final: bool) -> dict:
     cid, sid, d = key
-    ev = dict(last)
-    ev["event_id"] = event_id("split", race.d.id, race.attempt, cid, sid, d, rev)
-    ev["revision"] = rev
-    ev["withdrawn"] = True
-    ev["final"] = final
-    return ev
+    return withdrawn(last, event_id("split", race.d.id, race.attempt, cid, sid, d, rev), rev, final)
 
 
 def _has_open(race: Race, cid: str, sid: str | None) -> bool:
@@ -275,147 +249,4 @@ def _withdraw_splits(race: Race, keys: list[tuple], live: bool, out: list[dict])
             race.open[key] = None
         else:
             race.open.pop(key, None)
-        out.append(ev)
-
-
-# -- finishes, records, the live result -------------------------------------------
-
-
-def _finishes(eng: Engine, race: Race, want: Want, live: bool, out: list[dict]) -> None:
-    d_race = race.d
-    distance = d_race.distance
-    gun = race.gun
-    fin: dict[CompRun, tuple[int, int, str]] = {}
-    for (_cid, _sid, d), (t, comp, run, _d, _lp, level) in want.items():
-        if d != distance or level != "comp" or comp.finish_tr is not None or comp.irm is not None:
-            continue
-        ph = race.photos.get(run.id) if run is not None else None
-        if ph is not None:
-            fin[comp] = (t, elapsed_ms(ph, gun), "photo")
-        else:
-            fin[comp] = (t, elapsed_ms(t, gun), "transponder")
-    for comp in race.comps:
-        if comp.prov_finish is not None and comp not in fin and comp.finish_ms is None:
-            _withdraw_finish(race, comp, not (live and _has_open(race, comp.id, None)), out)
-            _withdraw_records(eng, race, comp, out)
-    if not fin:
-        if race.prov_result is not None:
-            race.prov_result = None
-            eng._emit_result(race, race.venue.clock, out)
-        return
-    order = sorted(fin, key=lambda c: (fin[c][0], c.order))
-    points: dict[CompRun, int] = {}
-    if d_race.final is not None:
-        n0 = race.sprint_awards.get(distance, 0)
-        for i, comp in enumerate(order):
-            n = n0 + i
-            points[comp] = comp.points + (d_race.final[n] if n < len(d_race.final) else 0)
-    codes: dict[CompRun, list[str]] = {}
-    judge = d_race.format != "mass_start" and race.status != "void"
-    claims: dict[tuple, Ref] = {}   # records the earlier provisional finishes would set
-    for comp in order:
-        codes[comp] = _records(eng, race, comp, fin[comp][0], fin[comp][1], claims, out) if judge else []
-    prov = {c: (fin[c][1], points.get(c, c.points), codes[c]) for c in order}
-    ranking = eng._ranking(race, prov)
-    rank_of = {e["competitor_id"]: e["rank"] for e in ranking}
-    for comp in order:
-        t, ms, source = fin[comp]
-        val = (ms, rank_of.get(comp.id), points.get(comp), source)
-        if comp.prov_finish is not None and comp.prov_finish[0] == val:
-            continue
-        comp.finish_rev += 1
-        ev = _finish_event(race, comp, t, ms, val[1], source, points.get(comp))
-        comp.prov_finish = (val, ev)
-        out.append(ev)
-    rkey = tuple((e["competitor_id"], e["rank"], e["time_ms"], e.get("points"), tuple(e["records"]))
-                 for e in ranking)
-    if rkey != race.prov_result:
-        race.result_rev += 1
-        eng.result_revs[d_race.id] = race.result_rev
-        t_last = max(fin[c][0] for c in order)
-        out.append({"kind": "result", "v": 1,
-                    "event_id": event_id("result", d_race.id, race.result_rev),
-                    "race_id": d_race.id, "t_us": t_last, "attempt": race.attempt,
-                    "status": race.status, "revision": race.result_rev, "ranking": ranking,
-                    "group": d_race.group, "format": d_race.format, "final": False})
-        race.prov_result = rkey
-
-
-def _finish_event(race: Race, comp: CompRun, t: int, ms: int, rank: int | None, source: str,
-                  points: int | None) -> dict:
-    ev: dict[str, Any] = {
-        "kind": "finish", "v": 1,
-        "event_id": event_id("finish", race.d.id, race.attempt, comp.id, comp.finish_rev),
-        "race_id": race.d.id, "t_us": t, "attempt": race.attempt, "competitor_id": comp.id,
-        "time_ms": ms, "time": fmt_time(ms), "rank": rank, "source": source,
-        "revision": comp.finish_rev, "final": False}
-    if points is not None:
-        ev["points"] = points
-    return ev
-
-
-def _withdraw_finish(race: Race, comp: CompRun, final: bool, out: list[dict]) -> None:
-    assert comp.prov_finish is not None
-    _val, last = comp.prov_finish
-    comp.finish_rev += 1
-    ev = dict(last)
-    ev["event_id"] = event_id("finish", race.d.id, race.attempt, comp.id, comp.finish_rev)
-    ev["revision"] = comp.finish_rev
-    ev["withdrawn"] = True
-    ev["final"] = final
-    comp.prov_finish = None
-    out.append(ev)
-
-
-def _records(eng: Engine, race: Race, comp: CompRun, t: int, ms: int, claims: dict[tuple, Ref],
-             out: list[dict]) -> list[str]:
-    """Judge a provisional finish against the references in force at ``t``
-    (with what the earlier provisional finishes of the race would set);
-    publish what changed; return the record codes for its ranking entry."""
-    from .engine import Ref
-
-    me = (race.d.id, comp.id)
-    th = ms // 10
-    codes = []
-    for key in eng._book_keys(race, comp):
-        prev = eng._reference(key, exclude=me, before=t)
-        mine = claims.get(key)
-        if mine is not None and (prev is None or mine.time_h < prev.time_h):
-            prev = mine
-        eq: bool | None = None
-        if prev is not None:
-            eq = False if th < prev.time_h else True if th == prev.time_h else None
-        if eq is not None:
-            codes.append(("=" if eq else "") + key[0])
-            if eq is False:
-                claims[key] = Ref(th, fmt_hundredths(th), comp.id, None, race.d.venue, race.d.id, t)
-        pr = comp.prov_rec.get(key)
-        if pr is None and eq is None:
-            continue
-        if pr is not None and pr["equalled"] == eq and pr["th"] == th and _same(pr["prev"], prev):
-            continue
-        rev = comp.rec_base.get(key, 0) if pr is None else pr["rev"] + 1
-        st = {"prev": prev, "prev_h": prev.time_h if prev is not None else None, "equalled": eq,
-              "th": th, "rev": rev}
-        comp.prov_rec[key] = st
-        ev = eng._record_event(race, comp, key, st, t, final=False)
-        ev["time_ms"] = ms
-        out.append(ev)
-    return codes
-
-
-def _same(a: Ref | None, b: Ref | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return a.time_h == b.time_h and a.holder == b.holder
-
-
-def _withdraw_records(eng: Engine, race: Race, comp: CompRun, out: list[dict]) -> None:
-    for key, pr in comp.prov_rec.items():
-        if pr["equalled"] is None:
-            continue
-        st = dict(pr, equalled=None, rev=pr["rev"] + 1)
-        comp.prov_rec[key] = st
-        ev = eng._record_event(race, comp, key, st, race.venue.clock, final=False)
-        ev["time_ms"] = st["th"] * 10
         out.append(ev)
