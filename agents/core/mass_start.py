@@ -21,6 +21,8 @@ def reaward_final(race: Race) -> None:
     done = sorted((c for c in race.comps if c.finish_ms is not None and c.irm is None),
                   key=lambda c: (c.finish_ms, c.order))
     pts = race.d.final
+    if pts is None:
+        return
     for i, c in enumerate(done):
         new = pts[i] if i < len(pts) else 0
         c.points += new - c.final_points

@@ -78,8 +78,8 @@ class Ref:
     holder: str
     set_on: str | None
     venue: str | None
-    race_id: str | None = None
-    t_us: int | None = None      # a record set here: the event time of its finish
+    race_id: str | None
+    t_us: int                    # event time: of the reference message, or of the finish that set it
 
 
 @dataclass(slots=True, eq=False, init=False)

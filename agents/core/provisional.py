@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from . import falls, live_finish, tracking
 from .events import split_event, withdrawn
-from .model import Pub, Race, SkaterRun
+from .model import CompRun, Pub, Race, SkaterRun
 from .timefmt import elapsed_ms, event_id
 
 if TYPE_CHECKING:   # pragma: no cover

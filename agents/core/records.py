@@ -51,14 +51,18 @@ def record_ref(eng: Engine, msg: dict, out: list) -> None:
             eng.outcome = Outcome.DUPLICATE
             return
     hist.append(ref)
-    hist.sort(key=lambda r: r.t_us)
+    hist.sort(key=_t_us)
+
+
+def _t_us(r: Ref) -> int:
+    return r.t_us
 
 
 def reference(eng: Engine, key: tuple, exclude: tuple | None = None, before: int | None = None) -> Ref | None:
     """The reference in force: the fastest of the book, the valid records set
     here (but ``exclude``'s own; only those set before ``before``) and those
     set at other venues; on a tie the older stands."""
-    best = None
+    best: Ref | None = None
     hist = eng.book.get(key)
     if hist:
         if before is None:
@@ -188,6 +192,7 @@ def claim(eng: Engine, key: tuple, me: tuple, race: Race, comp: CompRun, th: int
           status: RecordStatus, t: int) -> None:
     claims = eng.claims.setdefault(key, {})
     if status is RecordStatus.BROKEN:
+        assert comp.finish_t_us is not None
         cur = claims.get(me)
         claims[me] = Ref(th, fmt_hundredths(th), comp.id, cur.set_on if cur else utc_date(t),
                          race.d.venue, race.d.id, comp.finish_t_us)

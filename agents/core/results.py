@@ -7,7 +7,7 @@ classification places an event's finals.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from schemas.decode import Rejected
 
@@ -48,7 +48,7 @@ def photo(eng: Engine, msg: dict, out: list) -> None:
 def effective_finish(eng: Engine, race: Race, comp: CompRun) -> tuple[int, str]:
     """Finish time in ms (photo over transponder) and its source."""
     if race.d.format == "team_pursuit":
-        times = []
+        times: list[tuple[int, bool]] = []
         used_photo = False
         for s in comp.skaters:
             if not s.finished:
@@ -57,6 +57,7 @@ def effective_finish(eng: Engine, race: Race, comp: CompRun) -> tuple[int, str]:
             if ph is not None:
                 times.append((ph, True))
             else:
+                assert s.finish_t is not None
                 times.append((s.finish_t, False))
         times.sort()
         t_abs, used_photo = times[TEAM_SIZE - 1]   # the third skater
@@ -65,6 +66,7 @@ def effective_finish(eng: Engine, race: Race, comp: CompRun) -> tuple[int, str]:
     ph = race.photos.get(run.id)
     if ph is not None:
         return elapsed_ms(ph, race.gun), "photo"
+    assert run.finish_t is not None
     return elapsed_ms(run.finish_t, race.gun), "transponder"
 
 
@@ -120,7 +122,7 @@ def ranking(eng: Engine, race: Race, prov: dict | None = None) -> list[dict]:
     else:
         done.sort(key=lambda x: (x[1], x[0].order))
     out = []
-    best = done[0][1] if done else None
+    best = done[0][1] if done else 0
     prev_key = None
     rank = 0
     for i, (c, ms, pts, recs) in enumerate(done):
@@ -165,8 +167,8 @@ def emit_result(eng: Engine, race: Race, t: int, out: list) -> None:
 def emit_group(eng: Engine, race: Race, t: int, out: list) -> None:
     d = race.d
     group = d.group
-    entries = []
-    irms = []
+    entries: list[dict[str, Any]] = []
+    irms: list[dict[str, Any]] = []
     complete = True
     mass = d.format == "mass_start"
     for rid in eng.groups.get(group, ()):
@@ -205,11 +207,12 @@ def emit_group(eng: Engine, race: Race, t: int, out: list) -> None:
 def emit_classification(eng: Engine, event: str, t: int, out: list) -> None:
     rows = []
     complete = True
-    places_seen = []
-    defs = sorted((eng.race_defs[rid] for rid in eng.events[event]), key=lambda d: min(d.places))
+    places_seen: list[int] = []
+    defs = sorted((eng.race_defs[rid] for rid in eng.events[event]), key=lambda d: min(d.places or [0]))
     for d in defs:
         r = eng.races.get(d.id)
-        places_seen.extend(d.places)
+        places = d.places or []
+        places_seen.extend(places)
         if r is None or r.status != "official":
             complete = False
         if r is None:
@@ -224,7 +227,7 @@ def emit_classification(eng: Engine, event: str, t: int, out: list) -> None:
                 k = i
             else:
                 k = None
-            rows.append({"place": d.places[k] if k is not None and k < len(d.places) else None,
+            rows.append({"place": places[k] if k is not None and k < len(places) else None,
                          "competitor_id": e["competitor_id"], "race_id": d.id})
     if sorted(places_seen) != list(range(1, len(places_seen) + 1)):
         complete = False

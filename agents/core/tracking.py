@@ -138,7 +138,7 @@ def set_deadline(eng: Engine, run: SkaterRun) -> None:
     offs = run.comp.offsets
     lap = run.race.venue.lap_m
     d = run.last_d
-    nxt = []
+    nxt: list[int] = []
     base = (d // lap) * lap
     while len(nxt) < 2:
         for o in offs:
