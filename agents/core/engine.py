@@ -29,6 +29,7 @@ from .records import own_record_key, record_key, record_ref_of
 __all__ = ["CoreConfig", "Engine", "Outcome", "own_record_key", "record_key", "record_ref_of"]
 
 Handler = Callable[["Engine", dict, list], None]
+APPLIED = Outcome.APPLIED   # a module constant: an Enum member lookup costs ~0.2 us a message
 
 
 class Engine:
@@ -74,7 +75,7 @@ class Engine:
     def apply(self, msg: dict) -> list[dict]:
         """Apply one decoded raw message; return the derived events."""
         out: list[dict] = []
-        self.outcome = Outcome.APPLIED
+        self.outcome = APPLIED
         kind = msg["kind"]
         self._handlers[kind](self, msg, out)
         if self.dirty:

@@ -20,6 +20,10 @@ class Outcome(StrEnum):
     IGNORED_BEFORE_START = "ignored_before_start"
     IGNORED_AFTER_FINISH = "ignored_after_finish"
 
+    # hashed as its string (Enum hashes the name), so a label looked up as a
+    # plain string finds it: ("passing", "applied") in Engine.stats
+    __hash__ = str.__hash__
+
 
 class RecordStatus(Enum):
     """A finish judged for one record identity."""

@@ -138,7 +138,7 @@ def _place_open(eng: Engine, race: Race, touched: set[SkaterRun]) -> list[Placed
 # -- splits ---------------------------------------------------------------------
 
 # natural key -> (t_us, competitor, skater run or None for a team, distance, loop, level)
-Want = dict[tuple, tuple[int, "CompRun", "SkaterRun | None", int, str, str]]
+Want = dict[tuple, tuple[int, CompRun, "SkaterRun | None", int, str, str]]
 
 
 def _team_splits(race: Race, cids: set[str], want: Want) -> None:
