@@ -138,7 +138,7 @@ async def live_run(boot: str, lines: list[bytes], seconds: float):
     return sent, arrived, n_sent
 
 
-def measure(broker_kind: str, venues: int, seconds: float, tmp: Path) -> dict:
+def measure(broker_kind: str, venues: int, seconds: float, tmp: Path, timeline: bool = False) -> dict:
     lines = multi_venue_feed(venues)
     print(f"\n[{broker_kind}] {venues} venue(s) skating the women's final A, up to {seconds:.0f} s at real speed")
     with EmbeddedBroker(broker_kind, log_path=tmp / f"broker-{broker_kind}-{venues}.log") as broker:
@@ -154,7 +154,9 @@ def measure(broker_kind: str, venues: int, seconds: float, tmp: Path) -> dict:
         finally:
             stop_process(worker)
     cause, versions = offline_causes(lines[:n_sent])
-    first, final = [], []
+    first: list[float] = []
+    final: list[float] = []
+    by_time: list[tuple[float, float]] = []
     missing = 0
     for key, vs in versions.items():
         v0 = vs[0]
@@ -167,6 +169,7 @@ def measure(broker_kind: str, venues: int, seconds: float, tmp: Path) -> dict:
             missing += 1
             continue
         first.append(a0 - t0)
+        by_time.append((t0, a0 - t0))
         vf = next((v for v in vs if v.get("final")), None)
         if vf is not None and vf["event_id"] in arrived:
             final.append(arrived[vf["event_id"]] - t0)
@@ -182,6 +185,13 @@ def measure(broker_kind: str, venues: int, seconds: float, tmp: Path) -> dict:
         out.update(final_p50=pct(final, 0.5), final_p99=pct(final, 0.99), final_max=max(final))
         print(f"  final version: p50 {pct(final, 0.5) * 1000:7.1f} ms  p99 {pct(final, 0.99) * 1000:7.1f} ms  "
               f"max {max(final) * 1000:7.1f} ms  ({len(final)})")
+    if timeline and by_time:
+        t_start = min(t for t, _ in by_time)
+        buckets: dict[int, list[float]] = defaultdict(list)
+        for t, lat in by_time:
+            buckets[int((t - t_start) // 10)].append(lat)
+        print("  first version by 10 s of sending: " + "  ".join(
+            f"{k * 10}s: p50 {pct(v, 0.5) * 1000:.0f}/max {max(v) * 1000:.0f} ms" for k, v in sorted(buckets.items())))
     print(f"  revisions: {changed} provisional values changed over {n} splits = {1000 * changed / max(1, n):.0f} "
           f"per 1,000 splits; {events / max(1, n):.2f} events per split")
     return out
@@ -194,13 +204,14 @@ def main(argv=None) -> int:
                     help="real-time seconds of racing to produce (default: the whole race, 200 s, at one "
                          "venue; 40 s at more, as bench_kafka.py: tansu slows down as its log grows)")
     ap.add_argument("--broker", choices=("tansu", "noida"), default="tansu")
+    ap.add_argument("--timeline", action="store_true", help="also print the latency by 10 s of sending")
     args = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="lapstream-bench-latency-"))
     targets = {1: 0.100, 50: 0.250}
     summary = []
     for n in (int(x) for x in args.venues.split(",")):
         seconds = args.seconds if args.seconds is not None else (200.0 if n == 1 else 40.0)
-        r = measure(args.broker, n, seconds, tmp)
+        r = measure(args.broker, n, seconds, tmp, args.timeline)
         if "first_p99" in r:
             tgt = targets.get(n)
             summary.append(f"{n} venue(s): first p99 {r['first_p99'] * 1000:.1f} ms"
