@@ -158,6 +158,13 @@ def _team_splits(race: Race, cids: set[str], want: Want) -> None:
                 want[(cid, None, d)] = (times[2], comp, None, d, lst[0][1], "comp")
 
 
+_EMPTY: list[int] = []
+
+
+def _first3(x: tuple) -> tuple:
+    return x[:3]
+
+
 def _publish_splits(race: Race, want: Want, changed: list[tuple], gone: list[tuple],
                     out: list[dict]) -> None:
     """(Re)compute the open splits that ``changed`` and ``gone`` can affect: the
@@ -178,18 +185,21 @@ def _publish_splits(race: Race, want: Want, changed: list[tuple], gone: list[tup
     for key, w in want.items():
         g = (w[5], w[3])
         if g in full or g in first:
-            ms_at.setdefault(g, []).append(elapsed_ms(w[0], gun))
+            ms_at.setdefault(g, []).append((w[0] - gun) // 1000)   # elapsed_ms, inlined
             # an unchanged split earlier than every change at its distance keeps its values
             if key in ch or g in full or w[0] > first[g]:
                 todo.append((w[0], w[1].order, key[1] or "", key, w))
     if len(todo) > 1:
-        todo.sort(key=lambda x: x[:3])
-    for _t, _o, _s, key, (t, comp, run, d, loop, level) in todo:
-        pub = race.pub.get(key)
+        todo.sort(key=_first3)
+    pubs = race.pub
+    opened = race.open
+    for _t, _o, _s, key, w in todo:
+        t, comp, run, d, loop, level = w
+        pub = pubs.get(key)
         if pub is not None and pub.final and pub.val is not None:
             continue   # decided: only the final step revises it
-        ms = elapsed_ms(t, gun)
-        idx = race.split_idx.get((level, d), [])
+        ms = (t - gun) // 1000
+        idx = race.split_idx.get((level, d), _EMPTY)
         others = ms_at[(level, d)]
         rank = bisect_left(idx, ms) + 1
         best = ms
@@ -206,13 +216,13 @@ def _publish_splits(race: Race, want: Want, changed: list[tuple], gone: list[tup
             prev = w_prev[0] if w_prev is not None else None
         lap_ms = ms - elapsed_ms(prev, gun) if prev is not None else None
         val = (t, ms, lap_ms, rank, ms - best)
-        race.open[key] = (t, comp, run, d, loop, level)
+        opened[key] = w
         if pub is not None and pub.val == val:
             continue
         rev = 0 if pub is None else pub.rev + 1
         ev = split_event(race, comp.id, sid, d, t, ms, lap_ms, rank, ms - best, loop, rev, False)
         if pub is None:
-            race.pub[key] = Pub(rev, val, False, ev)
+            pubs[key] = Pub(rev, val, False, ev)
         else:
             pub.rev, pub.val, pub.final, pub.ev = rev, val, False, ev
         out.append(ev)
