@@ -5,7 +5,9 @@ from dataclasses import dataclass
 
 INF = float("inf")
 
+US_PER_S = 1_000_000
 TEAM_SIZE = 3                    # a team pursuit is timed on its third skater
+LOOPS_AHEAD = 2                  # overdue: not seen at this many next loops (one missed read is normal)
 STANDING_START_US = 2_000_000    # time a standing start loses before cruising (placing a first crossing)
 RECENT_RACE_US = 1_800_000_000   # a race started in the last half hour may still be running
 DEFAULT_SPRINTS = {4: [5, 3, 1], 8: [5, 3, 1], 12: [5, 3, 1]}   # mass start: lap -> points

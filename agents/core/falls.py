@@ -29,13 +29,13 @@ discards the attempt clears it ("attempt discarded by a restart").
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from schemas.decode import Rejected
 
 from . import events
 from .config import INF
-from .model import CompRun, Race, SkaterRun, Venue
+from .model import CompRun, ProvSuspicion, Race, SkaterRun, Venue
 from .timefmt import event_id
 
 if TYPE_CHECKING:   # pragma: no cover
@@ -90,31 +90,27 @@ def publish_provisional(race: Race, run: SkaterRun, want: tuple[int, int] | None
         if prov is None:
             return
         run.prov_sus = None
-        ev = dict(prov[2])
-        ev["revision"] = prov[1] + 1
-        ev["withdrawn"] = True
-        ev["final"] = True
-        ev["event_id"] = _id(race, run, prov[0], ev["revision"])
-        out.append(ev)
+        rev = prov.rev + 1
+        out.append(events.withdrawn(prov.ev, _id(race, run, prov.n, rev), rev, True))
         return
     n = run.incident_n + 1
-    if prov is not None and prov[0] == n and prov[3] == want:
+    if prov is not None and prov.n == n and prov.at == want:
         return
-    rev = 0 if prov is None else prov[1] + 1
+    rev = 0 if prov is None else prov.rev + 1
     at_m, t = want
-    ev = {"kind": "incident", "v": 1, "event_id": _id(race, run, n, rev),
+    ev: dict[str, Any] = {"kind": "incident", "v": 1, "event_id": _id(race, run, n, rev),
           "race_id": race.d.id, "t_us": t, "attempt": race.attempt, "competitor_id": run.comp.id,
           "skater_id": run.id, "type": "fall", "status": "suspected", "at_m": at_m,
           "revision": rev, "final": False}
-    run.prov_sus = (n, rev, ev, want)
+    run.prov_sus = ProvSuspicion(n, rev, ev, want)
     out.append(ev)
 
 
 def final_revision(run: SkaterRun | None, n: int) -> int:
     """The revision of a final suspicion: after the provisional one it confirms."""
-    if run is None or run.prov_sus is None or run.prov_sus[0] != n:
+    if run is None or run.prov_sus is None or run.prov_sus.n != n:
         return 0
-    rev = run.prov_sus[1] + 1
+    rev = run.prov_sus.rev + 1
     run.prov_sus = None
     return rev
 

@@ -58,6 +58,17 @@ class Pub:
 
 
 @dataclass(slots=True, eq=False)
+class ProvSuspicion:
+    """A suspicion published at a crossing's first read: the incident number
+    the final step will give it, its revision, the event, and (at_m, t_us)."""
+
+    n: int
+    rev: int
+    ev: dict[str, Any]
+    at: tuple[int, int]
+
+
+@dataclass(slots=True, eq=False)
 class RecordState:
     """A finish judged for one record identity: against ``prev`` (its time in
     hundredths ``prev_h``), the finish's hundredths ``th``, the event revision."""
@@ -194,7 +205,7 @@ class SkaterRun:
     lost: bool                       # seen beyond its finish without a finish crossing
     confirmed_t: int | None          # when the referee last confirmed a fall
     pace: float | None               # cached recent pace, m/us (None: to compute)
-    prov_sus: tuple | None           # provisional suspicion: (n, revision, event, (at_m, t))
+    prov_sus: ProvSuspicion | None   # the provisional suspicion published, if any
 
     def __init__(self, s: dict, comp: CompRun, race: Race) -> None:
         self.id = s["skater_id"]

@@ -22,6 +22,7 @@ from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 from . import falls, live_finish, tracking
+from .config import TEAM_SIZE
 from .events import split_event, withdrawn
 from .model import CompRun, Pub, Race, SkaterRun
 from .timefmt import elapsed_ms, event_id
@@ -151,11 +152,11 @@ def _team_splits(race: Race, cids: set[str], want: Want) -> None:
                 at.setdefault(w[3], []).append((w[0], w[4]))
         for d, lst in at.items():
             closed = [s.split_t[d] for s in comp.skaters if d in s.split_t]
-            if len(closed) >= 3:
+            if len(closed) >= TEAM_SIZE:
                 continue
             times = sorted(closed + [x[0] for x in lst])
-            if len(times) >= 3:
-                want[(cid, None, d)] = (times[2], comp, None, d, lst[0][1], "comp")
+            if len(times) >= TEAM_SIZE:   # the third skater's time is the team's
+                want[(cid, None, d)] = (times[TEAM_SIZE - 1], comp, None, d, lst[0][1], "comp")
 
 
 _EMPTY: list[int] = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import events, falls, mass_start, results
-from .config import INF, STANDING_START_US, TEAM_SIZE
+from .config import INF, LOOPS_AHEAD, STANDING_START_US, TEAM_SIZE, US_PER_S
 from .model import CompRun, Race, SkaterRun, Venue
 
 if TYPE_CHECKING:   # pragma: no cover
@@ -99,11 +99,11 @@ def place(eng: Engine, run: SkaterRun, at_m: int, t: int, last_d: int, last_t: i
     if moving:
         d_est = last_d + dt * v
     else:   # no crossing yet: a standing start (~2 s lost), then cruising
-        d_est = max(0.0, dt - STANDING_START_US) * eng.cfg.v_cruise_mps / 1e6
+        d_est = max(0.0, dt - STANDING_START_US) * eng.cfg.v_cruise_mps / US_PER_S
     c_min = offset if offset > last_d else offset + ((last_d - offset) // lap + 1) * lap
     j = round((d_est - c_min) / lap)
     d = c_min + (j if j > 0 else 0) * lap
-    if (d - last_d) * 1e6 / dt > eng.cfg.v_max_mps:
+    if (d - last_d) * US_PER_S / dt > eng.cfg.v_max_mps:
         return None  # e.g. a read on the start line just after the gun
     return d
 
@@ -115,7 +115,7 @@ def pace(eng: Engine, run: SkaterRun) -> float:
         return v
     hist = run.hist
     if not hist:
-        v = eng.cfg.v_start_mps / 1e6
+        v = eng.cfg.v_start_mps / US_PER_S
     else:
         last_d, last_t = hist[-1]
         ref_d, ref_t = 0, run.race.gun
@@ -126,7 +126,7 @@ def pace(eng: Engine, run: SkaterRun) -> float:
                 break
             ref_d, ref_t = d, tt
         if last_t <= ref_t:
-            v = eng.cfg.v_start_mps / 1e6
+            v = eng.cfg.v_start_mps / US_PER_S
         else:
             v = (last_d - ref_d) / (last_t - ref_t)
     run.pace = v
@@ -140,19 +140,19 @@ def set_deadline(eng: Engine, run: SkaterRun) -> None:
     d = run.last_d
     nxt: list[int] = []
     base = (d // lap) * lap
-    while len(nxt) < 2:
+    while len(nxt) < LOOPS_AHEAD:
         for o in offs:
             x = base + o
             if x > d and (not nxt or x > nxt[-1]):
                 nxt.append(x)
-                if len(nxt) == 2:
+                if len(nxt) == LOOPS_AHEAD:
                     break
         base += lap
     v = pace(eng, run)
     if not run.hist:
         run.deadline = INF   # not moving yet: nothing to be overdue against
         return
-    dl = run.last_t + (nxt[1] - d) / v * eng.cfg.fall_factor + eng.cfg.fall_slack_us
+    dl = run.last_t + (nxt[-1] - d) / v * eng.cfg.fall_factor + eng.cfg.fall_slack_us
     run.deadline = dl
     venue = run.race.venue
     if dl < venue.next_due:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from schemas.decode import Rejected
 
 from . import falls, tracking
-from .config import INF, RECENT_RACE_US
+from .config import INF, RECENT_RACE_US, US_PER_S
 from .model import Outcome, Pending, SkaterRun, Venue
 
 if TYPE_CHECKING:   # pragma: no cover
@@ -126,7 +126,7 @@ def check_jump(eng: Engine, v: Venue, t: int, kind: str) -> None:
     if ref > v.clock or any(r.status == "live" and r.gun >= recent for r in v.races):
         if t <= ref + eng.cfg.max_jump_us:
             return
-        raise Rejected("bad_value", f"{kind}: t_us {t} is {(t - v.clock) / 1e6:.0f} s ahead of venue "
+        raise Rejected("bad_value", f"{kind}: t_us {t} is {(t - v.clock) / US_PER_S:.0f} s ahead of venue "
                                     f"{v.id}'s clock during a race (a decoder clock jump?)")
 
 
