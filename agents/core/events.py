@@ -64,7 +64,7 @@ def split(race: Race, comp: CompRun, run: SkaterRun | None, d: int, t: int,
     rev = 0 if pub is None else pub.rev + 1
     behind = ms - idx[0]
     ev = split_event(race, comp.id, sid, d, t, ms, lap_ms, rank, behind, loop, rev, True)
-    race.pub[key] = Pub(rev, (t, ms, lap_ms, rank, behind), True, ev)
+    race.pub[key] = Pub(rev, (ms, lap_ms, rank, behind), True, ev)
     if pub is not None:
         race.open.pop(key, None)
     return ev

@@ -216,7 +216,7 @@ def _publish_splits(race: Race, want: Want, changed: list[tuple], gone: list[tup
             w_prev = want.get((comp.id, sid, d - lap))
             prev = w_prev[0] if w_prev is not None else None
         lap_ms = ms - elapsed_ms(prev, gun) if prev is not None else None
-        val = (t, ms, lap_ms, rank, ms - best)
+        val = (ms, lap_ms, rank, ms - best)   # what a subscriber sees (t_us aside)
         opened[key] = w
         if pub is not None and pub.val == val:
             continue
