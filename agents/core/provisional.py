@@ -54,18 +54,22 @@ def refresh(eng: Engine, race: Race, touched: set[SkaterRun] | None, out: list[d
             elif w is not None:
                 want[k] = w
     sus: dict[SkaterRun, tuple[int, int] | None] = {}
+    new: list[tuple] = []   # keys the touched skaters (teams) support now
     if live:
         level = "skater" if team else "comp"
         for t, run, d, loop in _place_open(eng, race, touched):
-            want[(run.comp.id, run.id, d)] = (t, run.comp, run, d, loop, level)
+            key = (run.comp.id, run.id, d)
+            want[key] = (t, run.comp, run, d, loop, level)
+            new.append(key)
             if run not in sus:   # its first open crossing: does it reveal a fall?
                 sus[run] = falls.provisional_suspicion(run, d, t, tracking.pace(eng, run))
+        if team:
+            new.extend(_team_splits(race, {run.comp.id for run in touched}, want))
     for run in touched:
         if run.prov_sus is not None or sus.get(run) is not None:
             falls.publish_provisional(race, run, sus.get(run), out)
-        if team:
-            _team_splits(race, {run.comp.id for run in touched}, want)
-    changed = [k for k, w in want.items() if opened.get(k) != w]
+    # the other open keys come from ``opened`` as they were: only the new can have changed
+    changed = [k for k in new if opened.get(k) != want[k]]
     gone = [k for k in old if k not in want]
     if changed or gone:
         _publish_splits(race, want, changed, gone, out)
@@ -142,8 +146,10 @@ def _place_open(eng: Engine, race: Race, touched: set[SkaterRun]) -> list[Placed
 Want = dict[tuple, tuple[int, CompRun, "SkaterRun | None", int, str, str]]
 
 
-def _team_splits(race: Race, cids: set[str], want: Want) -> None:
-    """A team's split is its third skater's: from closed crossings and open ones."""
+def _team_splits(race: Race, cids: set[str], want: Want) -> list[tuple]:
+    """A team's split is its third skater's: from closed crossings and open ones.
+    Adds the teams' keys to ``want``; returns them."""
+    keys = []
     for cid in cids:
         comp = race.by_comp[cid]
         at: dict[int, list[tuple[int, str]]] = {}
@@ -156,7 +162,10 @@ def _team_splits(race: Race, cids: set[str], want: Want) -> None:
                 continue
             times = sorted(closed + [x[0] for x in lst])
             if len(times) >= TEAM_SIZE:   # the third skater's time is the team's
-                want[(cid, None, d)] = (times[TEAM_SIZE - 1], comp, None, d, lst[0][1], "comp")
+                key = (cid, None, d)
+                want[key] = (times[TEAM_SIZE - 1], comp, None, d, lst[0][1], "comp")
+                keys.append(key)
+    return keys
 
 
 _EMPTY: list[int] = []
