@@ -193,9 +193,9 @@ def _provisional_left(run: SkaterRun) -> bool:
         if c.prov_finish is not None:
             return True   # its provisional result is to be published again after this one's
 
-    sid, cid = run.id, comp.id
-    for k in race.open:
-        if k[1] == sid or (k[1] is None and k[0] == cid):
+    sid = run.id
+    for k in race.open:   # its own key left open: the crossing closed elsewhere or not at all
+        if k[1] == sid:   # (a team's open split only moves with its skaters' open crossings)
             return True
     return False
 
