@@ -186,7 +186,6 @@ def _provisional_left(run: SkaterRun) -> bool:
     race) left to revise or withdraw? Usually not: the final version took the
     provisional one's key with the same time, so nothing else moves."""
     race = run.race
-    comp = run.comp
     if run.prov_sus is not None or race.prov_result is not None:
         return True
     for c in race.comps:
