@@ -19,8 +19,13 @@ def events_of(name: str) -> tuple:
         return tuple(process_lines(f))
 
 
+def is_final(e) -> bool:
+    """The final view: provisional versions and withdrawn provisional splits/finishes left out."""
+    return e.get("final", True) and not (e["kind"] in ("split", "finish", "incident") and e.get("withdrawn"))
+
+
 def kinds(events, kind):
-    return [e for e in events if e["kind"] == kind]
+    return [e for e in events if e["kind"] == kind and is_final(e)]
 
 
 @pytest.mark.parametrize("name", [beijing.WOMEN_FILE, beijing.MEN_FILE, beijing.FINAL_A_FILE])
@@ -71,6 +76,13 @@ def test_takagi_falls_suspected_before_her_finish_confirmed_after_the_referee(na
                   and e["competitor_id"] == "JPN"][0]
     assert sus["t_us"] < takagi_finish["t_us"]
     assert events.index(sus) < events.index(takagi_finish) < events.index(jpn_finish)
+    # live: the suspicion comes out (provisionally) before the first version of her finish split
+    first_sus = [e for e in events if e["kind"] == "incident" and e["skater_id"] == beijing.TAKAGI][0]
+    first_split = [e for e in events if e["kind"] == "split" and e["skater_id"] == beijing.TAKAGI
+                   and e["race_id"] == "OWG2022-TPW-FA" and e["distance_m"] == 2400][0]
+    assert (first_sus["status"], first_sus["at_m"], first_sus["final"]) == ("suspected", 2300, False)
+    assert events.index(first_sus) < events.index(first_split)
+    assert first_split["final"] is False
     assert sus["at_m"] == 2300   # last loop she passed before falling at 2370 m
     # confirmed only by the referee's FALL decision, after the finish
     with open(FEEDS / name, "rb") as f:

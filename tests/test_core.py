@@ -18,8 +18,14 @@ T0 = M.T0
 EXAMPLE = example_feed()
 
 
+def is_final(e) -> bool:
+    """The final view a subscriber converges to: provisional versions (final:
+    false) and withdrawn provisional splits/finishes left out."""
+    return e.get("final", True) and not (e["kind"] in ("split", "finish", "incident") and e.get("withdrawn"))
+
+
 def kinds(events, kind):
-    return [e for e in events if e["kind"] == kind]
+    return [e for e in events if e["kind"] == kind and is_final(e)]
 
 
 def last(events, kind):
@@ -95,8 +101,14 @@ def test_times_truncated_not_rounded_and_ties_share_rank():
 
 
 def facts(events):
-    """The derived facts, independent of emission batching."""
-    return [(e["kind"], e["event_id"], orjson.dumps(e, option=orjson.OPT_SORT_KEYS)) for e in events]
+    """The final derived facts, independent of emission batching (provisional
+    versions depend on the order reads arrive in; ids carry the revision)."""
+    out = []
+    for e in events:
+        if is_final(e):
+            e = {k: v for k, v in e.items() if k not in ("event_id", "revision")}
+            out.append((e["kind"], orjson.dumps(e, option=orjson.OPT_SORT_KEYS)))
+    return out
 
 
 def test_earliest_read_wins_and_resends_are_ignored():
@@ -195,11 +207,16 @@ def test_fall_is_suspected_before_the_next_loop_and_confirmed_by_the_referee():
     sus = inc[0]
     assert sus["at_m"] == 1000
     assert sus["t_us"] < ta[1100], "suspected before the skater reached the next loop"
-    # suspicion was emitted before the skater's next split
-    idx = events.index(sus)
+    # suspicion was emitted before the skater's next split (first versions: live, at the first read)
+    idx = [i for i, e in enumerate(events) if e["kind"] == "incident"][0]
+    assert events[idx]["status"] == "suspected" and events[idx]["final"] is False
     nxt = [i for i, e in enumerate(events) if e["kind"] == "split" and e["competitor_id"] == "NED-A"
            and e["distance_m"] == 1100][0]
     assert idx < nxt
+    # and the final suspicion before the final split
+    nxt_final = [i for i, e in enumerate(events) if e["kind"] == "split" and e["competitor_id"] == "NED-A"
+                 and e["distance_m"] == 1100 and e["final"]][0]
+    assert events.index(sus) < nxt_final
     assert inc[0]["event_id"] != inc[1]["event_id"]
     # the fallen skater still finishes
     assert any(e["competitor_id"] == "NED-A" for e in kinds(events, "finish"))
@@ -290,7 +307,8 @@ def test_photo_finish_revises_the_finish_and_the_result():
     ph = M.photo("R1", "NOR-B", ta[500] - 10_000, gun + 75 * S)
     events = M.run(feed + [ph])
     fb = [e for e in kinds(events, "finish") if e["competitor_id"] == "NOR-B"]
-    assert [(f["revision"], f["source"]) for f in fb] == [(0, "transponder"), (1, "photo")]
+    assert [f["source"] for f in fb] == ["transponder", "photo"]
+    assert fb[1]["revision"] == fb[0]["revision"] + 1
     assert fb[1]["time_ms"] == (ta[500] - 10_000 - gun) // 1000
     res = last(events, "result")
     assert [r["competitor_id"] for r in res["ranking"]] == ["NOR-B", "NED-A"]
@@ -687,3 +705,63 @@ def test_a_record_taken_back_passes_to_who_was_under_it_in_time_order():
     assert r2_res["ranking"][0]["records"] == ["WR"]
     r1_res = [e for e in kinds(events, "result") if e["race_id"] == "R1"][-1]
     assert [(e["competitor_id"], e["records"]) for e in r1_res["ranking"]] == [("B", ["WR"]), ("A", [])]
+
+
+# -- provisional first, final after the window ------------------------------------
+
+
+def _versions(events, kind, **match):
+    return [e for e in events if e["kind"] == kind and all(e.get(k) == v for k, v in match.items())]
+
+
+def test_a_split_is_published_at_its_first_read_and_revised_by_an_earlier_one():
+    gun = T0 + 60 * S
+    race = M.race("R1", [M.comp("NED-A", 300), M.comp("NOR-B", 300)], distance=500)
+    t_a, t_b = gun + 10_000_000, gun + 10_030_000
+    feed = [M.venue(), race, M.start("R1", gun)] + M.heartbeats(gun - 2 * S, gun + 9 * S) + [
+        M.read("NED-A-T2", 100, t_a + 40_000, "A"),   # A's other ankle first: 10.04
+        M.read("NOR-B-T1", 100, t_b, "A"),            # B: 10.03, ahead of A for now
+    ]
+    first = M.run(feed, flush=False)
+    sa = _versions(first, "split", competitor_id="NED-A")
+    sb = _versions(first, "split", competitor_id="NOR-B")
+    # A first (rank 1); B's read, earlier, moves A to 2: a new revision
+    assert [(e["time_ms"], e["rank"], e["revision"], e["final"]) for e in sa] == [
+        (10_040, 1, 0, False), (10_040, 2, 1, False)]
+    assert [(e["time_ms"], e["rank"], e["behind_ms"], e["revision"], e["final"]) for e in sb] == [
+        (10_030, 1, 0, 0, False)]
+    # the backup decoder's read of A (10.00) arrives late: A's split is revised,
+    # and B's rank and behind follow
+    late = M.read("NED-A-T1", 100, t_a, "B")
+    out = M.run(feed + [late] + M.heartbeats(gun + 10 * S, gun + 16 * S), flush=False)
+    sa = _versions(out, "split", competitor_id="NED-A")
+    sb = _versions(out, "split", competitor_id="NOR-B")
+    assert [(e["time_ms"], e["rank"], e["revision"], e["final"]) for e in sa] == [
+        (10_040, 1, 0, False), (10_040, 2, 1, False), (10_000, 1, 2, False), (10_000, 1, 3, True)]
+    assert [(e["rank"], e["behind_ms"], e["final"]) for e in sb] == [
+        (1, 0, False), (2, 30, False), (2, 30, True)]
+    assert len({e["event_id"] for e in sa + sb}) == len(sa + sb)
+    # the final versions are what the core gives when every read is on time
+    ontime = M.run([M.venue(), race, M.start("R1", gun)] + M.by_time(
+        M.heartbeats(gun - 2 * S, gun + 16 * S) + [late, feed[-1], feed[-2]]), flush=False)
+    assert facts(out) == facts(ontime)
+
+
+def test_a_finish_its_rank_its_record_and_the_live_result_come_at_the_first_read():
+    from agents.core.engine import record_ref_of
+
+    with open(EXAMPLE, "rb") as f:
+        events = list(process_lines(f))
+    gao = _versions(events, "finish", competitor_id="CHN-GAO-T")
+    assert gao[0]["final"] is False and gao[-1]["final"] is True
+    assert gao[0]["time"] == gao[-1]["time"] == "34.32" and gao[0]["rank"] == 1
+    rec = _versions(events, "record", competitor_id="CHN-GAO-T")
+    assert [(r["record"], r["final"], r["withdrawn"]) for r in rec] == [("OR", False, False), ("OR", True, False)]
+    # provisional first: before the final finish; never a reference for other venues
+    assert events.index(rec[0]) < events.index(gao[-1])
+    assert record_ref_of(rec[0]) is None and record_ref_of(rec[1]) is not None
+    live = [e for e in events if e["kind"] == "result" and e["final"] is False]
+    assert live and live[0]["status"] == "live" and events.index(live[0]) < events.index(gao[-1])
+    assert live[0]["ranking"][0]["competitor_id"] == "CHN-GAO-T" and live[0]["ranking"][0]["records"] == ["OR"]
+    # KOR-CHA-M is under the old record but not under GAO's: no record, not even provisionally
+    assert _versions(events, "record", competitor_id="KOR-CHA-M") == []

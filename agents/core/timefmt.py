@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 
+_blake2b = hashlib.blake2b
+
 
 def elapsed_ms(crossing_us: int, gun_us: int) -> int:
     """Crossing minus gun, truncated (not rounded) to thousandths."""
@@ -43,5 +45,5 @@ def utc_date(t_us: int) -> str:
 
 def event_id(*parts: object) -> str:
     """Deterministic id from the identity of a derived fact."""
-    text = "\x1f".join("" if p is None else str(p) for p in parts)
-    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+    text = "\x1f".join([p if p.__class__ is str else "" if p is None else str(p) for p in parts])
+    return _blake2b(text.encode(), digest_size=12).hexdigest()

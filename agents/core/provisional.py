@@ -1,0 +1,272 @@
+"""Provisional events: a crossing published at its first read.
+
+The reordering window keeps a crossing open for ``reorder_us`` after its
+first read, in case an earlier read of it is still on its way (the backup
+decoder, the other ankle). The final facts are decided when it closes
+(``Engine._timeline``). Meanwhile this module publishes what the open
+crossings say *now*: each one's split (and team split), a finish, the rank
+it gives, a record it would set, and the race's ``live`` result, all with
+``"final": false``. Each later change (an earlier read, a crossing closing
+before it, a crossing placed elsewhere) is published as the next revision of
+the same natural key; the final version, ``"final": true``, follows when the
+window closes (``Engine._split`` / ``_settle_finish`` / ``_judge`` continue
+the same revision counters). A provisional value that no longer holds is
+withdrawn (``"withdrawn": true``).
+
+Pure and deterministic: the output depends only on the engine's state, so
+offline, replayed and live runs publish the same provisional events.
+"""
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import TYPE_CHECKING
+
+from . import falls, live_finish, tracking
+from .config import TEAM_SIZE
+from .events import split_event, withdrawn
+from .model import CompRun, Pub, Race, SkaterRun
+from .timefmt import elapsed_ms, event_id
+
+if TYPE_CHECKING:   # pragma: no cover
+    from .engine import Engine
+
+# one open crossing placed on the race distance: (t_us, run, distance, loop)
+Placed = tuple[int, "SkaterRun", int, str]
+
+
+def refresh(eng: Engine, race: Race, touched: set[SkaterRun] | None, out: list[dict]) -> None:
+    """Publish what changed in the race's provisional events since last time.
+
+    ``touched``: the skaters whose open crossings changed (None: all of them)."""
+    live = not race.ended and eng.races.get(race.d.id) is race
+    if touched is None or not live:
+        touched = set(race.by_skater.values())
+    team = race.d.format == "team_pursuit"
+    opened = race.open
+    want: Want = {}
+    old = []   # what the touched skaters (teams) published and still hold open
+    if opened:
+        sids = {run.id for run in touched}
+        cids = {run.comp.id for run in touched}
+        for k, w in opened.items():
+            if k[1] in sids or (k[1] is None and k[0] in cids):
+                old.append(k)
+            elif w is not None:
+                want[k] = w
+    sus: dict[SkaterRun, tuple[int, int] | None] = {}
+    new: list[tuple] = []   # keys the touched skaters (teams) support now
+    if live:
+        level = "skater" if team else "comp"
+        for t, run, d, loop in _place_open(eng, race, touched):
+            key = (run.comp.id, run.id, d)
+            want[key] = (t, run.comp, run, d, loop, level)
+            new.append(key)
+            if run not in sus:   # its first open crossing: does it reveal a fall?
+                sus[run] = falls.provisional_suspicion(run, d, t, tracking.pace(eng, run))
+        if team:
+            new.extend(_team_splits(race, {run.comp.id for run in touched}, want))
+    for run in touched:
+        if run.prov_sus is not None or sus.get(run) is not None:
+            falls.publish_provisional(race, run, sus.get(run), out)
+    # the other open keys come from ``opened`` as they were: only the new can have changed
+    changed = [k for k in new if opened.get(k) != want[k]]
+    gone = [k for k in old if k not in want]
+    if changed or gone:
+        _publish_splits(race, want, changed, gone, out)
+        if gone:
+            _withdraw_splits(race, gone, live, out)
+    distance = race.d.distance
+    if (race.prov_result is not None or any(k[2] == distance for k in changed)
+            or any(k[2] == distance for k in gone)
+            or any(c.prov_finish is not None for c in race.comps)):
+        still = {p.run.comp.id for p in race.venue.pending.values() if p.run.race is race} if live else set()
+        live_finish.refresh(eng, race, want, still, out)
+
+
+def _level(race: Race, key: tuple) -> str:
+    return "skater" if race.d.format == "team_pursuit" and key[1] is not None else "comp"
+
+
+def withdraw_attempt(race: Race, out: list[dict]) -> None:
+    """A restart discarded this attempt: every split it published is withdrawn."""
+    for key, pub in race.pub.items():
+        if pub.val is None and pub.final:
+            continue
+        rev = pub.rev + 1
+        ev = _withdrawn_split(race, key, pub.ev, rev, True)
+        pub.rev, pub.val, pub.final, pub.ev = rev, None, True, ev
+        out.append(ev)
+    race.open.clear()
+    live_finish.withdraw_attempt(race, out)
+
+
+# -- placing the open crossings -----------------------------------------------
+
+
+def _place_open(eng: Engine, race: Race, touched: set[SkaterRun]) -> list[Placed]:
+    """The race distance of every open crossing of the touched skaters, in time
+    order (a skater with two open crossings: the second placed after the first)."""
+    distance = race.d.distance
+    pend = [p for p in race.venue.pending.values() if p.run in touched]
+    if not pend:
+        return []
+    if len(pend) > 1:
+        pend.sort(key=lambda p: (p.t, p.run.comp.order, p.run.id))
+    chain: dict[int, tuple[int, int, bool, float]] = {}
+    placed: list[Placed] = []
+    for p in pend:
+        run = p.run
+        if run.finished or run.lost or run.comp.irm is not None:
+            continue
+        st = chain.get(id(run))
+        if st is None:
+            sig = (p.t, run.last_t)
+            if p.sig == sig:
+                d = p.d
+            else:
+                d = tracking.place(eng, run, p.at_m, p.t, run.last_d, run.last_t, bool(run.hist), tracking.pace(eng, run))
+                p.sig = sig
+                p.d = d
+            st = (run.last_d, run.last_t, bool(run.hist), tracking.pace(eng, run))
+        elif st[0] >= distance:
+            continue   # provisionally finished already
+        else:
+            d = tracking.place(eng, run, p.at_m, p.t, st[0], st[1], st[2], st[3])
+        if d is None or d > distance:
+            continue   # no split: a misread, or the final step will call it an anomaly
+        pace = st[3] if st[2] else d / max(1, p.t - race.gun)
+        chain[id(run)] = (d, p.t, True, pace)
+        placed.append((p.t, run, d, p.loop))
+    return placed
+
+
+# -- splits ---------------------------------------------------------------------
+
+# natural key -> (t_us, competitor, skater run or None for a team, distance, loop, level)
+Want = dict[tuple, tuple[int, CompRun, "SkaterRun | None", int, str, str]]
+
+
+def _team_splits(race: Race, cids: set[str], want: Want) -> list[tuple]:
+    """A team's split is its third skater's: from closed crossings and open ones.
+    Adds the teams' keys to ``want``; returns them."""
+    keys = []
+    for cid in cids:
+        comp = race.by_comp[cid]
+        at: dict[int, list[tuple[int, str]]] = {}
+        for k, w in want.items():
+            if k[0] == cid and k[1] is not None:
+                at.setdefault(w[3], []).append((w[0], w[4]))
+        for d, lst in at.items():
+            closed = [s.split_t[d] for s in comp.skaters if d in s.split_t]
+            if len(closed) >= TEAM_SIZE:
+                continue
+            times = sorted(closed + [x[0] for x in lst])
+            if len(times) >= TEAM_SIZE:   # the third skater's time is the team's
+                key = (cid, None, d)
+                want[key] = (times[TEAM_SIZE - 1], comp, None, d, lst[0][1], "comp")
+                keys.append(key)
+    return keys
+
+
+_EMPTY: list[int] = []
+
+
+def _first3(x: tuple) -> tuple:
+    return x[:3]
+
+
+def _publish_splits(race: Race, want: Want, changed: list[tuple], gone: list[tuple],
+                    out: list[dict]) -> None:
+    """(Re)compute the open splits that ``changed`` and ``gone`` can affect: the
+    changed ones, and the others at the same distance whose rank or behind may
+    move (a changed split ahead of them, or one gone)."""
+    gun = race.gun
+    lap = race.venue.lap_m
+    full = {(_level(race, k), k[2]) for k in gone}
+    first: dict[tuple[str, int], int] = {}   # per group: the earliest changed time
+    for k in changed:
+        w = want[k]
+        g = (w[5], w[3])
+        if g not in first or w[0] < first[g]:
+            first[g] = w[0]
+    ms_at: dict[tuple[str, int], list[int]] = {}
+    todo = []
+    ch = set(changed)
+    for key, w in want.items():
+        g = (w[5], w[3])
+        if g in full or g in first:
+            ms_at.setdefault(g, []).append((w[0] - gun) // 1000)   # elapsed_ms, inlined
+            # an unchanged split earlier than every change at its distance keeps its values
+            if key in ch or g in full or w[0] > first[g]:
+                todo.append((w[0], w[1].order, key[1] or "", key, w))
+    if len(todo) > 1:
+        todo.sort(key=_first3)
+    pubs = race.pub
+    opened = race.open
+    for _t, _o, _s, key, w in todo:
+        t, comp, run, d, loop, level = w
+        pub = pubs.get(key)
+        if pub is not None and pub.final and pub.val is not None:
+            continue   # decided: only the final step revises it
+        ms = (t - gun) // 1000
+        idx = race.split_idx.get((level, d), _EMPTY)
+        others = ms_at[(level, d)]
+        rank = bisect_left(idx, ms) + 1
+        best = ms
+        for x in others:
+            if x < ms:
+                rank += 1
+                best = x if x < best else best
+        if idx and idx[0] < best:
+            best = idx[0]
+        sid = run.id if run is not None else None
+        prev = run.split_t.get(d - lap) if run is not None else comp.team_split.get(d - lap)
+        if prev is None:
+            w_prev = want.get((comp.id, sid, d - lap))
+            prev = w_prev[0] if w_prev is not None else None
+        lap_ms = ms - elapsed_ms(prev, gun) if prev is not None else None
+        val = (ms, lap_ms, rank, ms - best)   # what a subscriber sees (t_us aside)
+        opened[key] = w
+        if pub is not None and pub.val == val:
+            continue
+        rev = 0 if pub is None else pub.rev + 1
+        ev = split_event(race, comp.id, sid, d, t, ms, lap_ms, rank, ms - best, loop, rev, False)
+        if pub is None:
+            pubs[key] = Pub(rev, val, False, ev)
+        else:
+            pub.rev, pub.val, pub.final, pub.ev = rev, val, False, ev
+        out.append(ev)
+
+
+def _withdrawn_split(race: Race, key: tuple, last: dict, rev: int, final: bool) -> dict:
+    cid, sid, d = key
+    return withdrawn(last, event_id("split", race.d.id, race.attempt, cid, sid, d, rev), rev, final)
+
+
+def _has_open(race: Race, cid: str, sid: str | None) -> bool:
+    for p in race.venue.pending.values():
+        run = p.run
+        if run.race is race and run.comp.id == cid and (sid is None or run.id == sid):
+            return True
+    return False
+
+
+def _withdraw_splits(race: Race, keys: list[tuple], live: bool, out: list[dict]) -> None:
+    """Open keys no crossing supports any more: withdrawn, finally once no
+    crossing of that skater (team) is open."""
+    for key in keys:
+        pub = race.pub[key]
+        if pub.final:
+            race.open.pop(key, None)
+            continue
+        still = live and _has_open(race, key[0], key[1])
+        if pub.val is None and still:
+            continue
+        rev = pub.rev + 1
+        ev = _withdrawn_split(race, key, pub.ev, rev, not still)
+        pub.rev, pub.val, pub.final, pub.ev = rev, None, not still, ev
+        if still:
+            race.open[key] = None
+        else:
+            race.open.pop(key, None)
+        out.append(ev)

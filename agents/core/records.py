@@ -1,0 +1,269 @@
+"""Records: references, judging a finish, claims, withdrawals.
+
+Records are judged in hundredths against the reference in force at the
+finish's event time: the federation's (``record_ref``, kept with its
+``t_us``), records set here and still valid, and those lapstream published
+from other venues; on a tie the older stands. A broken record is the
+reference for every later finish; one taken back (DQ, VOID, restart, photo)
+passes the finishes judged against it to be judged again, in event-time order.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterator
+
+from schemas.decode import parse_record_time
+
+from . import results
+from .model import CompRun, Outcome, Race, RecordState, RecordStatus, Ref
+from .timefmt import event_id, fmt_hundredths, utc_date
+
+if TYPE_CHECKING:   # pragma: no cover
+    from .engine import Engine
+
+
+def record_ref(eng: Engine, msg: dict, out: list) -> None:
+    key = (msg["record"], msg["format"], msg["gender"], msg["distance_m"], msg["scope"])
+    th = parse_record_time(msg["time"])
+    if msg.get("origin") == "lapstream":
+        # A record this pipeline set in a race (or withdrew). At the race's own
+        # venue the core derives it itself (and again on a rebuild), so it
+        # only counts where that venue is not ours.
+        claims = eng.foreign.setdefault(key, {})
+        ck = (msg.get("race_id"), msg["holder"])
+        if msg.get("withdrawn"):
+            if claims.pop(ck, None) is None:
+                eng.outcome = Outcome.DUPLICATE
+            return
+        cur = claims.get(ck)
+        if cur is not None and cur.time_h == th:
+            eng.outcome = Outcome.DUPLICATE
+            return
+        claims[ck] = Ref(th, fmt_hundredths(th), msg["holder"], msg.get("set_on"), msg.get("venue"),
+                         msg.get("race_id"), msg["t_us"])
+        return
+    # The federation's word, kept with its event time: a finish is judged
+    # against what was in force at the finish, whenever a reference arrives
+    # (so a rebuild after a crash judges as the original run did).
+    hist = eng.book.setdefault(key, [])
+    ref = Ref(th, fmt_hundredths(th), msg["holder"], msg.get("set_on"), msg.get("venue"), None, msg["t_us"])
+    for r in hist:
+        if r.t_us == ref.t_us and r.time_h == th and r.holder == ref.holder:
+            eng.outcome = Outcome.DUPLICATE
+            return
+    hist.append(ref)
+    hist.sort(key=_t_us)
+
+
+def _t_us(r: Ref) -> int:
+    return r.t_us
+
+
+def reference(eng: Engine, key: tuple, exclude: tuple | None = None, before: int | None = None) -> Ref | None:
+    """The reference in force: the fastest of the book, the valid records set
+    here (but ``exclude``'s own; only those set before ``before``) and those
+    set at other venues; on a tie the older stands."""
+    best: Ref | None = None
+    hist = eng.book.get(key)
+    if hist:
+        if before is None:
+            best = hist[-1]
+        else:
+            for r in hist:   # the latest word of the federation before the finish
+                if r.t_us < before:
+                    best = r
+            if best is None:
+                best = hist[0]   # none that old (compacted away): the oldest known
+    for ck, r in eng.claims.get(key, {}).items():
+        if ck != exclude and (before is None or r.t_us < before) and (best is None or r.time_h < best.time_h):
+            best = r
+    for r in eng.foreign.get(key, {}).values():
+        if (r.venue not in eng.venues and (before is None or r.t_us < before)
+                and (best is None or r.time_h < best.time_h)):
+            best = r
+    return best
+
+
+def book_keys(race: Race, comp: CompRun) -> Iterator[tuple]:
+    """The record identities a finish is judged for: (record, format, gender, distance, scope)."""
+    d = race.d
+    if d.format == "mass_start":
+        return
+    base = (d.format, d.gender, d.distance)
+    yield ("WR",) + base + (None,)
+    if d.level == "OWG":
+        yield ("OR",) + base + ("OWG",)
+    yield ("TR",) + base + (d.venue,)
+    yield ("NR",) + base + (comp.nation,)
+    if d.format == "individual":
+        sid = comp.skaters[0].id
+        yield ("PB",) + base + (sid,)
+        yield ("SB",) + base + (sid,)
+
+
+def evaluate_records(eng: Engine, race: Race, comp: CompRun, t: int, out: list) -> None:
+    lost = []
+    for key in book_keys(race, comp):
+        was = comp.record_evals.get(key)
+        was_broken = was is not None and was.status is RecordStatus.BROKEN
+        judge(eng, race, comp, key, t, out)
+        now = comp.record_evals.get(key)
+        if was_broken and (now is None or now.status is not RecordStatus.BROKEN):
+            lost.append(key)
+    comp.records = record_codes(comp)
+    if lost:   # a revision took a record back: who else was under the reference now in force?
+        rejudge(eng, [(k, comp.finish_t_us) for k in lost], race, t, out)
+
+
+def judge(eng: Engine, race: Race, comp: CompRun, key: tuple, t: int, out: list) -> bool:
+    """Judge one finish for one record identity; True if a record event was emitted."""
+    assert comp.finish_ms is not None
+    th = comp.finish_ms // 10
+    me = (race.d.id, comp.id)
+    ev_state = comp.record_evals.get(key)
+    pr = None
+    if ev_state is not None:
+        # a revision: judged against the reference this finish was judged against
+        prev = ev_state.prev
+        prev_h = ev_state.prev_h
+    else:
+        pr = comp.prov_rec.pop(key, None)
+        if pr is not None:   # the final judgement follows the provisional ones
+            comp.rec_base[key] = pr.rev + 1
+        prev = reference(eng, key, exclude=me, before=comp.finish_t_us)
+        if prev is None:
+            return drop_provisional_record(eng, race, comp, key, pr, t, out)
+        prev_h = prev.time_h
+    status = status_of(th, prev_h)
+    if ev_state is None and status is RecordStatus.NONE:
+        return drop_provisional_record(eng, race, comp, key, pr, t, out)
+    if ev_state is not None and ev_state.status is status and ev_state.th == th:
+        return False
+    rev = comp.rec_base.get(key, 0) if ev_state is None else ev_state.rev + 1
+    new_state = RecordState(prev, prev_h, status, th, rev)
+    comp.record_evals[key] = new_state
+    claim(eng, key, me, race, comp, th, status, t)
+    out.append(record_event(race, comp, key, new_state, t))
+    return True
+
+
+def status_of(th: int, prev_h: int | None) -> RecordStatus:
+    """A time in hundredths against the reference's."""
+    if prev_h is None or th > prev_h:
+        return RecordStatus.NONE
+    return RecordStatus.BROKEN if th < prev_h else RecordStatus.EQUALLED
+
+
+def drop_provisional_record(eng: Engine, race: Race, comp: CompRun, key: tuple, pr: RecordState | None,
+                            t: int, out: list) -> bool:
+    """The final judgement found no record where a provisional one was published."""
+    if pr is None:
+        return False
+    st = RecordState(pr.prev, pr.prev_h, RecordStatus.NONE, pr.th, pr.rev + 1)
+    comp.rec_base[key] = st.rev + 1
+    ev = record_event(race, comp, key, st, t)
+    ev["time_ms"] = comp.finish_ms
+    out.append(ev)
+    return False
+
+
+def rejudge(eng: Engine, lost: list, caller: Race, t: int, out: list) -> None:
+    """A record was taken back (DQ, VOID, restart, photo): the finishes after
+    it that were judged against it are judged again, in event-time order,
+    against the reference in force at their own finish."""
+    affected = []
+    for ft, race, comp in eng.finish_log:
+        if race.status == "void" or comp.irm is not None or eng.races.get(race.d.id) is not race:
+            continue
+        keys = None
+        for key, after in lost:
+            if ft <= after or comp.record_evals.get(key) is not None:
+                continue
+            if keys is None:
+                keys = set(book_keys(race, comp))
+            if key in keys and judge(eng, race, comp, key, t, out):
+                comp.records = record_codes(comp)
+                if race is not caller and race not in affected:
+                    affected.append(race)
+    for race in affected:
+        results.after_change(eng, race, t, out)
+
+
+def claim(eng: Engine, key: tuple, me: tuple, race: Race, comp: CompRun, th: int,
+          status: RecordStatus, t: int) -> None:
+    claims = eng.claims.setdefault(key, {})
+    if status is RecordStatus.BROKEN:
+        assert comp.finish_t_us is not None
+        cur = claims.get(me)
+        claims[me] = Ref(th, fmt_hundredths(th), comp.id, cur.set_on if cur else utc_date(t),
+                         race.d.venue, race.d.id, comp.finish_t_us)
+    else:
+        claims.pop(me, None)
+
+
+def record_event(race: Race, comp: CompRun, key: tuple, st: RecordState, t: int,
+                 final: bool = True) -> dict:
+    rec, fmt, gender, dist, scope = key
+    prev = st.prev
+    ev = {"kind": "record", "v": 1,
+          "event_id": event_id("record", race.d.id, race.attempt, comp.id, rec, st.rev),
+          "race_id": race.d.id, "t_us": t, "attempt": race.attempt,
+          "competitor_id": comp.id, "record": rec, "equalled": st.status is RecordStatus.EQUALLED,
+          "time": fmt_hundredths(st.th), "previous_time": prev.time if prev else None,
+          "previous_holder": prev.holder if prev else None,
+          "time_ms": comp.finish_ms, "scope": scope, "format": fmt, "gender": gender,
+          "distance_m": dist, "holder": comp.id, "set_on": utc_date(t), "venue": race.d.venue,
+          "revision": st.rev, "withdrawn": not st.holds, "final": final}
+    return ev
+
+
+def withdraw_records(eng: Engine, race: Race, comp: CompRun, t: int, out: list) -> None:
+    me = (race.d.id, comp.id)
+    lost = []
+    for key, st in list(comp.record_evals.items()):
+        if not st.holds:
+            continue
+        if st.status is RecordStatus.BROKEN:
+            lost.append((key, comp.finish_t_us))
+        st = RecordState(st.prev, st.prev_h, RecordStatus.NONE, st.th, st.rev + 1)
+        comp.record_evals[key] = st
+        claim(eng, key, me, race, comp, st.th, st.status, t)
+        out.append(record_event(race, comp, key, st, t))
+    comp.records = []
+    if lost:
+        rejudge(eng, lost, race, t, out)
+
+
+def record_codes(comp: CompRun) -> list[str]:
+    return [code(k[0], s.status) for k, s in comp.record_evals.items() if s.holds]
+
+
+def code(record: str, status: RecordStatus) -> str:
+    """A record in a ranking entry: "OR" broken, "=OR" equalled."""
+    return ("=" if status is RecordStatus.EQUALLED else "") + record
+
+
+def record_key(rec: str, fmt: str, gender: str, distance: int, scope: str | None) -> str:
+    """The identity of a record (the key on ``timing.records.ref``)."""
+    return f"{rec}|{fmt}|{gender}|{distance}|{'' if scope is None else scope}"
+
+
+def record_ref_of(ev: dict) -> dict | None:
+    """What a record event tells the other venues, as a v1 ``record_ref`` (with
+    ``origin``, ``race_id`` and ``withdrawn`` added): a broken record is a new
+    reference, a withdrawn one is taken back. None for an equalled record
+    (the reference does not change)."""
+    if ev["kind"] != "record" or ev.get("final") is False or (ev["equalled"] and not ev.get("withdrawn")):
+        return None   # a provisional record is not a reference for anyone yet
+    return {"kind": "record_ref", "v": 1, "t_us": ev["t_us"], "record": ev["record"],
+            "format": ev["format"], "gender": ev["gender"], "distance_m": ev["distance_m"],
+            "scope": ev["scope"], "time": ev["time"], "holder": ev["holder"], "set_on": ev["set_on"],
+            "venue": ev["venue"], "origin": "lapstream", "race_id": ev["race_id"],
+            "withdrawn": bool(ev.get("withdrawn")), "event_id": ev["event_id"]}
+
+
+def own_record_key(ref: dict) -> str:
+    """Key of a reference lapstream publishes: one per race and holder, so that
+    compaction keeps the federation's reference (another key) and the latest
+    word on each record set here."""
+    return (record_key(ref["record"], ref["format"], ref["gender"], ref["distance_m"], ref["scope"])
+            + f"|{ref['race_id']}|{ref['holder']}")

@@ -1,0 +1,239 @@
+"""Finishes, rankings, results, standings and classifications.
+
+A finish is the transponder crossing or the photo-finish time (the photo
+wins); results go ``live`` -> ``unofficial`` -> ``official`` (or ``void``),
+each change a new revision; standings rank a group's races together; a
+classification places an event's finals.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from schemas.decode import Rejected
+
+from . import events, mass_start, records
+from .config import INF, TEAM_SIZE
+from .model import CompRun, Race
+from .timefmt import elapsed_ms, event_id, fmt_time
+
+if TYPE_CHECKING:   # pragma: no cover
+    from .engine import Engine
+
+
+def photo(eng: Engine, msg: dict, out: list) -> None:
+    race = eng._race_of(msg, "photo")
+    sid = msg["skater_id"]
+    run = race.by_skater.get(sid)
+    if run is None:
+        raise Rejected("unknown_reference", f"photo: skater {sid!r} is not in race {race.d.id}")
+    fin = msg["finish_us"]
+    if fin <= race.gun:
+        raise Rejected("bad_value", f"photo: finish_us of {sid!r} is not after the gun of {race.d.id}")
+    race.photos[sid] = fin
+    eng._touch(race)
+    comp = run.comp
+    if not run.finished and (run.hist or run.lost) and comp.irm is None and not race.ended:
+        # the camera saw a finish the loops missed
+        run.finished = True
+        run.lost = False
+        run.finish_t = fin
+        run.deadline = INF
+        need = TEAM_SIZE if race.d.format == "team_pursuit" else 1
+        if comp.finish_tr is None and sum(1 for x in comp.skaters if x.finished) >= need:
+            comp.finish_tr = fin
+    if comp.finish_tr is not None:
+        settle_finish(eng, race, comp, msg["t_us"], out)
+
+
+def effective_finish(eng: Engine, race: Race, comp: CompRun) -> tuple[int, str]:
+    """Finish time in ms (photo over transponder) and its source."""
+    if race.d.format == "team_pursuit":
+        times: list[tuple[int, bool]] = []
+        used_photo = False
+        for s in comp.skaters:
+            if not s.finished:
+                continue
+            ph = race.photos.get(s.id)
+            if ph is not None:
+                times.append((ph, True))
+            else:
+                assert s.finish_t is not None
+                times.append((s.finish_t, False))
+        times.sort()
+        t_abs, used_photo = times[TEAM_SIZE - 1]   # the third skater
+        return elapsed_ms(t_abs, race.gun), "photo" if used_photo else "transponder"
+    run = comp.skaters[0]
+    ph = race.photos.get(run.id)
+    if ph is not None:
+        return elapsed_ms(ph, race.gun), "photo"
+    assert run.finish_t is not None
+    return elapsed_ms(run.finish_t, race.gun), "transponder"
+
+
+def settle_finish(eng: Engine, race: Race, comp: CompRun, t: int, out: list) -> None:
+    ms, source = effective_finish(eng, race, comp)
+    if comp.finish_ms == ms and comp.source == source:
+        return
+    first = comp.finish_ms is None
+    comp.finish_ms = ms
+    comp.source = source
+    comp.finish_rev += 1
+    if first:
+        comp.finish_t_us = t
+        comp.prov_finish = None
+        eng.finish_log.append((t, race, comp))
+    elif race.d.final is not None:
+        mass_start.reaward_final(race)
+    rank = rank_in_race(eng, race, comp)
+    points = comp.points if race.d.format == "mass_start" else None
+    out.append(events.finish_event(race, comp, t, ms, rank, source, points, True))
+    if comp.irm is None and race.status != "void":
+        records.evaluate_records(eng, race, comp, t, out)
+    if all(c.finish_ms is not None or c.irm is not None for c in race.comps) and race.status == "live":
+        race.status = "unofficial"
+        if race in race.venue.races:   # nobody left on the track: out of the timeline
+            race.venue.races.remove(race)
+    after_change(eng, race, t, out)
+
+
+def rank_in_race(eng: Engine, race: Race, comp: CompRun) -> int | None:
+    for e in ranking(eng, race):
+        if e["competitor_id"] == comp.id:
+            return e["rank"]
+    return None
+
+
+def ranking(eng: Engine, race: Race, prov: dict | None = None) -> list[dict]:
+    """The race's ranking; ``prov`` adds provisional finishes: comp -> (ms, points, records)."""
+    if race.status == "void":
+        return []
+    mass = race.d.format == "mass_start"
+    done = []
+    for c in race.comps:
+        if c.irm is not None:
+            continue
+        if c.finish_ms is not None:
+            done.append((c, c.finish_ms, c.points, c.records))
+        elif prov is not None and c in prov:
+            ms, pts, recs = prov[c]
+            done.append((c, ms, pts, recs))
+    if mass:
+        done.sort(key=lambda x: (-x[2], x[1], x[0].order))
+    else:
+        done.sort(key=lambda x: (x[1], x[0].order))
+    out = []
+    best = done[0][1] if done else 0
+    prev_key = None
+    rank = 0
+    for i, (c, ms, pts, recs) in enumerate(done):
+        k = (pts, ms) if mass else ms
+        if k != prev_key:
+            rank = i + 1
+            prev_key = k
+        e = {"rank": rank, "competitor_id": c.id, "time_ms": ms,
+             "time": fmt_time(ms), "behind_ms": ms - best,
+             "irm": None, "records": list(recs), "name": c.name, "nation": c.nation}
+        if mass:
+            e["points"] = pts
+        out.append(e)
+    for c in race.comps:
+        if c.irm is not None:
+            e = {"rank": None, "competitor_id": c.id, "time_ms": None, "time": None,
+                 "behind_ms": None, "irm": c.irm, "records": [], "name": c.name,
+                 "nation": c.nation}
+            if mass:
+                e["points"] = c.points
+            out.append(e)
+    return out
+
+
+def after_change(eng: Engine, race: Race, t: int, out: list) -> None:
+    emit_result(eng, race, t, out)
+    emit_group(eng, race, t, out)
+
+
+def emit_result(eng: Engine, race: Race, t: int, out: list) -> None:
+    race.result_rev += 1
+    eng.result_revs[race.d.id] = race.result_rev
+    out.append({"kind": "result", "v": 1,
+                "event_id": event_id("result", race.d.id, race.result_rev),
+                "race_id": race.d.id, "t_us": t, "attempt": race.attempt,
+                "status": race.status, "revision": race.result_rev,
+                "ranking": ranking(eng, race), "group": race.d.group,
+                "format": race.d.format, "final": True})
+    race.prov_result = None
+
+
+def emit_group(eng: Engine, race: Race, t: int, out: list) -> None:
+    d = race.d
+    group = d.group
+    entries: list[dict[str, Any]] = []
+    irms: list[dict[str, Any]] = []
+    complete = True
+    mass = d.format == "mass_start"
+    for rid in eng.groups.get(group, ()):
+        r = eng.races.get(rid)
+        if r is None:
+            complete = False
+            continue
+        if r.status not in ("official", "unofficial"):
+            complete = False
+        for e in ranking(eng, r):
+            e = dict(e, race_id=rid)
+            (entries if e["irm"] is None else irms).append(e)
+    if mass:
+        entries.sort(key=lambda e: (-e["points"], e["time_ms"]))
+    else:
+        entries.sort(key=lambda e: e["time_ms"])
+    best = entries[0]["time_ms"] if entries else None
+    prev_key = None
+    rank = 0
+    for i, e in enumerate(entries):
+        k = (e.get("points"), e["time_ms"])
+        if k != prev_key:
+            rank = i + 1
+            prev_key = k
+        e["rank"] = rank
+        e["behind_ms"] = e["time_ms"] - best
+    rev = eng.group_rev.get(group, -1) + 1
+    eng.group_rev[group] = rev
+    out.append({"kind": "standings", "v": 1, "event_id": event_id("standings", group, rev),
+                "t_us": t, "group": group, "ranking": entries + irms, "complete": complete,
+                "revision": rev})
+    if d.places:
+        emit_classification(eng, d.event, t, out)
+
+
+def emit_classification(eng: Engine, event: str, t: int, out: list) -> None:
+    rows = []
+    complete = True
+    places_seen: list[int] = []
+    defs = sorted((eng.race_defs[rid] for rid in eng.events[event]), key=lambda d: min(d.places or [0]))
+    for d in defs:
+        r = eng.races.get(d.id)
+        places = d.places or []
+        places_seen.extend(places)
+        if r is None or r.status != "official":
+            complete = False
+        if r is None:
+            continue
+        # places in ranking order: tied competitors share a place; those with
+        # an IRM (DNF, DQ...) take the places left, in the ranking's order
+        # (DNS and WDR never skated the final: no place)
+        for i, e in enumerate(ranking(eng, r)):
+            if e["rank"] is not None:
+                k = e["rank"] - 1
+            elif e["irm"] in ("DNF", "DQ"):
+                k = i
+            else:
+                k = None
+            rows.append({"place": places[k] if k is not None and k < len(places) else None,
+                         "competitor_id": e["competitor_id"], "race_id": d.id})
+    if sorted(places_seen) != list(range(1, len(places_seen) + 1)):
+        complete = False
+    rows.sort(key=lambda row: (row["place"] is None, row["place"] or 0))
+    rev = eng.event_rev.get(event, -1) + 1
+    eng.event_rev[event] = rev
+    out.append({"kind": "classification", "v": 1,
+                "event_id": event_id("classification", event, rev), "t_us": t,
+                "event": event, "ranking": rows, "complete": complete, "revision": rev})
