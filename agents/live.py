@@ -17,24 +17,61 @@ an offset, so no derived fact is lost.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import AsyncIterator, Awaitable, Callable, Iterable, Optional
 
 import orjson
 
 from agents.core.engine import CoreConfig, Engine, own_record_key, record_ref_of
-from streams.process import Processor
+from schemas.decode import Rejected, decode
+from streams.process import Processor, internal
 from streams.topics import DEADLETTER, RECORDS_REF, TOPIC_OF_KIND, key_of
 
 Send = Callable[[str, Optional[bytes], bytes, Optional[list]], Awaitable[None]]
 RebuildSource = Callable[[int, int, int], AsyncIterator[tuple]]   # (partition, start, end) -> (offset, key, value)
 
+log = logging.getLogger("lapstream")
+
+# A Kafka producer refuses a record larger than its max request size (Faust's
+# default: 1,000,000 bytes): a dead letter that large is cut (headers say so),
+# a derived event that large is not sent (its record is dead-lettered).
+MAX_RECORD_BYTES = 1_000_000
+DEADLETTER_KEY_MAX = 1024          # a dead letter's key is cut beyond this
+RECORD_OVERHEAD = 512              # batch and record framing, generously
+
+
+def record_size(key: bytes | None, value: bytes | None, headers) -> int:
+    """An upper bound of a record's size as a producer counts it."""
+    n = RECORD_OVERHEAD + (len(key) if key else 0) + (len(value) if value else 0)
+    for h, v in headers or ():
+        n += len(h) + len(v) + 10
+    return n
+
+
+def deadletter_record(key: bytes | None, value: bytes | None, headers: list,
+                      limit: int = MAX_RECORD_BYTES) -> tuple:
+    """(key, value, headers) of a dead letter that fits the producer: the
+    original bytes, or their first bytes with ``truncated: true`` and
+    ``original-size`` (and ``original-key-size``) headers."""
+    headers = list(headers)
+    if key is not None and len(key) > DEADLETTER_KEY_MAX:
+        headers.append(("original-key-size", str(len(key)).encode()))
+        key = key[:DEADLETTER_KEY_MAX]
+    if value is not None and record_size(key, value, headers) > limit:
+        headers.append(("truncated", b"true"))
+        headers.append(("original-size", str(len(value)).encode()))
+        value = value[:max(0, limit - record_size(key, b"", headers))]
+    return key, value, headers
+
 
 class LiveAdapter:
     def __init__(self, send: Send, rebuild_source: RebuildSource | None = None, metrics=None,
                  config: CoreConfig | None = None, clock: Callable[[], float] = time.time,
-                 perf: Callable[[], float] = time.perf_counter) -> None:
+                 perf: Callable[[], float] = time.perf_counter,
+                 max_record_bytes: int = MAX_RECORD_BYTES) -> None:
         self.send = send
+        self.max_record_bytes = max_record_bytes
         self.rebuild_source = rebuild_source
         self.metrics = metrics
         self.config = config
@@ -67,8 +104,8 @@ class LiveAdapter:
             return
         self.rebuilding += 1
         try:
-            async for _off, _key, raw in self.rebuild_source(partition, start, end):
-                proc.handle(raw)
+            async for off, key, raw in self.rebuild_source(partition, start, end):
+                proc.handle(raw, (off, key))   # (a message held now may be refused later, live)
                 self.rebuilt_messages += 1
         finally:
             self.rebuilding -= 1
@@ -153,15 +190,59 @@ class LiveAdapter:
 
     # -- record references -----------------------------------------------------
 
-    def on_ref(self, raw: bytes) -> None:
+    def on_ref(self, raw: bytes) -> Rejected | None:
         """A record reference from ``timing.records.ref`` (global: every worker reads
         all). The core judges a finish against references older than it, so the
-        order in which references and raw records arrive does not matter."""
+        order in which references and raw records arrive does not matter.
+        Returns the rejection of a reference that is not one (the caller
+        dead-letters it): only ``record_ref`` messages belong on that topic, a
+        raw message of another kind there would reach every worker's state
+        outside the raw log."""
+        try:
+            msg = decode(raw)
+            if msg["kind"] != "record_ref":
+                raise Rejected("unknown_kind", f"a {msg['kind']} message on the record references topic "
+                                               f"(only record_ref belongs there)")
+        except Rejected as rej:
+            return rej
+        except Exception as exc:   # (decode raises only Rejected; belt and braces)
+            return internal(exc)
         self.refs.append(raw)
-        for proc in self.procs.values():
-            proc.handle(raw)
-        for proc in self.building:
-            proc.handle(raw)
+        bad = None
+        for proc in list(self.procs.values()) + list(self.building):
+            _, rej = proc.handle(raw)
+            if rej is not None and bad is None:
+                bad = rej
+        return bad
+
+    async def on_ref_record(self, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                            source_topic: str = RECORDS_REF.name) -> Rejected | None:
+        """``on_ref`` for a record of the topic: a bad one is dead-lettered
+        (by every worker that reads it: each reads the whole topic; the
+        source headers tell repeats apart)."""
+        try:
+            rej = self.on_ref(value)
+        except Exception as exc:
+            rej = internal(exc)
+        if rej is not None:
+            await self.deadletter(key, value, rej, source_topic, partition, offset)
+        return rej
+
+    async def deadletter(self, key, value, rej: Rejected, source_topic: str, partition: int,
+                         offset: int) -> None:
+        k, v, h = deadletter_record(key, value, [
+            ("error", str(rej).encode()),
+            ("source-topic", source_topic.encode()),
+            ("source-partition", str(partition).encode()),
+            ("source-offset", str(offset).encode()),
+        ], self.max_record_bytes)
+        await self.send(DEADLETTER.name, k, v, h)
+        m = self.metrics
+        if m is not None:
+            try:
+                m.deadletter(rej.reason)
+            except Exception:
+                log.exception("metrics")
 
     # -- raw records -----------------------------------------------------------
 
@@ -189,52 +270,89 @@ class LiveAdapter:
 
     async def _handle(self, proc: Processor, partition: int, offset: int, key, value: bytes,
                       source_topic: str, t0: float | None = None) -> list[dict]:
+        """One record: total. Whatever the bytes, the record's events are sent
+        or it is dead-lettered; an exception here (outside the sends, whose
+        failures stop the commits: SendGuard in streams.app) dead-letters the
+        record and the worker goes on."""
         if t0 is None:
             t0 = self.perf()
         c0 = self.perf()
-        events, rej = proc.handle(value)
+        try:
+            events, rej = proc.handle(value, (offset, key))
+            late = proc.late
+            out = self._outgoing(events, source_topic, partition, offset)
+        except Exception as exc:
+            events, rej, late, out = [], internal(exc), (), []
         c1 = self.perf()
-        m = self.metrics
+        for (off, k), raw, why in late:
+            # messages the clock guard held, refused now
+            await self.deadletter(k, raw, why, source_topic, partition, off)
+        if rej is None and len(out) and out[-1] is None:
+            out.pop()
+            rej = Rejected("oversized", "a derived event of this record exceeds the producer's "
+                                        f"record size ({self.max_record_bytes} bytes): not sent")
         if rej is not None:
-            await self.send(DEADLETTER.name, key, value, [
-                ("error", str(rej).encode()),
-                ("source-topic", source_topic.encode()),
-                ("source-partition", str(partition).encode()),
-                ("source-offset", str(offset).encode()),
-            ])
-            if m is not None:
-                m.deadletters.labels(rej.reason).inc()
+            await self.deadletter(key, value, rej, source_topic, partition, offset)
+        send = self.send
+        for topic, k, v, h in out:
+            await send(topic, k, v, h)
+        try:
+            self._account(proc, events, c1 - c0, t0)
+        except Exception:   # metrics must never stop the pipeline
+            log.exception("metrics of %s:%s:%s", source_topic, partition, offset)
+        return events
+
+    def _outgoing(self, events: list[dict], source_topic: str, partition: int, offset: int) -> list:
+        """The records to send for the events (serialised before anything is
+        sent); a trailing ``None`` if an event was too large to send."""
+        out: list = []
+        if not events:
+            return out
         dumps = orjson.dumps
+        limit = self.max_record_bytes
         # provenance for audits and latency measurement (not part of the payload)
-        trace = [("lapstream-source", f"{source_topic}:{partition}:{offset}".encode())] if events else None
+        trace = [("lapstream-source", f"{source_topic}:{partition}:{offset}".encode())]
+        too_large = False
         for ev in events:
             kind = ev["kind"]
-            await self.send(TOPIC_OF_KIND[kind], key_of(ev).encode(), dumps(ev), trace)
+            k = key_of(ev).encode()
+            v = dumps(ev)
+            if record_size(k, v, trace) > limit:
+                too_large = True
+                continue
+            out.append((TOPIC_OF_KIND[kind], k, v, trace))
             if kind == "record":
                 ref = record_ref_of(ev)
                 if ref is not None:
-                    await self.send(RECORDS_REF.name, own_record_key(ref).encode(), dumps(ref), None)
-        if proc.kind == "heartbeat" and proc.msg is not None:
-            self.heard[(proc.msg["venue"], proc.msg["source"])] = self.wall()
-        if m is not None:
-            key = (proc.kind, proc.outcome)
-            child = self._raw_child.get(key)
+                    out.append((RECORDS_REF.name, own_record_key(ref).encode(), dumps(ref), None))
+        if too_large:
+            out.append(None)
+        return out
+
+    def _account(self, proc: Processor, events: list[dict], core_s: float, t0: float) -> None:
+        msg = proc.msg
+        if msg is not None and msg["kind"] == "heartbeat":
+            self.heard[(msg["venue"], msg["source"])] = self.wall()
+        m = self.metrics
+        if m is None:
+            return
+        key = (proc.kind, proc.outcome)
+        child = self._raw_child.get(key)
+        if child is None:
+            child = self._raw_child[key] = m.raw_messages(*key)
+        child.inc()
+        m.core_duration.observe(core_s)
+        for ev in events:
+            kind = ev["kind"]
+            child = self._derived_child.get(kind)
             if child is None:
-                child = self._raw_child[key] = m.raw.labels(*key)
+                child = self._derived_child[kind] = m.derived.labels(kind)
             child.inc()
-            m.core_duration.observe(c1 - c0)
-            for ev in events:
-                kind = ev["kind"]
-                child = self._derived_child.get(kind)
-                if child is None:
-                    child = self._derived_child[kind] = m.derived.labels(kind)
-                child.inc()
-                if kind == "record" and not ev.get("withdrawn"):
-                    m.records.labels(ev["record"], "true" if ev["equalled"] else "false").inc()
-                elif kind == "incident":
-                    m.incidents.labels(ev["type"], ev["status"]).inc()
-            m.latency.observe(self.perf() - t0)
-        return events
+            if kind == "record" and not ev.get("withdrawn"):
+                m.records.labels(ev["record"], "true" if ev["equalled"] else "false").inc()
+            elif kind == "incident":
+                m.incidents.labels(ev["type"], ev["status"]).inc()
+        m.latency.observe(self.perf() - t0)
 
     # -- gauges ----------------------------------------------------------------
 

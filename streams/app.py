@@ -364,7 +364,8 @@ def create_app(settings: Settings) -> faust.App:
         finally:
             await consumer.stop()
 
-    adapter = LiveAdapter(send, rebuild_source, metrics)
+    adapter = LiveAdapter(send, rebuild_source, metrics,
+                          max_record_bytes=int(app.conf.producer_max_request_size))
     app.lapstream = adapter          # for tests and the demo
     app.lapstream_metrics = metrics
     app.lapstream_health = health
@@ -423,7 +424,8 @@ def create_app(settings: Settings) -> faust.App:
                 batch = await consumer.getmany(*tps, timeout_ms=200)
                 for tp, recs in batch.items():
                     for rec in recs:
-                        adapter.on_ref(rec.value)
+                        # a bad reference is dead-lettered, never raised
+                        await adapter.on_ref_record(tp.partition, rec.offset, rec.key, rec.value)
                 # loaded = at the end offsets AND a fetch came back empty (an end
                 # offset can be low on a broker with tansu's ListOffsets answer)
                 if not health.refs_loaded and not batch:

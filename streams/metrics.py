@@ -43,6 +43,7 @@ OUTCOMES = (
     "ignored_late",
     "ignored_noise",
     "deadlettered",
+    "held",          # held by the clock guard until the venue's next messages decide
 )
 
 # Reason classes of a dead letter (label ``reason`` of DEADLETTERS).
@@ -57,7 +58,13 @@ DEADLETTER_REASONS = (
     "bad_value",
     "unknown_reference",
     "internal",
+    "clock_leap",    # far ahead of the venue's clock and not confirmed (agents/core/clockguard.py)
+    "stale_feed",    # far behind the venue's clock: an older feed replayed onto a live pipeline
 )
+# Label values outside these tuples are counted as "other" (labels never come
+# from input without a bound).
+_RAW_KINDS_LABELS = ("venue", "race", "start", "passing", "heartbeat", "photo", "decision",
+                     "record_ref", "unknown")
 
 CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("lapstream_raw_messages_total", "counter",
@@ -146,6 +153,16 @@ class Metrics:
 
     def __getitem__(self, name: str):
         return self._m[name]
+
+    # -- bounded labels (robustness) -------------------------------------------
+
+    def raw_messages(self, kind: str, outcome: str):
+        """The raw-messages counter child, labels bounded by the catalogue."""
+        return self.raw.labels(kind if kind in _RAW_KINDS_LABELS else "other",
+                               outcome if outcome in OUTCOMES else "other")
+
+    def deadletter(self, reason: str) -> None:
+        self.deadletters.labels(reason if reason in DEADLETTER_REASONS else "other").inc()
 
     raw = property(lambda s: s._m["lapstream_raw_messages_total"])
     deadletters = property(lambda s: s._m["lapstream_deadletters_total"])
