@@ -55,6 +55,9 @@ def deadletter_record(key: bytes | None, value: bytes | None, headers: list,
     original bytes, or their first bytes with ``truncated: true`` and
     ``original-size`` (and ``original-key-size``) headers."""
     headers = list(headers)
+    if value is None:    # a record without a value: a dead letter always has one
+        headers.append(("null-value", b"true"))
+        value = b""
     if key is not None and len(key) > DEADLETTER_KEY_MAX:
         headers.append(("original-key-size", str(len(key)).encode()))
         key = key[:DEADLETTER_KEY_MAX]
