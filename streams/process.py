@@ -71,7 +71,7 @@ class Processor:
                 # the clock guard's common case, inline (99% of a feed): a
                 # clock message near its venue's clock, nothing held
                 v = engine.venues.get(msg["venue"])
-                if v is None or v.clock < 0 or self._behind <= msg["t_us"] - v.clock <= self._ahead:
+                if v is None or (v.clock >= 0 and self._behind <= msg["t_us"] - v.clock <= self._ahead):
                     self.msg = msg
                     return engine.apply(msg), None
             acts = self.guard.offer(msg, engine, (msg, raw, tag))

@@ -6,7 +6,8 @@ offline, replayed and live runs decide alike. ``streams.process.Processor``
 consults it before the core applies a message.
 
 Two rules, per venue, once the venue has a clock (its newest passing or
-heartbeat ``t_us``):
+heartbeat ``t_us``; before the first, the ``t_us`` of its ``venue`` message
+stands in for leaps):
 
 - **Stale** (a replay of an older feed onto a live pipeline, a decoder stuck
   in the past): a message of the venue (any kind naming the venue, or a
@@ -62,13 +63,14 @@ class ClockGuard:
     None)`` to apply (``None``) or refuse, in order; ``[]`` means held.
     ``item`` is the caller's handle on the message: ``(msg, raw, tag)``."""
 
-    __slots__ = ("cfg", "held", "ahead", "behind")
+    __slots__ = ("cfg", "held", "ahead", "behind", "origin")
 
     def __init__(self, config: ClockConfig | None = None) -> None:
         self.cfg = config or ClockConfig()
         self.ahead = self.cfg.ahead_us     # (for the caller's inline fast path)
         self.behind = self.cfg.behind_us
         self.held: dict[str, _Hold] = {}
+        self.origin: dict[str, int] = {}   # venue -> t_us of its set-up (the clock before the first)
 
     def offer(self, msg: dict, engine, item):
         kind = msg["kind"]
@@ -83,13 +85,22 @@ class ClockGuard:
         else:
             return None              # record_ref: not tied to a venue's clock
         v = engine.venues.get(venue)
-        if (v is None or v.clock < 0 or (kind == "passing" and msg["loop"] not in v.loops)
-                or (kind == "start" and msg["race_id"] not in engine.race_defs)):
+        if v is None:
+            if kind == "venue":
+                # until the venue's first clock message, leaps are judged from its set-up
+                self.origin[venue] = msg["t_us"]
+            return None
+        if (kind == "passing" and msg["loop"] not in v.loops) or (
+                kind == "start" and msg["race_id"] not in engine.race_defs):
             return None     # (what refers to nothing known the core refuses itself, saying what)
         clock = v.clock
         t = msg["t_us"]
         cfg = self.cfg
-        if t < clock - cfg.behind_us:
+        if clock < 0:
+            clock = self.origin.get(venue, -1)
+            if clock < 0 or not (kind == "passing" or kind == "heartbeat"):
+                return None
+        elif t < clock - cfg.behind_us:
             raise Rejected("stale_feed",
                            f"{kind}: t_us {t} is {(clock - t) / 1e6:.0f} s behind venue {venue}'s clock "
                            f"(bound {cfg.behind_us / 1e6:.0f} s): an older feed replayed onto this "
