@@ -17,6 +17,7 @@ an offset, so no derived fact is lost.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from typing import AsyncIterator, Awaitable, Callable, Iterable, Optional
@@ -68,6 +69,42 @@ def deadletter_record(key: bytes | None, value: bytes | None, headers: list,
     return key, value, headers
 
 
+RECENT_RECORDS = 2048      # per partition: digests kept to tell a redelivery from a reused offset
+
+
+class Recent:
+    """Digests of the last records handled on a partition, by offset. A record
+    at an offset already handled is a redelivery only if it is the same
+    record: after a broker lost the tail of its log, later records reuse
+    those offsets with other content."""
+
+    __slots__ = ("by_offset", "order", "size")
+
+    def __init__(self, size: int = RECENT_RECORDS) -> None:
+        self.by_offset: dict[int, int] = {}
+        self.order: collections.deque = collections.deque()
+        self.size = size
+
+    def add(self, offset: int, key, value) -> None:
+        by = self.by_offset
+        if offset not in by:
+            self.order.append(offset)
+            if len(self.order) > self.size:
+                by.pop(self.order.popleft(), None)
+        by[offset] = hash((key, value))
+
+    def differs(self, offset: int, key, value) -> bool:
+        """True only if a different record was handled at ``offset`` (an
+        offset older than what is remembered counts as a redelivery)."""
+        d = self.by_offset.get(offset)
+        return d is not None and d != hash((key, value))
+
+    def drop_from(self, offset: int) -> None:
+        for off in [o for o in self.by_offset if o >= offset]:
+            del self.by_offset[off]
+        self.order = collections.deque(o for o in self.order if o < offset)
+
+
 class LiveAdapter:
     def __init__(self, send: Send, rebuild_source: RebuildSource | None = None, metrics=None,
                  config: CoreConfig | None = None, clock: Callable[[], float] = time.time,
@@ -89,6 +126,8 @@ class LiveAdapter:
         self.building: set = set()                      # processors being rebuilt
         self.assigned: set | None = None                # partitions the group gave us (None: not told)
         self.heard: dict[tuple[str, str], float] = {}   # (venue, source) -> wall time of last heartbeat
+        self.recent: dict[int, Recent] = {}             # partition -> digests of its last records
+        self.truncations = 0                            # data losses of the broker detected
         self._raw_child: dict = {}       # labelled metric children, looked up once
         self._derived_child: dict = {}
 
@@ -101,17 +140,23 @@ class LiveAdapter:
             proc.handle(raw)
         return proc
 
-    async def _replay(self, proc: Processor, partition: int, start: int, end: int) -> None:
-        """Feed records [start, end) of the partition into ``proc``, emitting nothing."""
+    async def _replay(self, proc: Processor, partition: int, start: int, end: int) -> int:
+        """Feed records [start, end) of the partition into ``proc``, emitting
+        nothing. Returns the last offset fed (``start - 1``: none)."""
+        last = start - 1
         if end <= start or self.rebuild_source is None:
-            return
+            return last
         self.rebuilding += 1
+        recent = self.recent[partition] = Recent()
         try:
             async for off, key, raw in self.rebuild_source(partition, start, end):
                 proc.handle(raw, (off, key))   # (a message held now may be refused later, live)
+                recent.add(off, key, raw)
                 self.rebuilt_messages += 1
+                last = off
         finally:
             self.rebuilding -= 1
+        return last
 
     def assign(self, partitions: Iterable[int], committed: Callable[[int], Awaitable[int]]) -> None:
         """The partitions this worker now has (the whole assignment): state of
@@ -124,18 +169,24 @@ class LiveAdapter:
             if p not in self.procs and p not in self.pending:
                 self.pending[p] = asyncio.ensure_future(self._build(p, committed))
 
-    async def _fresh(self, partition: int, upto: int) -> Processor:
-        """A processor holding the state of records [0, upto) of the partition."""
+    async def _fresh(self, partition: int, upto: int) -> tuple[Processor, int]:
+        """A processor holding the state of records [0, upto) of the partition,
+        and the last offset the log had of them."""
         proc = self._new_processor()
         try:
-            await self._replay(proc, partition, 0, upto)
+            last = await self._replay(proc, partition, 0, upto)
         finally:
             self.building.discard(proc)
-        return proc
+        return proc, last
 
     async def _build(self, partition: int, committed: Callable[[int], Awaitable[int]]) -> None:
         upto = max(0, await committed(partition))
-        proc = await self._fresh(partition, upto)
+        proc, last = await self._fresh(partition, upto)
+        if 0 <= last < upto - 1:
+            # the log ends before the group's committed offset: the broker lost
+            # its tail; later records will reuse those offsets and must be handled
+            self._truncated(partition, last + 1, upto, "the log ends before the committed offset")
+            upto = last + 1
         self.procs[partition] = proc
         self.next[partition] = upto
         # silence counts from the takeover for every decoder the state knows
@@ -162,7 +213,7 @@ class LiveAdapter:
         if proc is None:
             # no (finished) assignment build: the first record sits at the
             # committed offset, everything before it is state
-            proc = await self._fresh(partition, offset)
+            proc, _ = await self._fresh(partition, offset)
             self.procs[partition] = proc
             self.next[partition] = offset
         return proc
@@ -173,6 +224,7 @@ class LiveAdapter:
             if task is not None:
                 task.cancel()
             self.next.pop(p, None)
+            self.recent.pop(p, None)
             proc = self.procs.pop(p, None)
             if proc is not None and self.metrics is not None:
                 # venues of a lost partition are another worker's now: drop their series
@@ -255,7 +307,15 @@ class LiveAdapter:
         proc = await self.processor(partition, offset)
         nxt = self.next[partition]
         if offset < nxt:
-            return []    # redelivered (at-least-once): already in the state, its events already sent
+            recent = self.recent.get(partition)
+            if recent is None or not recent.differs(offset, key, value):
+                return []    # redelivered (at-least-once): already in the state, its events already sent
+            # another record at an offset already handled: the broker lost the
+            # tail of its log and reuses those offsets. The state keeps what
+            # was handled (its facts are out); this record and those after it
+            # are new: handled, not skipped.
+            self._truncated(partition, offset, nxt, "a different record at an offset already handled")
+            nxt = offset
         if offset > nxt and self.rebuild_source is not None:
             # records between what the state holds and this one (the partition was
             # elsewhere, or a batch was abandoned): handle them now, emitting; a
@@ -271,6 +331,21 @@ class LiveAdapter:
             self.revoke([partition])
         return events
 
+    def _truncated(self, partition: int, offset: int, nxt: int, why: str) -> None:
+        self.truncations += 1
+        log.error("timing.raw[%s]: offsets from %s reused (%s; this worker had handled up to %s): "
+                  "the broker lost acknowledged records; the state keeps them, new records are handled",
+                  partition, offset, why, nxt - 1)
+        self.next[partition] = offset
+        recent = self.recent.get(partition)
+        if recent is not None:
+            recent.drop_from(offset)
+        if self.metrics is not None:
+            try:
+                self.metrics.log_truncations.inc()
+            except Exception:
+                log.exception("metrics")
+
     async def _handle(self, proc: Processor, partition: int, offset: int, key, value: bytes,
                       source_topic: str, t0: float | None = None) -> list[dict]:
         """One record: total. Whatever the bytes, the record's events are sent
@@ -280,6 +355,10 @@ class LiveAdapter:
         if t0 is None:
             t0 = self.perf()
         c0 = self.perf()
+        recent = self.recent.get(partition)
+        if recent is None:
+            recent = self.recent[partition] = Recent()
+        recent.add(offset, key, value)
         try:
             events, rej = proc.handle(value, (offset, key))
             late = proc.late

@@ -334,6 +334,7 @@ def create_app(settings: Settings) -> faust.App:
             first = (await consumer.beginning_offsets([tp])).get(tp, 0)
             consumer.seek(tp, max(start, first))
             done = max(start, first) >= end
+            empty = 0
             while not done:
                 batch = await consumer.getmany(tp, timeout_ms=500, max_records=2000)
                 recs = batch.get(tp, ())
@@ -345,8 +346,18 @@ def create_app(settings: Settings) -> faust.App:
                     if rec.offset == end - 1:
                         done = True
                         break
-                if not recs and await consumer.position(tp) >= end:
+                if recs:
+                    empty = 0
+                    continue
+                pos = await consumer.position(tp)
+                if pos >= end:
                     done = True   # nothing left before ``end`` (compacted or expired)
+                else:
+                    empty += 1
+                    if empty >= 3 and pos >= (await consumer.end_offsets([tp]))[tp]:
+                        # the log ends before ``end`` (the broker lost its tail):
+                        # what it has is all there is (the adapter notices)
+                        done = True
         finally:
             await consumer.stop()
 

@@ -104,6 +104,10 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("lapstream_worker_ready", "gauge",
                "1 when the worker has joined its group, has partitions assigned and state recovered."),
     MetricSpec("lapstream_build", "info", "lapstream version of this worker."),
+    # -- robustness (issue 7): data loss, broker reachability ----------------------
+    MetricSpec("lapstream_log_truncations_total", "counter",
+               "Times a timing.raw partition's offsets were found reused with other records (the "
+               "broker lost acknowledged records) or its log ended before the committed offset."),
 )
 
 BY_NAME = {m.name: m for m in CATALOGUE}
@@ -180,3 +184,4 @@ class Metrics:
     silence = property(lambda s: s._m["lapstream_decoder_silence_seconds"])
     ready = property(lambda s: s._m["lapstream_worker_ready"])
     build = property(lambda s: s._m["lapstream_build"])
+    log_truncations = property(lambda s: s._m["lapstream_log_truncations_total"])
