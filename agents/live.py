@@ -105,6 +105,49 @@ class Recent:
         self.order = collections.deque(o for o in self.order if o < offset)
 
 
+MAX_VENUE_LABELS = 256     # venues with series of their own on one worker; beyond: "other"
+MAX_SOURCE_LABELS = 8      # decoder sources per venue (a primary and a backup system); beyond: "other"
+
+
+class LabelCap:
+    """Metric label values taken from input, bounded: the first venues and
+    sources seen keep their name, the rest share ``other`` (20,000 forged
+    heartbeat sources would otherwise create 40,000 series)."""
+
+    __slots__ = ("venues", "sources")
+
+    def __init__(self) -> None:
+        self.venues: set[str] = set()
+        self.sources: dict[str, set[str]] = {}
+
+    def venue(self, vid: str) -> str:
+        vs = self.venues
+        if vid in vs:
+            return vid
+        if len(vs) < MAX_VENUE_LABELS and vid != "other":
+            vs.add(vid)
+            return vid
+        return "other"
+
+    def source(self, vid: str, src: str) -> tuple[str, str]:
+        lv = self.venue(vid)
+        ss = self.sources.get(lv)
+        if ss is None:
+            ss = self.sources[lv] = set()
+        if src in ss:
+            return lv, src
+        if len(ss) < MAX_SOURCE_LABELS and src != "other":
+            ss.add(src)
+            return lv, src
+        return lv, "other"
+
+    def forget(self, lv: str) -> set[str]:
+        """Drop a venue's labels (its partition went elsewhere); its source labels."""
+        if lv != "other":
+            self.venues.discard(lv)
+        return self.sources.pop(lv, set()) | {"other"}
+
+
 class LiveAdapter:
     def __init__(self, send: Send, rebuild_source: RebuildSource | None = None, metrics=None,
                  config: CoreConfig | None = None, clock: Callable[[], float] = time.time,
@@ -127,6 +170,7 @@ class LiveAdapter:
         self.assigned: set | None = None                # partitions the group gave us (None: not told)
         self.heard: dict[tuple[str, str], float] = {}   # (venue, source) -> wall time of last heartbeat
         self.recent: dict[int, Recent] = {}             # partition -> digests of its last records
+        self.labels = LabelCap()
         self.truncations = 0                            # data losses of the broker detected
         self._raw_child: dict = {}       # labelled metric children, looked up once
         self._derived_child: dict = {}
@@ -193,7 +237,7 @@ class LiveAdapter:
         now = self.wall()
         for vid, v in proc.engine.venues.items():
             for src in v.hb:
-                self.heard.setdefault((vid, src), now)
+                self.heard.setdefault(self.labels.source(vid, src), now)
 
     async def processor(self, partition: int, offset: int) -> Processor:
         task = self.pending.get(partition)
@@ -226,22 +270,26 @@ class LiveAdapter:
             self.next.pop(p, None)
             self.recent.pop(p, None)
             proc = self.procs.pop(p, None)
-            if proc is not None and self.metrics is not None:
+            if proc is not None:
                 # venues of a lost partition are another worker's now: drop their series
                 m = self.metrics
-                for vid, v in proc.engine.venues.items():
-                    for metric in (m.event_lag,):
+                for vid in proc.engine.venues:
+                    lv = self.labels.venue(vid)
+                    if lv == "other":
+                        continue     # shared with venues that stay
+                    if m is not None:
                         try:
-                            metric.remove(vid)
+                            m.event_lag.remove(lv)
                         except KeyError:
                             pass
-                    for src in v.hb:
-                        for metric in (m.heartbeat_age, m.silence):
-                            try:
-                                metric.remove(vid, src)
-                            except KeyError:
-                                pass
-                        self.heard.pop((vid, src), None)
+                    for ls in self.labels.forget(lv):
+                        self.heard.pop((lv, ls), None)
+                        if m is not None:
+                            for metric in (m.heartbeat_age, m.silence):
+                                try:
+                                    metric.remove(lv, ls)
+                                except KeyError:
+                                    pass
 
     # -- record references -----------------------------------------------------
 
@@ -414,7 +462,7 @@ class LiveAdapter:
     def _account(self, proc: Processor, events: list[dict], core_s: float, t0: float) -> None:
         msg = proc.msg
         if msg is not None and msg["kind"] == "heartbeat":
-            self.heard[(msg["venue"], msg["source"])] = self.wall()
+            self.heard[self.labels.source(msg["venue"], msg["source"])] = self.wall()
         m = self.metrics
         if m is None:
             return
@@ -445,17 +493,28 @@ class LiveAdapter:
         now = self.wall()
         races = 0
         venues = 0
+        lags: dict[str, int] = {}
+        ages: dict[tuple[str, str], int] = {}
+        cap = self.labels
         for proc in self.procs.values():
             eng = proc.engine
             races += eng.active_races()
             for vid, v in eng.venues.items():
                 venues += 1
                 if v.clock >= 0:
-                    m.event_lag.labels(vid).set(now - v.clock / 1e6)
+                    lv = cap.venue(vid)
+                    if v.clock > lags.get(lv, -1):
+                        lags[lv] = v.clock
                 for src, t in v.hb.items():
-                    m.heartbeat_age.labels(vid, src).set(now - t / 1e6)
-        for (vid, src), t in self.heard.items():
-            m.silence.labels(vid, src).set(now - t)
+                    key = cap.source(vid, src)
+                    if t > ages.get(key, -1):     # "other": the freshest of the bucket
+                        ages[key] = t
+        for lv, t in lags.items():
+            m.event_lag.labels(lv).set(now - t / 1e6)
+        for key, t in ages.items():
+            m.heartbeat_age.labels(*key).set(now - t / 1e6)
+        for key, t in self.heard.items():
+            m.silence.labels(*key).set(now - t)
         m.active_races.set(races)
         m.active_venues.set(venues)
 

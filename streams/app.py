@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.live import LiveAdapter
 from streams import topics as T
+from streams.health import BrokerWatch, install_rate_limit
 from streams.metrics import Metrics
 
 log = logging.getLogger("lapstream")
@@ -40,6 +41,7 @@ class Settings:
     fetch_max_wait_ms: int = 5
     batch_max: int = 1             # >1: the agent takes up to this many records at once ...
     batch_wait_s: float = 0.002    # ... or what arrived within this time
+    broker_down_s: float = 15.0    # /readyz fails once the broker is unreachable this long
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -52,6 +54,7 @@ class Settings:
             commit_interval_s=float(os.environ.get("LAPSTREAM_COMMIT_INTERVAL_S", "1.0")),
             batch_wait_s=float(os.environ.get("LAPSTREAM_BATCH_WAIT_MS", "2")) / 1000,
             worker_id=os.environ.get("LAPSTREAM_WORKER_ID", "lapstream-1"),
+            broker_down_s=float(os.environ.get("LAPSTREAM_BROKER_DOWN_S", "15")),
         )
         extra = os.environ.get("LAPSTREAM_FAUST_SETTINGS")
         if extra:   # expert tuning: a JSON object of Faust settings
@@ -262,14 +265,16 @@ class SendGuard:
 
 
 class Health:
-    def __init__(self) -> None:
+    def __init__(self, broker_down_s: float = 15.0) -> None:
         self.assigned = False
         self.refs_loaded = False
         self.started = False
         self.refs_event = asyncio.Event()
+        self.broker = BrokerWatch(broker_down_s)
 
     def ready(self, adapter: LiveAdapter) -> bool:
         return (self.started and self.assigned and self.refs_loaded and adapter.rebuilding == 0
+                and self.broker.reachable()
                 and all(t.done() and not t.cancelled() and t.exception() is None
                         for t in adapter.pending.values()))
 
@@ -308,7 +313,7 @@ def create_app(settings: Settings) -> faust.App:
     _tuned_consumer(app, settings.fetch_max_wait_ms)
     metrics = Metrics()
     metrics.build.info({"version": _version(), "worker": settings.worker_id})
-    health = Health()
+    health = Health(settings.broker_down_s)
     raw_topic = app.topic(T.RAW.name, partitions=T.RAW.partitions, schema=RawSchema(), internal=False)
     sends = SendGuard()
     app.lapstream_sends = sends
@@ -464,6 +469,42 @@ def create_app(settings: Settings) -> faust.App:
         except Exception:  # the consumer may be rebalancing; lag is best effort
             pass
 
+    @app.task
+    async def broker_probe() -> None:
+        """Is the broker there? A metadata request every 2 s (3 s timeout), on a
+        client of its own: Faust's and aiokafka's own clients retry forever
+        and say so only in their logs."""
+        from aiokafka.client import AIOKafkaClient
+
+        client = None
+        while True:
+            try:
+                if client is None:
+                    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=3000,
+                                            metadata_max_age_ms=2000)
+                    await asyncio.wait_for(client.bootstrap(), 5)
+                await asyncio.wait_for(client.fetch_all_metadata(), 5)
+                if health.broker.failing_since is not None:
+                    log.warning("broker reachable again after %.0f s", health.broker.unreachable_s())
+                health.broker.ok()
+            except asyncio.CancelledError:
+                if client is not None:
+                    await client.close()
+                raise
+            except Exception as exc:
+                if health.broker.failing_since is None:
+                    log.error("broker unreachable (%s): /readyz fails after %.0f s", exc,
+                              health.broker.limit_s)
+                health.broker.failed(exc)
+                if client is not None:
+                    try:
+                        await client.close()
+                    except Exception:
+                        pass
+                    client = None
+            metrics.broker_unreachable.set(health.broker.unreachable_s())
+            await asyncio.sleep(2.0)
+
     @app.timer(interval=5.0)
     async def state_size() -> None:
         metrics.state_size.set(adapter.state_size())
@@ -482,6 +523,7 @@ def create_app(settings: Settings) -> faust.App:
         body = {"ready": ok, "assigned": health.assigned, "refs_loaded": health.refs_loaded,
                 "rebuilding": adapter.rebuilding + sum(1 for t in adapter.pending.values() if not t.done()),
                 "partitions": sorted(set(adapter.procs) | set(adapter.pending)),
+                "broker_unreachable_s": round(health.broker.unreachable_s(), 1),
                 "rebuilt_messages": adapter.rebuilt_messages}
         return web.json(body, status=200 if ok else 503)
 
@@ -505,6 +547,9 @@ class QuietWorker(Worker):
         # No spinner: the root logger keeps ``loglevel``.
         self.spinner = None
         super().on_setup_root_logger(logger, level)
+        # a broker outage makes aiokafka and Faust repeat the same lines ~100
+        # times a second: each line passes 5 times per 10 s, then a count
+        install_rate_limit(logging.getLogger())
 
 
 def run_worker(settings: Settings, loglevel: str = "warning") -> None:

@@ -108,6 +108,8 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("lapstream_log_truncations_total", "counter",
                "Times a timing.raw partition's offsets were found reused with other records (the "
                "broker lost acknowledged records) or its log ended before the committed offset."),
+    MetricSpec("lapstream_broker_unreachable_seconds", "gauge",
+               "Seconds the broker has not answered this worker's metadata probe (0: reachable)."),
 )
 
 BY_NAME = {m.name: m for m in CATALOGUE}
@@ -185,3 +187,4 @@ class Metrics:
     ready = property(lambda s: s._m["lapstream_worker_ready"])
     build = property(lambda s: s._m["lapstream_build"])
     log_truncations = property(lambda s: s._m["lapstream_log_truncations_total"])
+    broker_unreachable = property(lambda s: s._m["lapstream_broker_unreachable_seconds"])

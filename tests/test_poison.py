@@ -272,3 +272,44 @@ def test_metric_labels_are_bounded():
     m.deadletter("made-up")
     text = __import__("prometheus_client").generate_latest(m.registry).decode()
     assert 'kind="other",outcome="other"' in text and 'reason="other"' in text
+
+
+def test_forged_sources_and_venues_do_not_grow_the_metrics():
+    """20,000 heartbeats with distinct sources (and 2,000 venues) create a
+    bounded number of series: known names up to a cap, then "other"."""
+    import prometheus_client
+
+    from agents.live import MAX_SOURCE_LABELS, MAX_VENUE_LABELS
+
+    m = Metrics()
+    log = Log(RAW)
+    t0 = orjson.loads(RAW[2])["t_us"]
+
+    async def go():
+        a = adapter_for(log)
+        a.metrics = m
+        off = 0
+        for off, rec in enumerate(RAW[:200]):
+            await a.on_raw(0, off, b"NSO", rec)
+        for i in range(20_000):
+            off += 1
+            await a.on_raw(0, off, b"NSO", orjson.dumps(
+                {"kind": "heartbeat", "v": 1, "t_us": t0 + 100_000 + i, "venue": "NSO", "source": f"forged-{i}"}))
+        for i in range(2_000):
+            off += 1
+            venue = {**orjson.loads(RAW[0]), "venue": f"V{i}"}
+            await a.on_raw(0, off, b"NSO", orjson.dumps(venue))
+            off += 1
+            await a.on_raw(0, off, b"NSO", orjson.dumps(
+                {"kind": "heartbeat", "v": 1, "t_us": venue["t_us"] + 1, "venue": f"V{i}", "source": "A"}))
+        a.update_gauges()
+    asyncio.run(go())
+    text = prometheus_client.generate_latest(m.registry).decode()
+    age = [ln for ln in text.splitlines() if ln.startswith("lapstream_decoder_heartbeat_age_seconds{")]
+    silence = [ln for ln in text.splitlines() if ln.startswith("lapstream_decoder_silence_seconds{")]
+    lag = [ln for ln in text.splitlines() if ln.startswith("lapstream_event_time_lag_seconds{")]
+    assert len(lag) <= MAX_VENUE_LABELS + 1
+    assert len(age) <= (MAX_VENUE_LABELS + 1) * (MAX_SOURCE_LABELS + 1) // 8 + MAX_SOURCE_LABELS + 2
+    assert len(silence) <= len(age) + 1
+    assert 'source="other",venue="NSO"' in text and 'venue="other"' in text
+    assert len(text) < 200_000
