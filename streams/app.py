@@ -12,6 +12,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from time import monotonic
 
 import faust
 from faust.sensors import Monitor
@@ -74,6 +75,12 @@ class QuietMonitor(Monitor):
         pass
 
     def on_stream_event_in(self, tp, offset, stream, event):
+        # Faust's stall check (aiokafka driver, verify_event_path, every
+        # commit interval) reads ``stream_inbound_time``: left unset, every
+        # partition with records looked as if its stream had never started
+        # ("Stream has not started processing TP(...)", a false ERROR after
+        # stream_processing_timeout). One dict store per event keeps it true.
+        self.stream_inbound_time[tp] = monotonic()
         return None
 
     def on_stream_event_out(self, tp, offset, stream, event, state=None) -> None:

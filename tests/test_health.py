@@ -105,3 +105,39 @@ def test_readyz_fails_while_the_broker_is_frozen_and_recovers(tmp_path):
     finally:
         w.stop()
         broker.stop()
+
+
+def test_the_quiet_monitor_keeps_what_fausts_stall_check_reads():
+    from streams.app import QuietMonitor
+
+    m = QuietMonitor()
+    m.stream_inbound_time = {}
+    m.on_stream_event_in("tp", 1, None, None)
+    assert "tp" in m.stream_inbound_time
+
+
+@pytest.mark.timeout(600)
+def test_no_false_stream_stall_error_after_records_were_handled(tmp_path):
+    """Faust's check with a 3 s timeout (default 300 s): the worker handles a
+    feed, then idles; it must not claim that a stream never started."""
+    from streams import beijing
+
+    tmp = L.tmpdir()
+    broker = L.start_broker(tmp)
+    w = L.Worker(broker.bootstrap, tmp, "w1",
+                 env={"LAPSTREAM_FAUST_SETTINGS": '{"stream_processing_timeout": 3}'}).start()
+    try:
+        w.wait_ready()
+        lines = (beijing.FEEDS_DIR / beijing.FINAL_A_FILE).read_bytes().splitlines()
+        want = L.offline(lines)
+        # paced (~18 s): records keep arriving while the check runs, so the
+        # high watermark is often ahead of the position when it looks
+        L.replay_lines(broker.bootstrap, lines, speed=25.0)
+        got = L.record_all(broker.bootstrap, expect=len(want))
+        assert len(got) >= len(want)
+        log = w.log.read_text()
+        assert "Stream has not started processing" not in log, log[-3000:]
+        assert w.proc.poll() is None
+    finally:
+        w.stop()
+        broker.stop()
