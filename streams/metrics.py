@@ -92,7 +92,8 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("lapstream_active_venues", "gauge",
                "Venues whose state this worker holds."),
     MetricSpec("lapstream_state_size_bytes", "gauge",
-               "Size of the serialised timing state held by this worker."),
+               "Size of the serialised timing state held by this worker (an estimate from counts, "
+               "agents/core/statesize.py)."),
     MetricSpec("lapstream_decoder_heartbeat_age_seconds", "gauge",
                "Wall clock minus the event time of the last heartbeat of a decoder source.",
                ("venue", "source")),

@@ -141,3 +141,29 @@ def test_no_false_stream_stall_error_after_records_were_handled(tmp_path):
     finally:
         w.stop()
         broker.stop()
+
+
+def test_the_state_gauge_is_an_estimate_close_to_the_pickled_size_without_pickling(monkeypatch):
+    import asyncio
+    import pickle
+
+    from agents.live import LiveAdapter
+    from tests.test_faults import RAW, REFS, Log
+
+    log = Log(RAW)
+    a = LiveAdapter(log.send, log.rebuild)
+
+    async def go():
+        for r in REFS:
+            a.on_ref(r)
+        for off, rec in enumerate(RAW):
+            await a.on_raw(0, off, b"NSO", rec)
+    asyncio.run(go())
+    real = len(pickle.dumps(a.procs[0].engine, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def no_pickle(*args, **kw):
+        raise AssertionError("the gauge must not pickle the engine")
+
+    monkeypatch.setattr(pickle, "dumps", no_pickle)
+    est = a.state_size()
+    assert 0.7 * real <= est <= 1.4 * real, (est, real)
