@@ -89,6 +89,23 @@ def compare(want: list[dict], got: list[dict]) -> dict:
             "duplicates": sum(len(cs) - 1 for cs in copies.values())}
 
 
+def paced_seconds(lines: list[bytes], speed: float) -> float:
+    """How long ``replay(..., speed, skip_idle=True)`` takes (its pacing rule)."""
+    from streams.replay import idle_windows
+
+    idle = idle_windows(lines)
+    total = 0.0
+    t_max = None
+    for ln in lines:
+        t = orjson.loads(ln).get("t_us")
+        if type(t) is not int:
+            continue
+        if t_max is not None and t > t_max and not any(a <= t < b for a, b in idle):
+            total += (t - t_max) / 1e6 / speed
+        t_max = t if t_max is None else max(t_max, t)
+    return max(5.0, total)
+
+
 class Stack:
     def __init__(self) -> None:
         self.tmp = L.tmpdir()
@@ -186,15 +203,7 @@ def main(argv=None) -> int:
     lines = path.read_bytes().splitlines()
     want = [e for e in process_lines(lines) if e["kind"] != "deadletter"]
     if args.replay_s is None:
-        from streams.replay import idle_windows
-
-        ts = [orjson.loads(ln)["t_us"] for ln in lines]
-        idle = idle_windows(lines)
-        busy = sum(1 for t in ts if not any(a <= t < b for a, b in idle))
-        # event time on the track (approx.: busy lines' span share) / speed
-        span = (max(ts) - min(ts)) / 1e6
-        args.replay_s = max(10.0, span * busy / len(ts) / args.speed) if span else 10.0
-        args.replay_s = min(args.replay_s, 600.0)
+        args.replay_s = paced_seconds(lines, args.speed)
     rng = random.Random(args.seed)
     bad = 0
     print(f"feed {path.name}: {len(lines)} lines, {len(want)} events offline; speed {args.speed}, "

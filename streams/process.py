@@ -35,7 +35,7 @@ class Processor:
     current one.
     """
 
-    __slots__ = ("engine", "guard", "msg", "late", "_kind", "_outcome", "_ahead", "_behind")
+    __slots__ = ("engine", "guard", "msg", "late", "_kind", "_outcome", "_ahead", "_behind", "_held")
 
     def __init__(self, engine: Engine | None = None, config: CoreConfig | None = None,
                  clock: ClockConfig | None = None) -> None:
@@ -43,6 +43,7 @@ class Processor:
         self.guard = ClockGuard(clock)
         self._ahead = self.guard.cfg.ahead_us
         self._behind = -self.guard.cfg.behind_us
+        self._held = self.guard.held       # (the guard mutates it, never replaces it)
         self.msg = None          # the message just applied (None: refused or held)
         self._kind = "unknown"   # kind and outcome when msg is None
         self._outcome = "applied"
@@ -67,7 +68,7 @@ class Processor:
             msg = decode(raw)
             kind = msg["kind"]
             engine = self.engine
-            if (kind == "heartbeat" or kind == "passing") and not self.guard.held:
+            if (kind == "heartbeat" or kind == "passing") and not self._held:
                 # the clock guard's common case, inline (99% of a feed): a
                 # clock message near its venue's clock, nothing held
                 v = engine.venues.get(msg["venue"])
