@@ -172,3 +172,14 @@ def test_far_ahead_clock_messages_anywhere_never_erase_facts(bad):
     facts, dead = _split(process_lines(lines))
     assert canon(facts) == canon(CLEAN)
     assert sorted(d["raw"] for d in dead) == sorted(r.decode() for _, r in inserted)
+
+
+def test_a_bad_leap_among_real_ones_refuses_only_itself():
+    """The venue's first heartbeats leap 91 s from its set-up (real, held until
+    confirmed); a forged one at int64 max among them is the only dead letter."""
+    pos = 4
+    bad = _hb(INT64_MAX)
+    lines = WOMEN[:pos] + [bad] + WOMEN[pos:]
+    facts, dead = _split(process_lines(lines))
+    assert canon(facts) == canon(CLEAN)
+    assert [(d["line"], d["raw"]) for d in dead] == [(pos + 1, bad.decode())]

@@ -17,12 +17,14 @@ stands in for leaps):
   feed made races ``official`` with every team DNS).
 - **Leap** (a decoder clock jump, a forged ``t_us``): a passing or heartbeat
   more than ``ahead_us`` (30 s) ahead of the venue's clock is *held*, with
-  every later message of that venue, until the venue's next clock message
-  decides. If ``confirm`` (3) consecutive clock messages agree on the new
-  time (each within ``ahead_us`` of the newest held one), the leap is real
-  (a new session after a night, a day, a long break): everything held is
-  applied, in arrival order, and nothing is lost. If a clock message at the
-  old time comes first, the leap was one bad message (or a few): the
+  every later message of that venue, until the venue's next clock messages
+  decide. Held leaps are grouped by the time they agree on (within
+  ``ahead_us`` of each other; at most 8 such candidates). Once ``confirm``
+  (3) clock messages agree on one, with no clock message at the old time in
+  between, the leap is real (a new session after a night, a day, a long
+  break): its messages and the other held ones are applied, in arrival
+  order, and nothing is lost; leaps to other times are refused. If a clock
+  message at the old time comes first, the leaps were bad messages: the
   leaping messages are refused (``clock_leap``) and the others applied in
   arrival order. So a heartbeat three days ahead, or at int64 max, between
   races never moves the clock and never makes later reads late. At most
@@ -49,12 +51,14 @@ class ClockConfig:
 
 
 class _Hold:
-    __slots__ = ("t", "n", "items")
+    __slots__ = ("cands", "items")
 
     def __init__(self, t: int, item) -> None:
-        self.t = t                 # newest leaping t_us held
-        self.n = 1                 # consecutive leaping clock messages that agree
-        self.items = [(item, True)]   # (item, is a leaping clock message), arrival order
+        self.cands = [[t, 1]]          # candidate new times: [newest t_us, messages agreeing]
+        self.items = [(item, 0)]       # (item, candidate index, or None for a non-clock message)
+
+
+MAX_CANDIDATES = 8
 
 
 class ClockGuard:
@@ -98,7 +102,7 @@ class ClockGuard:
         cfg = self.cfg
         if clock < 0:
             clock = self.origin.get(venue, -1)
-            if clock < 0 or not (kind == "passing" or kind == "heartbeat"):
+            if clock < 0:
                 return None
         elif t < clock - cfg.behind_us:
             raise Rejected("stale_feed",
@@ -112,42 +116,46 @@ class ClockGuard:
             self.held[venue] = _Hold(t, item)
             return []
         if not clockmsg:
-            hold.items.append((item, False))
+            hold.items.append((item, None))
             if len(hold.items) > cfg.max_held:
                 return self._refuse(venue, clock, None)
             return []
-        if t > clock + cfg.ahead_us:
-            if abs(t - hold.t) <= cfg.ahead_us:
-                hold.items.append((item, True))
-                hold.n += 1
-                if t > hold.t:
-                    hold.t = t
-                if hold.n >= cfg.confirm:
-                    del self.held[venue]
-                    return [(it, None) for it, _ in hold.items]
-                if len(hold.items) > cfg.max_held:
-                    return self._refuse(venue, clock, None)
-                return []
-            # a leap to yet another time: the first one is not confirmed
-            out = self._refuse(venue, clock, None)
-            self.held[venue] = _Hold(t, item)
-            return out
-        # a clock message at the venue's own time: the leap was a bad message
-        return self._refuse(venue, clock, item)
+        if t <= clock + cfg.ahead_us:
+            # a clock message at the venue's own time: the leaps were bad messages
+            return self._refuse(venue, clock, item)
+        for i, cand in enumerate(hold.cands):
+            if abs(t - cand[0]) <= cfg.ahead_us:
+                break
+        else:
+            if len(hold.cands) >= MAX_CANDIDATES:
+                raise self._leap(item[0], venue, clock)
+            i = len(hold.cands)
+            hold.cands.append([t, 0])
+            cand = hold.cands[i]
+        hold.items.append((item, i))
+        cand[1] += 1
+        if t > cand[0]:
+            cand[0] = t
+        if cand[1] >= cfg.confirm:
+            # confirmed: this candidate's messages and the others held are
+            # applied in arrival order; other candidates' leaps are refused
+            del self.held[venue]
+            return [(it, None if c is None or c == i else self._leap(it[0], venue, clock))
+                    for it, c in hold.items]
+        if len(hold.items) > cfg.max_held:
+            return self._refuse(venue, clock, None)
+        return []
+
+    def _leap(self, msg: dict, venue: str, clock: int) -> Rejected:
+        t = msg["t_us"]
+        return Rejected("clock_leap",
+                        f"{msg['kind']}: t_us {t} is {(t - clock) / 1e6:.0f} s ahead of venue {venue}'s "
+                        f"clock (bound {self.cfg.ahead_us / 1e6:.0f} s) and the venue's next messages did "
+                        f"not confirm it (a decoder clock jump?)")
 
     def _refuse(self, venue: str, clock: int, then) -> list:
         hold = self.held.pop(venue)
-        out = []
-        for it, leaping in hold.items:
-            if leaping:
-                t = it[0]["t_us"]
-                out.append((it, Rejected(
-                    "clock_leap",
-                    f"{it[0]['kind']}: t_us {t} is {(t - clock) / 1e6:.0f} s ahead of venue {venue}'s "
-                    f"clock (bound {self.cfg.ahead_us / 1e6:.0f} s) and the venue's next messages did "
-                    f"not confirm it (a decoder clock jump?)")))
-            else:
-                out.append((it, None))
+        out = [(it, None if c is None else self._leap(it[0], venue, clock)) for it, c in hold.items]
         if then is not None:
             out.append((then, None))
         return out
@@ -165,4 +173,4 @@ class ClockGuard:
         return [(it, Rejected("clock_leap",
                               f"{it[0]['kind']}: t_us {it[0]['t_us']} leaps ahead of venue {venue}'s "
                               f"clock and the feed ended before it was confirmed"))
-                if leaping else (it, None) for it, leaping in hold.items]
+                if c is not None else (it, None) for it, c in hold.items]
