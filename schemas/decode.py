@@ -13,7 +13,7 @@ import orjson
 
 MAX_MESSAGE_BYTES = 256 * 1024
 
-RAW_KINDS = ("venue", "race", "start", "passing", "heartbeat", "photo", "decision", "record_ref")
+RAW_KINDS = frozenset(("venue", "race", "start", "passing", "heartbeat", "photo", "decision", "record_ref"))
 FORMATS = frozenset(("individual", "team_pursuit", "mass_start"))
 LEVELS = frozenset(("OWG", "WCH", "WC", "CC", "NAT", "OTHER"))
 DECISION_CODES = frozenset(("DQ", "DNF", "DNS", "WDR", "FALL", "OFFICIAL", "VOID"))
@@ -94,7 +94,10 @@ _JSONDecodeError = orjson.JSONDecodeError
 
 
 def decode(raw: bytes | str) -> dict:
-    """Decode and validate one raw message. Raises ``Rejected``."""
+    """Decode and validate one raw message. Raises ``Rejected`` (and nothing
+    else, whatever the input: tests/test_poison.py)."""
+    if raw is None:
+        raise Rejected("not_json", "a record without a value (null)")
     if len(raw) > MAX_MESSAGE_BYTES:
         raise Rejected("oversized", f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
@@ -187,7 +190,7 @@ def _race(msg: dict) -> None:
     sprints = _check(msg, "race", "sprints", OBJ, required=False)
     if sprints is not None:
         for k, pts in sprints.items():
-            if not k.isdigit() or type(pts) is not list or any(type(p) is not int or p < 0 for p in pts):
+            if not (k.isascii() and k.isdigit()) or type(pts) is not list or any(type(p) is not int or p < 0 for p in pts):
                 raise Rejected("bad_value", "race: sprints must map lap numbers to lists of points")
     final = _check(msg, "race", "final", LIST, required=False)
     if final is not None and any(type(p) is not int or p < 0 for p in final):

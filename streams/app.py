@@ -12,6 +12,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from time import monotonic
 
 import faust
 from faust.sensors import Monitor
@@ -23,6 +24,7 @@ from agents.live import LiveAdapter
 from streams import defaults as D
 from streams import topics as T
 from streams.kafka_security import KafkaSecurity, checked_faust_extra
+from streams.health import BrokerWatch, install_rate_limit
 from streams.metrics import Metrics
 
 log = logging.getLogger("lapstream")
@@ -42,6 +44,7 @@ class Settings:
     fetch_max_wait_ms: int = 5
     batch_max: int = 1             # >1: the agent takes up to this many records at once ...
     batch_wait_s: float = 0.002    # ... or what arrived within this time
+    broker_down_s: float = 15.0    # /readyz fails once the broker is unreachable this long
     extra: dict = field(default_factory=dict)
     security: object = None       # streams.kafka_security.KafkaSecurity (None: from LAPSTREAM_KAFKA_*)
 
@@ -55,6 +58,7 @@ class Settings:
             commit_interval_s=float(os.environ.get("LAPSTREAM_COMMIT_INTERVAL_S", "1.0")),
             batch_wait_s=float(os.environ.get("LAPSTREAM_BATCH_WAIT_MS", "2")) / 1000,
             worker_id=os.environ.get("LAPSTREAM_WORKER_ID", D.WORKER_ID),
+            broker_down_s=float(os.environ.get("LAPSTREAM_BROKER_DOWN_S", "15")),
         )
         extra = os.environ.get("LAPSTREAM_FAUST_SETTINGS")
         if extra:   # expert tuning: a JSON object of Faust settings
@@ -74,6 +78,12 @@ class QuietMonitor(Monitor):
         pass
 
     def on_stream_event_in(self, tp, offset, stream, event):
+        # Faust's stall check (aiokafka driver, verify_event_path, every
+        # commit interval) reads ``stream_inbound_time``: left unset, every
+        # partition with records looked as if its stream had never started
+        # ("Stream has not started processing TP(...)", a false ERROR after
+        # stream_processing_timeout). One dict store per event keeps it true.
+        self.stream_inbound_time[tp] = monotonic()
         return None
 
     def on_stream_event_out(self, tp, offset, stream, event, state=None) -> None:
@@ -265,14 +275,16 @@ class SendGuard:
 
 
 class Health:
-    def __init__(self) -> None:
+    def __init__(self, broker_down_s: float = 15.0) -> None:
         self.assigned = False
         self.refs_loaded = False
         self.started = False
         self.refs_event = asyncio.Event()
+        self.broker = BrokerWatch(broker_down_s)
 
     def ready(self, adapter: LiveAdapter) -> bool:
         return (self.started and self.assigned and self.refs_loaded and adapter.rebuilding == 0
+                and self.broker.reachable()
                 and all(t.done() and not t.cancelled() and t.exception() is None
                         for t in adapter.pending.values()))
 
@@ -314,7 +326,7 @@ def create_app(settings: Settings) -> faust.App:
     _tuned_consumer(app, settings.fetch_max_wait_ms)
     metrics = Metrics()
     metrics.build.info({"version": _version(), "worker": settings.worker_id})
-    health = Health()
+    health = Health(settings.broker_down_s)
     raw_topic = app.topic(T.RAW.name, partitions=T.RAW.partitions, schema=RawSchema(), internal=False)
     sends = SendGuard()
     app.lapstream_sends = sends
@@ -340,6 +352,7 @@ def create_app(settings: Settings) -> faust.App:
             first = (await consumer.beginning_offsets([tp])).get(tp, 0)
             consumer.seek(tp, max(start, first))
             done = max(start, first) >= end
+            empty = 0
             while not done:
                 batch = await consumer.getmany(tp, timeout_ms=500, max_records=2000)
                 recs = batch.get(tp, ())
@@ -351,8 +364,18 @@ def create_app(settings: Settings) -> faust.App:
                     if rec.offset == end - 1:
                         done = True
                         break
-                if not recs and await consumer.position(tp) >= end:
+                if recs:
+                    empty = 0
+                    continue
+                pos = await consumer.position(tp)
+                if pos >= end:
                     done = True   # nothing left before ``end`` (compacted or expired)
+                else:
+                    empty += 1
+                    if empty >= 3 and pos >= (await consumer.end_offsets([tp]))[tp]:
+                        # the log ends before ``end`` (the broker lost its tail):
+                        # what it has is all there is (the adapter notices)
+                        done = True
         finally:
             await consumer.stop()
 
@@ -370,7 +393,8 @@ def create_app(settings: Settings) -> faust.App:
         finally:
             await consumer.stop()
 
-    adapter = LiveAdapter(send, rebuild_source, metrics)
+    adapter = LiveAdapter(send, rebuild_source, metrics,
+                          max_record_bytes=int(app.conf.producer_max_request_size))
     app.lapstream = adapter          # for tests and the demo
     app.lapstream_metrics = metrics
     app.lapstream_health = health
@@ -429,7 +453,8 @@ def create_app(settings: Settings) -> faust.App:
                 batch = await consumer.getmany(*tps, timeout_ms=200)
                 for tp, recs in batch.items():
                     for rec in recs:
-                        adapter.on_ref(rec.value)
+                        # a bad reference is dead-lettered, never raised
+                        await adapter.on_ref_record(tp.partition, rec.offset, rec.key, rec.value)
                 # loaded = at the end offsets AND a fetch came back empty (an end
                 # offset can be low on a broker with tansu's ListOffsets answer)
                 if not health.refs_loaded and not batch:
@@ -457,6 +482,42 @@ def create_app(settings: Settings) -> faust.App:
         except Exception:  # the consumer may be rebalancing; lag is best effort
             pass
 
+    @app.task
+    async def broker_probe() -> None:
+        """Is the broker there? A metadata request every 2 s (3 s timeout), on a
+        client of its own: Faust's and aiokafka's own clients retry forever
+        and say so only in their logs."""
+        from aiokafka.client import AIOKafkaClient
+
+        client = None
+        while True:
+            try:
+                if client is None:
+                    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=3000,
+                                            metadata_max_age_ms=2000, **kafka_kw)   # TLS / SASL too
+                    await asyncio.wait_for(client.bootstrap(), 5)
+                await asyncio.wait_for(client.fetch_all_metadata(), 5)
+                if health.broker.failing_since is not None:
+                    log.warning("broker reachable again after %.0f s", health.broker.unreachable_s())
+                health.broker.ok()
+            except asyncio.CancelledError:
+                if client is not None:
+                    await client.close()
+                raise
+            except Exception as exc:
+                if health.broker.failing_since is None:
+                    log.error("broker unreachable (%s): /readyz fails after %.0f s", exc,
+                              health.broker.limit_s)
+                health.broker.failed(exc)
+                if client is not None:
+                    try:
+                        await client.close()
+                    except Exception:
+                        pass
+                    client = None
+            metrics.broker_unreachable.set(health.broker.unreachable_s())
+            await asyncio.sleep(2.0)
+
     @app.timer(interval=5.0)
     async def state_size() -> None:
         metrics.state_size.set(adapter.state_size())
@@ -475,6 +536,7 @@ def create_app(settings: Settings) -> faust.App:
         body = {"ready": ok, "assigned": health.assigned, "refs_loaded": health.refs_loaded,
                 "rebuilding": adapter.rebuilding + sum(1 for t in adapter.pending.values() if not t.done()),
                 "partitions": sorted(set(adapter.procs) | set(adapter.pending)),
+                "broker_unreachable_s": round(health.broker.unreachable_s(), 1),
                 "rebuilt_messages": adapter.rebuilt_messages}
         return web.json(body, status=200 if ok else 503)
 
@@ -498,6 +560,9 @@ class QuietWorker(Worker):
         # No spinner: the root logger keeps ``loglevel``.
         self.spinner = None
         super().on_setup_root_logger(logger, level)
+        # a broker outage makes aiokafka and Faust repeat the same lines ~100
+        # times a second: each line passes 5 times per 10 s, then a count
+        install_rate_limit(logging.getLogger())
 
 
 def run_worker(settings: Settings, loglevel: str = "warning") -> None:

@@ -43,6 +43,7 @@ OUTCOMES = (
     "ignored_late",
     "ignored_noise",
     "deadlettered",
+    "held",          # held by the clock guard until the venue's next messages decide
 )
 
 # Reason classes of a dead letter (label ``reason`` of DEADLETTERS).
@@ -57,7 +58,13 @@ DEADLETTER_REASONS = (
     "bad_value",
     "unknown_reference",
     "internal",
+    "clock_leap",    # far ahead of the venue's clock and not confirmed (agents/core/clockguard.py)
+    "stale_feed",    # far behind the venue's clock: an older feed replayed onto a live pipeline
 )
+# Label values outside these tuples are counted as "other" (labels never come
+# from input without a bound).
+_RAW_KINDS_LABELS = ("venue", "race", "start", "passing", "heartbeat", "photo", "decision",
+                     "record_ref", "unknown")
 
 CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("lapstream_raw_messages_total", "counter",
@@ -85,7 +92,8 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("lapstream_active_venues", "gauge",
                "Venues whose state this worker holds."),
     MetricSpec("lapstream_state_size_bytes", "gauge",
-               "Size of the serialised timing state held by this worker."),
+               "Size of the serialised timing state held by this worker (an estimate from counts, "
+               "agents/core/statesize.py)."),
     MetricSpec("lapstream_decoder_heartbeat_age_seconds", "gauge",
                "Wall clock minus the event time of the last heartbeat of a decoder source.",
                ("venue", "source")),
@@ -129,6 +137,12 @@ CATALOGUE: tuple[MetricSpec, ...] = (
                "1 while ingest holds a TCP connection to the decoder, else 0.", ("decoder",)),
     MetricSpec("lapstream_p3_last_message_age_seconds", "gauge",
                "Seconds (ingest clock) since the last good frame from a decoder.", ("decoder",)),
+    # -- robustness (issue 7): data loss, broker reachability ----------------------
+    MetricSpec("lapstream_log_truncations_total", "counter",
+               "Times a timing.raw partition's offsets were found reused with other records (the "
+               "broker lost acknowledged records) or its log ended before the committed offset."),
+    MetricSpec("lapstream_broker_unreachable_seconds", "gauge",
+               "Seconds the broker has not answered this worker's metadata probe (0: reachable)."),
 )
 
 # -- gateway (``lapstream serve``, streams/gateway.py): its own process, so its
@@ -205,6 +219,16 @@ class Metrics:
     def __getitem__(self, name: str):
         return self._m[name]
 
+    # -- bounded labels (robustness) -------------------------------------------
+
+    def raw_messages(self, kind: str, outcome: str):
+        """The raw-messages counter child, labels bounded by the catalogue."""
+        return self.raw.labels(kind if kind in _RAW_KINDS_LABELS else "other",
+                               outcome if outcome in OUTCOMES else "other")
+
+    def deadletter(self, reason: str) -> None:
+        self.deadletters.labels(reason if reason in DEADLETTER_REASONS else "other").inc()
+
     raw = property(lambda s: s._m["lapstream_raw_messages_total"])
     deadletters = property(lambda s: s._m["lapstream_deadletters_total"])
     derived = property(lambda s: s._m["lapstream_derived_events_total"])
@@ -221,3 +245,5 @@ class Metrics:
     silence = property(lambda s: s._m["lapstream_decoder_silence_seconds"])
     ready = property(lambda s: s._m["lapstream_worker_ready"])
     build = property(lambda s: s._m["lapstream_build"])
+    log_truncations = property(lambda s: s._m["lapstream_log_truncations_total"])
+    broker_unreachable = property(lambda s: s._m["lapstream_broker_unreachable_seconds"])

@@ -3,6 +3,11 @@
 ``process_lines`` is what ``lapstream process`` runs; the live Faust agents
 call the same ``Processor.handle`` per Kafka record, so offline, replayed and
 live output are identical.
+
+``Processor.handle`` is total: whatever the bytes, it returns the derived
+events or a rejection (the caller dead-letters the message); an exception
+anywhere in the decoder, the clock guard or the core becomes a rejection of
+class ``internal`` for that message. It is the one place where that is done.
 """
 from __future__ import annotations
 
@@ -10,60 +15,149 @@ import gzip
 import io
 from typing import Iterable, Iterator
 
-import orjson
-
 from agents.core import CoreConfig, Engine
-from schemas.decode import Rejected, decode
+from agents.core.clockguard import ClockConfig, ClockGuard
+from schemas.decode import RAW_KINDS, Rejected, decode
 
 
-RAW_KINDS = frozenset(("venue", "race", "start", "passing", "heartbeat", "photo", "decision", "record_ref"))
+def internal(exc: BaseException) -> Rejected:
+    return Rejected("internal", f"internal error on this message: {type(exc).__name__}: {exc}")
 
 
 class Processor:
-    """Decode + core, for one stream of raw messages (one venue partition or a file).
+    """Decode + clock guard + core, for one stream of raw messages (one venue
+    partition or a file).
 
     After ``handle``, ``kind`` and ``outcome`` say what the message was and
     what became of it (for metrics); ``kind`` is ``"unknown"`` for a message
-    whose kind could not be read.
+    whose kind could not be read; ``outcome`` is ``"held"`` for a message the
+    clock guard holds (see ``agents.core.clockguard``). ``late`` lists
+    ``(tag, raw, rejection)`` of messages handled earlier (held by the guard)
+    that this call refused: the caller dead-letters them as it does the
+    current one.
     """
 
-    __slots__ = ("engine", "kind", "outcome", "msg")
+    __slots__ = ("engine", "guard", "msg", "late", "_kind", "_outcome", "_ahead", "_behind", "_held")
 
-    def __init__(self, engine: Engine | None = None, config: CoreConfig | None = None) -> None:
+    def __init__(self, engine: Engine | None = None, config: CoreConfig | None = None,
+                 clock: ClockConfig | None = None) -> None:
         self.engine = engine if engine is not None else Engine(config)
-        self.kind = "unknown"
-        self.outcome = "applied"
-        self.msg = None
+        self.guard = ClockGuard(clock)
+        self._ahead = self.guard.cfg.ahead_us
+        self._behind = -self.guard.cfg.behind_us
+        self._held = self.guard.held       # (the guard mutates it, never replaces it)
+        self.msg = None          # the message just applied (None: refused or held)
+        self._kind = "unknown"   # kind and outcome when msg is None
+        self._outcome = "applied"
+        self.late: list = []
 
-    def handle(self, raw: bytes) -> tuple[list[dict], Rejected | None]:
-        """One raw message: (derived events, None) or ([], the rejection)."""
+    @property
+    def kind(self) -> str:
+        msg = self.msg
+        return msg["kind"] if msg is not None else self._kind
+
+    @property
+    def outcome(self) -> str:
+        return self.engine.outcome if self.msg is not None else self._outcome
+
+    def handle(self, raw: bytes, tag=None) -> tuple[list[dict], Rejected | None]:
+        """One raw message: (derived events, None) or (events, the rejection).
+        Events come with a rejection only when held messages were released."""
+        if self.late:
+            self.late = []
+        msg = None
         try:
-            self.msg = msg = decode(raw)
-            self.kind = msg["kind"]
-            events = self.engine.apply(msg)
-            self.outcome = self.engine.outcome
-            return events, None
+            msg = decode(raw)
+            kind = msg["kind"]
+            engine = self.engine
+            if (kind == "heartbeat" or kind == "passing") and not self._held:
+                # the clock guard's common case, inline (99% of a feed): a
+                # clock message near its venue's clock, nothing held
+                v = engine.venues.get(msg["venue"])
+                if v is None or (v.clock >= 0 and self._behind <= msg["t_us"] - v.clock <= self._ahead):
+                    self.msg = msg
+                    return engine.apply(msg), None
+            acts = self.guard.offer(msg, engine, (msg, raw, tag))
+            if acts is None:
+                self.msg = msg
+                return engine.apply(msg), None
         except Rejected as rej:
-            self.rejected(raw)
+            self.rejected(raw, msg)
             return [], rej
-        except Exception as exc:  # a bug in the core must not stop the pipeline
-            rej = Rejected("internal", f"internal error on this message: {type(exc).__name__}: {exc}")
-            self.rejected(raw)
-            return [], rej
+        except Exception as exc:  # a bug must not stop the pipeline
+            self.rejected(raw, msg)
+            return [], internal(exc)
+        self.msg = None
+        self._kind = kind
+        return self._act(acts, raw)
 
-    def rejected(self, raw: bytes) -> None:
+    def _act(self, acts: list, raw: bytes) -> tuple[list[dict], Rejected | None]:
+        """Apply or refuse what the clock guard released, in order."""
+        events: list[dict] = []
+        mine = None
+        self._outcome = "held"
+        engine = self.engine
+        for (msg, r, tag), rej in acts:
+            current = r is raw
+            if rej is None:
+                try:
+                    events.extend(engine.apply(msg))
+                    if current:
+                        self._outcome = engine.outcome
+                    continue
+                except Rejected as exc:
+                    rej = exc
+                except Exception as exc:
+                    rej = internal(exc)
+            engine.count_rejected(msg["kind"])
+            if current:
+                mine = rej
+                self._outcome = "deadlettered"
+            else:
+                self.late.append((tag, r, rej))
+        return events, mine
+
+    def flush(self) -> list[dict]:
+        """End of a recorded feed: held messages decided (``late`` lists the
+        refused ones), then every crossing closed."""
+        self.late = []
+        events: list[dict] = []
+        for (msg, r, tag), rej in self.guard.drain():
+            if rej is None:
+                try:
+                    events.extend(self.engine.apply(msg))
+                    continue
+                except Rejected as exc:
+                    rej = exc
+                except Exception as exc:
+                    rej = internal(exc)
+            self.engine.count_rejected(msg["kind"])
+            self.late.append((tag, r, rej))
+        events.extend(self.engine.flush())
+        return events
+
+    def rejected(self, raw: bytes, msg=None) -> None:
         """Book a rejected message: its kind if readable, outcome dead-lettered."""
         self.msg = None
         kind = "unknown"
-        try:
-            obj = orjson.loads(raw)
-            if isinstance(obj, dict) and obj.get("kind") in RAW_KINDS:
-                kind = obj["kind"]
-        except orjson.JSONDecodeError:
-            pass
-        self.kind = kind
-        self.outcome = "deadlettered"
+        if type(msg) is not dict:
+            msg = _loads_or_none(raw)
+        if type(msg) is dict:
+            k = msg.get("kind")
+            if type(k) is str and k in RAW_KINDS:
+                kind = k
+        self._kind = kind
+        self._outcome = "deadlettered"
         self.engine.count_rejected(kind)
+
+
+def _loads_or_none(raw):
+    import orjson
+
+    try:
+        return orjson.loads(raw)
+    except Exception:
+        return None
 
 
 def deadletter_line(line_no: int, error: str, raw: bytes) -> dict:
@@ -75,27 +169,25 @@ def process_lines(lines: Iterable[bytes], processor: Processor | None = None,
                   flush: bool = True) -> Iterator[dict]:
     """Every derived event (and dead-letter line) of a recorded feed, in emission order."""
     proc = processor or Processor()
-    apply = proc.engine.apply
+    handle = proc.handle
     for n, line in enumerate(lines, 1):
         if line[-1:] == b"\n":
             line = line.rstrip(b"\r\n")
         if not line or (line[0] != 123 and line.isspace()):   # 123: "{"
             continue
-        try:
-            # the same decode + core as Processor.handle, minus its bookkeeping
-            events = apply(decode(line))
-        except Rejected as rej:
-            proc.rejected(line)
+        events, rej = handle(line, n)
+        if proc.late:
+            for tag, raw, why in proc.late:
+                yield deadletter_line(tag, str(why), raw)
+        if rej is not None:
             yield deadletter_line(n, str(rej), line)
-            continue
-        except Exception as exc:  # a bug in the core must not stop the pipeline
-            proc.rejected(line)
-            yield deadletter_line(n, f"internal error on this message: {type(exc).__name__}: {exc}", line)
-            continue
         if events:
             yield from events
     if flush:
-        yield from proc.engine.flush()
+        events = proc.flush()
+        for tag, raw, why in proc.late:
+            yield deadletter_line(tag, str(why), raw)
+        yield from events
 
 
 def open_feed(path: str) -> io.BufferedIOBase:
@@ -109,6 +201,8 @@ def open_feed(path: str) -> io.BufferedIOBase:
 
 
 def process_file(path: str, out, flush: bool = True) -> Processor:
+    import orjson
+
     proc = Processor()
     dumps = orjson.dumps
     write = out.write

@@ -156,7 +156,7 @@ def _speed(text: str):
 
 def add_commands(sub, broker_arg) -> None:
     p = sub.add_parser("ingest", help="bridge timing hardware into timing.raw")
-    isub = p.add_subparsers(dest="protocol", required=True)
+    isub = p.add_subparsers(dest="protocol", required=True, help="the decoders' protocol (p3: MYLAPS P3)")
     p = isub.add_parser("p3", help="MYLAPS / AMB P3 decoders over TCP (or a byte capture) -> v1 passings and heartbeats")
     p.add_argument("--decoder", action="append", default=[], metavar="HOST:PORT",
                    help="a decoder to connect to (repeatable; P3 decoders listen on 5403)")
