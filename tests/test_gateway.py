@@ -259,6 +259,14 @@ def resume_until(gw: G.Gateway, path: str, it, c, last: str, want: list[str], re
     return got
 
 
+def metric_value(gw: G.Gateway, series: str) -> float:
+    """The value of one series on the gateway's /metrics (0 when absent)."""
+    for ln in gw.get("/metrics")[2].decode().splitlines():
+        if ln.startswith(series + " "):
+            return float(ln.split()[-1])
+    return 0.0
+
+
 def test_a_slow_sse_client_is_closed_with_a_reason_and_resumes(live):
     """An SSE client that stops reading (a tiny receive window) while 1,000
     events of 8 KiB arrive: the gateway keeps at most --send-buffer bytes for
@@ -271,7 +279,17 @@ def test_a_slow_sse_client_is_closed_with_a_reason_and_resumes(live):
     ident, event, _ = next(it)
     assert event == "snapshot"
     burst = burst_of("SLOW-SSE", 1000, pad=8192)
+    consumed0 = metric_value(gw, 'lapstream_gateway_events_consumed_total{topic="timing.splits"}')
     produce(live.broker.bootstrap, burst, b"SLOW-SSE")
+    # the client reads nothing until the gateway has taken in the whole burst (or
+    # dropped it already): on a loaded machine the gateway may lag the producer,
+    # and a client reading early would never fall behind
+    deadline = time.monotonic() + 120
+    while (metric_value(gw, 'lapstream_gateway_slow_clients_dropped_total{transport="sse"}') < 1
+           and metric_value(gw, 'lapstream_gateway_events_consumed_total{topic="timing.splits"}')
+           < consumed0 + len(burst)):
+        assert time.monotonic() < deadline, "the gateway did not take in the burst"
+        time.sleep(0.2)
     reasons: list[str] = []
     got = resume_until(gw, path, it, c, ident, [e["event_id"] for e in burst], reasons)
     assert reasons and reasons[0].startswith("slow client"), reasons
