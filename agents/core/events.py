@@ -6,14 +6,14 @@ from typing import Any
 
 from . import falls
 from .model import CompRun, Pub, Race, SkaterRun
-from .timefmt import elapsed_ms, event_id, fmt_time
+from .timefmt import elapsed_ms, event_id, fmt_time, split_id
 
 
 
 def split_event(race: Race, cid: str, sid: str | None, d: int, t: int, ms: int, lap_ms: int | None,
                 rank: int, behind: int, loop: str, rev: int, final: bool) -> dict:
     return {"kind": "split", "v": 1,
-            "event_id": event_id("split", race.d.id, race.attempt, cid, sid, d, rev),
+            "event_id": split_id(race.split_h, cid, sid, d, rev),
             "race_id": race.d.id, "t_us": t, "attempt": race.attempt,
             "competitor_id": cid, "skater_id": sid, "distance_m": d, "time_ms": ms,
             "time": fmt_time(ms), "lap_ms": lap_ms, "rank": rank, "behind_ms": behind,

@@ -25,7 +25,7 @@ from . import falls, live_finish, tracking
 from .config import TEAM_SIZE
 from .events import split_event, withdrawn
 from .model import CompRun, Pub, Race, SkaterRun
-from .timefmt import elapsed_ms, event_id
+from .timefmt import elapsed_ms, split_id
 
 if TYPE_CHECKING:   # pragma: no cover
     from .engine import Engine
@@ -240,7 +240,7 @@ def _publish_splits(race: Race, want: Want, changed: list[tuple], gone: list[tup
 
 def _withdrawn_split(race: Race, key: tuple, last: dict, rev: int, final: bool) -> dict:
     cid, sid, d = key
-    return withdrawn(last, event_id("split", race.d.id, race.attempt, cid, sid, d, rev), rev, final)
+    return withdrawn(last, split_id(race.split_h, cid, sid, d, rev), rev, final)
 
 
 def _has_open(race: Race, cid: str, sid: str | None) -> bool:
