@@ -29,7 +29,11 @@ from .records import own_record_key, record_key, record_ref_of
 __all__ = ["CoreConfig", "Engine", "Outcome", "own_record_key", "record_key", "record_ref_of"]
 
 Handler = Callable[["Engine", dict, list], None]
-APPLIED = Outcome.APPLIED   # a module constant: an Enum member lookup costs ~0.2 us a message
+# Engine.outcome holds the plain string of an Outcome (equal to the member, and the
+# same metric label): a StrEnum member hashes through a Python-level slot, which
+# made the (kind, outcome) stats key cost ~1 us a message. A module constant: an
+# Enum member lookup costs ~0.2 us.
+APPLIED: str = Outcome.APPLIED.value
 
 
 class Engine:
@@ -55,7 +59,7 @@ class Engine:
         self.events: dict[str, list[str]] = {}
         self.event_rev: dict[str, int] = {}
         self.stats: dict[tuple[str, str], int] = {}
-        self.outcome: Outcome = Outcome.APPLIED
+        self.outcome: str = APPLIED   # the value of an Outcome
         # races whose provisional events need a refresh: the skaters touched (None: all)
         self.dirty: dict[Race, set[SkaterRun] | None] = {}
         self.max_jump_us = self.cfg.max_jump_us
@@ -141,7 +145,7 @@ class Engine:
             raise Rejected("unknown_reference", f"race {msg['race_id']}: venue {msg['venue']!r} was never set up")
         rid = msg["race_id"]
         if rid in self.races and not self.races[rid].ended:
-            self.outcome = Outcome.IGNORED_LATE   # a started race's start list no longer changes
+            self.outcome = Outcome.IGNORED_LATE.value   # a started race's start list no longer changes
             return
         d = RaceDef(msg, venue)
         old = self.race_defs.get(rid)
@@ -174,7 +178,7 @@ class Engine:
         attempt = msg.get("attempt", 1)
         old = self.races.get(rid)
         if old is not None and attempt <= old.attempt:
-            self.outcome = Outcome.DUPLICATE
+            self.outcome = Outcome.DUPLICATE.value
             return
         venue = self.venues[d.venue]
         t = msg["t_us"]
@@ -219,7 +223,7 @@ class Engine:
             if comp is None:
                 raise Rejected("unknown_reference", f"decision: {code} in race {rid} names no competitor")
             if comp.irm == code:
-                self.outcome = Outcome.DUPLICATE
+                self.outcome = Outcome.DUPLICATE.value
                 return
             comp.irm = code
             for s in comp.skaters:
@@ -229,13 +233,13 @@ class Engine:
         elif code == "FALL":
             ident = (msg.get("skater_id"), cid, t)
             if ident in race.falls_confirmed:
-                self.outcome = Outcome.DUPLICATE
+                self.outcome = Outcome.DUPLICATE.value
                 return
             race.falls_confirmed.add(ident)
             falls.confirm(race, comp, msg.get("skater_id"), msg, out)
         elif code == "OFFICIAL":
             if race.status in ("official", "void"):
-                self.outcome = Outcome.DUPLICATE if race.status == "official" else Outcome.IGNORED_LATE
+                self.outcome = Outcome.DUPLICATE.value if race.status == "official" else Outcome.IGNORED_LATE.value
                 return
             for c in race.comps:
                 if c.finish_ms is None and c.irm is None:
@@ -247,7 +251,7 @@ class Engine:
             results.after_change(self, race, t, out)
         elif code == "VOID":
             if race.status == "void":
-                self.outcome = Outcome.DUPLICATE
+                self.outcome = Outcome.DUPLICATE.value
                 return
             race.status = "void"
             self._retire(race)
@@ -267,7 +271,7 @@ class Engine:
             # before the gun (a DNS or WDR): it applies from the start
             self.pre_irm.setdefault(rid, {})[cid] = code
         else:
-            self.outcome = Outcome.IGNORED_BEFORE_START
+            self.outcome = Outcome.IGNORED_BEFORE_START.value
 
     def _retire(self, race: Race) -> None:
         """A race that is official, void or restarted no longer takes part in the
