@@ -58,7 +58,6 @@ class Engine:
         self.group_rev: dict[str, int] = {}
         self.events: dict[str, list[str]] = {}
         self.event_rev: dict[str, int] = {}
-        self.stats: dict[tuple[str, str], int] = {}
         self.outcome: str = APPLIED   # the value of an Outcome
         # races whose provisional events need a refresh: the skaters touched (None: all)
         self.dirty: dict[Race, set[SkaterRun] | None] = {}
@@ -73,6 +72,11 @@ class Engine:
             "decision": Engine._decision,
             "record_ref": records.record_ref,
         }
+        # messages per kind and outcome (``stats``); every pair there is, at 0,
+        # so that counting one is two lookups of a string
+        outcomes = [o.value for o in Outcome] + ["deadlettered"]
+        self._counts: dict[str, dict[str, int]] = {k: dict.fromkeys(outcomes, 0)
+                                                   for k in (*self._handlers, "unknown")}
 
     # -- entry points ------------------------------------------------------
 
@@ -84,14 +88,21 @@ class Engine:
         self._handlers[kind](self, msg, out)
         if self.dirty:
             self._refresh(out)
-        key = (kind, self.outcome)
-        stats = self.stats
-        stats[key] = stats.get(key, 0) + 1
+        try:
+            self._counts[kind][self.outcome] += 1
+        except KeyError:   # pragma: no cover - every kind and outcome is there
+            per = self._counts.setdefault(kind, {})
+            per[self.outcome] = per.get(self.outcome, 0) + 1
         return out
 
     def count_rejected(self, kind: str) -> None:
-        key = (kind if kind in self._handlers else "unknown", "deadlettered")
-        self.stats[key] = self.stats.get(key, 0) + 1
+        per = self._counts[kind if kind in self._handlers else "unknown"]
+        per["deadlettered"] += 1
+
+    @property
+    def stats(self) -> dict[tuple[str, str], int]:
+        """Messages counted, per (kind, outcome) (the labels of a metric): a copy."""
+        return {(k, o): n for k, per in self._counts.items() for o, n in per.items() if n}
 
     def flush(self) -> list[dict]:
         """End of a recorded feed: no later read can come, close every crossing."""
