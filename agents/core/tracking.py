@@ -16,10 +16,12 @@ from .model import CompRun, Race, SkaterRun, Venue
 if TYPE_CHECKING:   # pragma: no cover
     from .engine import Engine
 
+_ENDED = ("official", "void")   # Race.ended, inlined (a property call costs)
+
 
 def crossing(eng: Engine, run: SkaterRun, loop: str, at_m: int, t: int, out: list) -> None:
     race = run.race
-    if run.finished or run.lost or race.ended or run.comp.irm is not None:
+    if run.finished or run.lost or race.status in _ENDED or run.comp.irm is not None:
         return
     d_race = race.d
     comp = run.comp
@@ -60,7 +62,10 @@ def crossing(eng: Engine, run: SkaterRun, loop: str, at_m: int, t: int, out: lis
     team = d_race.format == "team_pursuit"
     out.append(events.split(race, comp, run, d, t, loop, "skater" if team else "comp"))
     if team:
-        n = sum(1 for s in comp.skaters if d in s.split_t)
+        n = 0
+        for s in comp.skaters:
+            if d in s.split_t:
+                n += 1
         if n == TEAM_SIZE:
             comp.team_split[d] = t
             out.append(events.split(race, comp, None, d, t, loop, "comp"))
