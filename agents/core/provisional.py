@@ -245,29 +245,42 @@ def _publish_splits(race: Race, want: Want, changed: list[tuple], gone: list[tup
     lap = race.venue.lap_m
     full = {(_level(race, k), k[2]) for k in gone} if gone else _NO_KEYS
     first: dict[tuple[str, int], int] = {}   # per group: the earliest changed time
-    for k in changed:
-        w = want[k]
-        g = (w[5], w[3])
-        f = first.get(g)
-        if f is None or w[0] < f:
-            first[g] = w[0]
+    if gone or len(changed) > 1:
+        for k in changed:
+            w = want[k]
+            g = (w[5], w[3])
+            f = first.get(g)
+            if f is None or w[0] < f:
+                first[g] = w[0]
     ms_at: dict[tuple[str, int], list[int]] = {}
     todo = []
-    ch = set(changed)
-    for key, w in want.items():
-        g = (w[5], w[3])
-        f = first.get(g)
-        if f is None and g not in full:
-            continue
-        ms = (w[0] - gun) // 1000   # elapsed_ms, inlined
-        lst = ms_at.get(g)
-        if lst is None:
-            ms_at[g] = [ms]
-        else:
-            lst.append(ms)
-        # an unchanged split earlier than every change at its distance keeps its values
-        if f is None or w[0] > f or key in ch or g in full:
-            todo.append((w[0], w[1].order, key[1] or "", key, w))
+    if not gone and len(changed) == 1:   # the common case: one split (re)opened
+        k0 = changed[0]
+        t0, _c, _r, d0, _l, lv0 = want[k0]
+        at_d0 = ms_at[(lv0, d0)] = []
+        for key, w in want.items():
+            if w[3] != d0 or w[5] != lv0:
+                continue
+            at_d0.append((w[0] - gun) // 1000)   # elapsed_ms, inlined
+            # an unchanged split earlier than the change at its distance keeps its values
+            if w[0] > t0 or key == k0:
+                todo.append((w[0], w[1].order, key[1] or "", key, w))
+    else:
+        ch = set(changed)
+        for key, w in want.items():
+            g = (w[5], w[3])
+            f = first.get(g)
+            if f is None and g not in full:
+                continue
+            ms = (w[0] - gun) // 1000   # elapsed_ms, inlined
+            lst = ms_at.get(g)
+            if lst is None:
+                ms_at[g] = [ms]
+            else:
+                lst.append(ms)
+            # an unchanged split earlier than every change at its distance keeps its values
+            if f is None or w[0] > f or key in ch or g in full:
+                todo.append((w[0], w[1].order, key[1] or "", key, w))
     if len(todo) > 1:
         todo.sort(key=_first3)
     pubs = race.pub
