@@ -37,6 +37,10 @@ Handler = Callable[["Engine", dict, list], None]
 APPLIED: str = Outcome.APPLIED.value
 
 
+def _race_order(r: Race) -> tuple[str, int]:
+    return (r.d.id, r.attempt)
+
+
 class Engine:
     """All venues, races, record references, groups and events."""
 
@@ -148,7 +152,11 @@ class Engine:
     def _refresh(self, out: list) -> None:
         dirty = self.dirty
         self.dirty = {}
-        for race in sorted(dirty, key=lambda r: (r.d.id, r.attempt)):
+        if len(dirty) == 1:   # the common case: nothing to sort
+            for race, runs in dirty.items():
+                provisional.refresh(self, race, runs, out)
+            return
+        for race in sorted(dirty, key=_race_order):
             provisional.refresh(self, race, dirty[race], out)
 
     def _touch(self, race: Race, run: SkaterRun | None = None) -> None:

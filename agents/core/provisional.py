@@ -78,7 +78,7 @@ def refresh(eng: Engine, race: Race, touched: set[SkaterRun] | None, out: list[d
         level = "skater" if team else "comp"
         provisional_suspicion = falls.provisional_suspicion
         pace = tracking.pace
-        for t, run, d, loop in _place_open(eng, race, touched):
+        for t, run, d, loop in _place_open(eng, race, touched, one):
             comp = run.comp
             key = (comp.id, run.id, d)
             want[key] = (t, comp, run, d, loop, level)
@@ -141,10 +141,17 @@ def withdraw_attempt(race: Race, out: list[dict]) -> None:
 # -- placing the open crossings -----------------------------------------------
 
 
-def _place_open(eng: Engine, race: Race, touched: set[SkaterRun]) -> list[Placed]:
+def _place_open(eng: Engine, race: Race, touched: set[SkaterRun], one: SkaterRun | None = None) -> list[Placed]:
     """The race distance of every open crossing of the touched skaters, in time
-    order (a skater with two open crossings: the second placed after the first)."""
-    pend = [p for p in race.venue.pending.values() if p.run in touched]
+    order (a skater with two open crossings: the second placed after the first).
+    ``one``: the only skater touched, if so."""
+    if one is not None:
+        pend = []
+        for p in race.venue.pending.values():
+            if p.run is one:
+                pend.append(p)
+    else:
+        pend = [p for p in race.venue.pending.values() if p.run in touched]
     if not pend:
         return []
     distance = race.d.distance
