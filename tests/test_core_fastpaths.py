@@ -51,3 +51,69 @@ def test_split_id_is_the_event_id_of_a_split(rid, attempt, cid, sid, d, rev):
     prefix = id_prefix("split", rid, attempt)
     assert split_id(prefix, cid, sid, d, rev) == want
     assert split_id(prefix, cid, sid, d, rev) == want   # the prefix is not consumed
+
+
+# -- a heartbeat applied inline is what window.heartbeat does ------------------
+
+from hypothesis import settings  # noqa: E402
+from schemas.decode import Rejected  # noqa: E402
+
+from agents.core import Engine  # noqa: E402
+from tests import msgs as M  # noqa: E402
+
+
+def slow_apply(eng: Engine, msg: dict) -> list[dict]:
+    """Engine.apply without its inline heartbeat: every message through its handler."""
+    out: list[dict] = []
+    eng.outcome = "applied"
+    eng._handlers[msg["kind"]](eng, msg, out)
+    if eng.dirty:
+        eng._refresh(out)
+    eng._counts[msg["kind"]][eng.outcome] += 1
+    return out
+
+
+def outcome_of(apply, eng, msg):
+    try:
+        return apply(msg), None
+    except Rejected as rej:
+        return None, str(rej)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["beat", "beat", "beat", "late", "dark", "jump"]),
+                          st.sampled_from(["A", "B"])), min_size=5, max_size=40),
+       st.integers(min_value=0, max_value=3))
+def test_inline_heartbeat_is_the_handler(steps, phase):
+    """Reads of a pair race with heartbeats that go on, arrive late, leave the
+    venue dark (an outage) or leap ahead (a clock jump): the same events,
+    rejections and counts whether heartbeats go inline or through the handler."""
+    gun = M.T0 + 10 * M.S
+    reads = []
+    for sid, start_m in (("AAA", 0), ("BBB", 200)):
+        r, _ = M.skate(sid, start_m, gun, 500)
+        reads += r
+    setup = [M.venue(), M.race("R1", [M.comp("AAA", 0), M.comp("BBB", 200)]), M.start("R1", gun)]
+    feed = list(setup)
+    t = gun + phase * 250_000
+    reads = sorted(reads, key=lambda m: m["t_us"])
+    i = 0
+    for kind, src in steps:
+        if kind == "beat":
+            t += M.S
+        elif kind == "dark":
+            t += 4 * M.S
+        elif kind == "jump":
+            t += 90 * M.S
+        while i < len(reads) and reads[i]["t_us"] <= t:
+            feed.append(reads[i])
+            i += 1
+        feed.append(M.hb(t - 5 * M.S if kind == "late" else t, src))
+    feed += reads[i:]
+    fast, slow = Engine(), Engine()
+    for msg in feed:
+        assert outcome_of(fast.apply, fast, msg) == outcome_of(lambda m: slow_apply(slow, m), slow, msg)
+        assert fast.outcome == slow.outcome
+    assert fast.flush() == slow.flush()
+    assert fast.stats == slow.stats
+    assert {k: v.clock for k, v in fast.venues.items()} == {k: v.clock for k, v in slow.venues.items()}
