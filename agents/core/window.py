@@ -87,11 +87,8 @@ def passing(eng: Engine, msg: dict, out: list) -> None:
         horizon = t - eng.cfg.reorder_us
         if horizon > v.next_due:
             timeline(eng, v, horizon, out)
-    read(eng, v, msg["transponder"], loop, at_m, t)
-
-
-def read(eng: Engine, v: Venue, tp: str, loop: str, at_m: int, t: int) -> None:
-    run = v.transponders.get(tp)
+    # the read itself (inline: every passing)
+    run = v.transponders.get(msg["transponder"])
     if run is None:
         eng.outcome = IGNORED_UNKNOWN_TRANSPONDER
         return
@@ -110,7 +107,7 @@ def read(eng: Engine, v: Venue, tp: str, loop: str, at_m: int, t: int) -> None:
     if last is not None and abs(t - last) <= eng.cfg.group_us:
         eng.outcome = DUPLICATE       # another read of a crossing already closed
         return
-    if t < v.clock - eng.cfg.reorder_us:
+    if t < v.clock - eng.reorder_us:
         eng.outcome = IGNORED_LATE
         return
     key = (id(run), loop)
