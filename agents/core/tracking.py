@@ -19,7 +19,13 @@ if TYPE_CHECKING:   # pragma: no cover
 _ENDED = ("official", "void")   # Race.ended, inlined (a property call costs)
 
 
-def crossing(eng: Engine, run: SkaterRun, loop: str, at_m: int, t: int, out: list) -> None:
+UNPLACED = object()   # ``crossing`` without a placement already known
+
+
+def crossing(eng: Engine, run: SkaterRun, loop: str, at_m: int, t: int, out: list,
+             d_known: object = UNPLACED) -> None:
+    """A closed crossing. ``d_known``: its placement when already computed (the
+    provisional one, for the same ``t`` and the skater's same last crossing)."""
     race = run.race
     if run.finished or run.lost or race.status in _ENDED or run.comp.irm is not None:
         return
@@ -28,7 +34,10 @@ def crossing(eng: Engine, run: SkaterRun, loop: str, at_m: int, t: int, out: lis
     last_d = run.last_d
     dt = t - run.last_t
     v = pace(eng, run)
-    d = place(eng, run, at_m, t, last_d, run.last_t, bool(run.hist), v)
+    if d_known is UNPLACED:
+        d = place(eng, run, at_m, t, last_d, run.last_t, bool(run.hist), v)
+    else:
+        d = d_known   # type: ignore[assignment]
     if d is None:
         return
     run.last_cross[loop] = t

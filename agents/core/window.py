@@ -30,6 +30,7 @@ IGNORED_LATE = Outcome.IGNORED_LATE.value
 IGNORED_UNKNOWN_TRANSPONDER = Outcome.IGNORED_UNKNOWN_TRANSPONDER.value
 ENDED = ("official", "void")   # Race.ended, inlined (a property call costs on every read)
 OUTAGE_GAP_US = falls.OUTAGE_GAP_US
+UNPLACED = tracking.UNPLACED
 
 
 def heartbeat(eng: Engine, msg: dict, out: list) -> None:
@@ -173,7 +174,9 @@ def timeline(eng: Engine, v: Venue, horizon: float, out: list) -> None:
         if best is not None and best_t <= dl_t and best_t < horizon:
             run = best.run
             del pending[(id(run), best.loop)]
-            crossing(eng, run, best.loop, best.at_m, best_t, out)
+            # placed at its first read, for this time and the skater's same last crossing: known
+            crossing(eng, run, best.loop, best.at_m, best_t, out,
+                     best.d if best.sig == (best_t, run.last_t) else UNPLACED)
             if _provisional_left(run):
                 eng._touch(run.race, run)
         elif dl_run is not None and dl_t < best_t and dl_t < horizon:
