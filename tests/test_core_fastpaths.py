@@ -117,3 +117,19 @@ def test_inline_heartbeat_is_the_handler(steps, phase):
     assert fast.flush() == slow.flush()
     assert fast.stats == slow.stats
     assert {k: v.clock for k, v in fast.venues.items()} == {k: v.clock for k, v in slow.venues.items()}
+
+
+def test_the_engine_state_still_pickles():
+    """The ops gauge pickles each partition's engine (``state_size``): the
+    cached id prefixes pickle as their text and give the same ids after."""
+    import pickle
+
+    gun = M.T0 + 10 * M.S
+    reads, _ = M.skate("AAA", 0, gun, 500)
+    eng = Engine()
+    for msg in [M.venue(), M.race("R1", [M.comp("AAA", 0)]), M.start("R1", gun)] + reads[:4]:
+        eng.apply(msg)
+    assert pickle.dumps(eng, protocol=pickle.HIGHEST_PROTOCOL)
+    prefix = pickle.loads(pickle.dumps(eng.races["R1"].split_h))
+    for sid, d, rev in (("AAA", 100, 0), (None, 500, 3)):
+        assert split_id(prefix, "AAA", sid, d, rev) == event_id("split", "R1", 1, "AAA", sid, d, rev)

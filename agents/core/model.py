@@ -8,7 +8,7 @@ from typing import Any
 from schemas.decode import Rejected
 
 from .config import DEFAULT_FINAL, DEFAULT_SPRINTS, INF
-from .timefmt import id_prefix
+from .timefmt import IdPrefix, id_prefix
 
 
 class Outcome(StrEnum):
@@ -303,7 +303,7 @@ class Race:
     pub: dict[tuple, Pub]            # (competitor, skater, distance) -> last split published
     open: dict[tuple, tuple | None]  # keys of ``pub`` not final -> what supports them (None: withdrawn)
     prov_result: tuple | None        # the provisional ranking last published
-    split_h: Any                     # id_prefix("split", race id, attempt): its split ids' hash so far
+    split_h: IdPrefix                # id_prefix("split", race id, attempt): its split ids' hash so far
 
     def __init__(self, d: RaceDef, attempt: int, gun: int, venue: Venue, result_rev: int) -> None:
         self.d = d

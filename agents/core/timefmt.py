@@ -51,17 +51,32 @@ def event_id(*parts: object) -> str:
     return _blake2b(text.encode(), digest_size=12).hexdigest()
 
 
-def id_prefix(*parts: object):
-    """A hash already fed with the leading ``parts`` of ids (and the separator
-    after them): ``event_id(*parts, *rest)`` is ``id_after(prefix, rest...)``,
-    without hashing the common part again (a race's split ids share theirs)."""
+class IdPrefix:
+    """A hash already fed with the leading parts of ids (and the separator
+    after them); pickles as its text (a hash object does not pickle, and the
+    engine's state is pickled to measure it)."""
+
+    __slots__ = ("text", "h")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.h = _blake2b(text.encode(), digest_size=12)
+
+    def __reduce__(self):
+        return (IdPrefix, (self.text,))
+
+
+def id_prefix(*parts: object) -> IdPrefix:
+    """``event_id(*parts, *rest)`` is ``split_id(id_prefix(*parts), ...)`` for a
+    split's rest, without hashing the common part again (a race's split ids
+    share theirs)."""
     text = "\x1f".join([p if p.__class__ is str else "" if p is None else str(p) for p in parts])
-    return _blake2b((text + "\x1f").encode(), digest_size=12)
+    return IdPrefix(text + "\x1f")
 
 
-def split_id(prefix, cid: str, sid: str | None, d: int, rev: int) -> str:
+def split_id(prefix: IdPrefix, cid: str, sid: str | None, d: int, rev: int) -> str:
     """``event_id("split", race_id, attempt, cid, sid, d, rev)`` from the race's
     ``id_prefix("split", race_id, attempt)``."""
-    h = prefix.copy()
+    h = prefix.h.copy()
     h.update(f"{cid}\x1f{sid or ''}\x1f{d}\x1f{rev}".encode())
     return h.hexdigest()
