@@ -23,13 +23,22 @@ from schemas.decode import IRM_CODES, Rejected
 
 from . import falls, provisional, records, results, window
 from .config import CoreConfig
+from .falls import OUTAGE_GAP_US
 from .model import CompRun, Outcome, Race, RaceDef, Ref, SkaterRun, Venue
 from .records import own_record_key, record_key, record_ref_of
 
 __all__ = ["CoreConfig", "Engine", "Outcome", "own_record_key", "record_key", "record_ref_of"]
 
 Handler = Callable[["Engine", dict, list], None]
-APPLIED = Outcome.APPLIED   # a module constant: an Enum member lookup costs ~0.2 us a message
+# Engine.outcome holds the plain string of an Outcome (equal to the member, and the
+# same metric label): a StrEnum member hashes through a Python-level slot, which
+# made the (kind, outcome) stats key cost ~1 us a message. A module constant: an
+# Enum member lookup costs ~0.2 us.
+APPLIED: str = Outcome.APPLIED.value
+
+
+def _race_order(r: Race) -> tuple[str, int]:
+    return (r.d.id, r.attempt)
 
 
 class Engine:
@@ -54,11 +63,11 @@ class Engine:
         self.group_rev: dict[str, int] = {}
         self.events: dict[str, list[str]] = {}
         self.event_rev: dict[str, int] = {}
-        self.stats: dict[tuple[str, str], int] = {}
-        self.outcome: Outcome = Outcome.APPLIED
+        self.outcome: str = APPLIED   # the value of an Outcome
         # races whose provisional events need a refresh: the skaters touched (None: all)
         self.dirty: dict[Race, set[SkaterRun] | None] = {}
         self.max_jump_us = self.cfg.max_jump_us
+        self.reorder_us = self.cfg.reorder_us
         self._handlers: dict[str, Handler] = {
             "passing": window.passing,
             "heartbeat": window.heartbeat,
@@ -69,6 +78,11 @@ class Engine:
             "decision": Engine._decision,
             "record_ref": records.record_ref,
         }
+        # messages per kind and outcome (``stats``); every pair there is, at 0,
+        # so that counting one is two lookups of a string
+        outcomes = [o.value for o in Outcome] + ["deadlettered"]
+        self._counts: dict[str, dict[str, int]] = {k: dict.fromkeys(outcomes, 0)
+                                                   for k in (*self._handlers, "unknown")}
 
     # -- entry points ------------------------------------------------------
 
@@ -77,17 +91,44 @@ class Engine:
         out: list[dict] = []
         self.outcome = APPLIED
         kind = msg["kind"]
+        if kind == "heartbeat":
+            # two thirds of a feed: a beat that closes nothing, inline (what
+            # ``window.heartbeat`` does then); anything else takes the full path
+            v = self.venues.get(msg["venue"])
+            if v is not None:
+                t = msg["t_us"]
+                clock = v.clock
+                if t <= clock + self.max_jump_us and (
+                        t <= clock or (clock >= 0 and t - clock <= OUTAGE_GAP_US
+                                       and t - self.reorder_us <= v.next_due)):
+                    hb = v.hb
+                    src = msg["source"]
+                    if t > hb.get(src, -1):
+                        hb[src] = t
+                    if t > clock:
+                        v.clock = t
+                    if self.dirty:
+                        self._refresh(out)
+                    self._counts["heartbeat"][APPLIED] += 1
+                    return out
         self._handlers[kind](self, msg, out)
         if self.dirty:
             self._refresh(out)
-        key = (kind, self.outcome)
-        stats = self.stats
-        stats[key] = stats.get(key, 0) + 1
+        try:
+            self._counts[kind][self.outcome] += 1
+        except KeyError:   # pragma: no cover - every kind and outcome is there
+            per = self._counts.setdefault(kind, {})
+            per[self.outcome] = per.get(self.outcome, 0) + 1
         return out
 
     def count_rejected(self, kind: str) -> None:
-        key = (kind if kind in self._handlers else "unknown", "deadlettered")
-        self.stats[key] = self.stats.get(key, 0) + 1
+        per = self._counts[kind if kind in self._handlers else "unknown"]
+        per["deadlettered"] += 1
+
+    @property
+    def stats(self) -> dict[tuple[str, str], int]:
+        """Messages counted, per (kind, outcome) (the labels of a metric): a copy."""
+        return {(k, o): n for k, per in self._counts.items() for o, n in per.items() if n}
 
     def flush(self) -> list[dict]:
         """End of a recorded feed: no later read can come, close every crossing."""
@@ -111,7 +152,11 @@ class Engine:
     def _refresh(self, out: list) -> None:
         dirty = self.dirty
         self.dirty = {}
-        for race in sorted(dirty, key=lambda r: (r.d.id, r.attempt)):
+        if len(dirty) == 1:   # the common case: nothing to sort
+            for race, runs in dirty.items():
+                provisional.refresh(self, race, runs, out)
+            return
+        for race in sorted(dirty, key=_race_order):
             provisional.refresh(self, race, dirty[race], out)
 
     def _touch(self, race: Race, run: SkaterRun | None = None) -> None:
@@ -141,7 +186,7 @@ class Engine:
             raise Rejected("unknown_reference", f"race {msg['race_id']}: venue {msg['venue']!r} was never set up")
         rid = msg["race_id"]
         if rid in self.races and not self.races[rid].ended:
-            self.outcome = Outcome.IGNORED_LATE   # a started race's start list no longer changes
+            self.outcome = Outcome.IGNORED_LATE.value   # a started race's start list no longer changes
             return
         d = RaceDef(msg, venue)
         old = self.race_defs.get(rid)
@@ -174,7 +219,7 @@ class Engine:
         attempt = msg.get("attempt", 1)
         old = self.races.get(rid)
         if old is not None and attempt <= old.attempt:
-            self.outcome = Outcome.DUPLICATE
+            self.outcome = Outcome.DUPLICATE.value
             return
         venue = self.venues[d.venue]
         t = msg["t_us"]
@@ -219,7 +264,7 @@ class Engine:
             if comp is None:
                 raise Rejected("unknown_reference", f"decision: {code} in race {rid} names no competitor")
             if comp.irm == code:
-                self.outcome = Outcome.DUPLICATE
+                self.outcome = Outcome.DUPLICATE.value
                 return
             comp.irm = code
             for s in comp.skaters:
@@ -229,13 +274,13 @@ class Engine:
         elif code == "FALL":
             ident = (msg.get("skater_id"), cid, t)
             if ident in race.falls_confirmed:
-                self.outcome = Outcome.DUPLICATE
+                self.outcome = Outcome.DUPLICATE.value
                 return
             race.falls_confirmed.add(ident)
             falls.confirm(race, comp, msg.get("skater_id"), msg, out)
         elif code == "OFFICIAL":
             if race.status in ("official", "void"):
-                self.outcome = Outcome.DUPLICATE if race.status == "official" else Outcome.IGNORED_LATE
+                self.outcome = Outcome.DUPLICATE.value if race.status == "official" else Outcome.IGNORED_LATE.value
                 return
             for c in race.comps:
                 if c.finish_ms is None and c.irm is None:
@@ -247,7 +292,7 @@ class Engine:
             results.after_change(self, race, t, out)
         elif code == "VOID":
             if race.status == "void":
-                self.outcome = Outcome.DUPLICATE
+                self.outcome = Outcome.DUPLICATE.value
                 return
             race.status = "void"
             self._retire(race)
@@ -267,7 +312,7 @@ class Engine:
             # before the gun (a DNS or WDR): it applies from the start
             self.pre_irm.setdefault(rid, {})[cid] = code
         else:
-            self.outcome = Outcome.IGNORED_BEFORE_START
+            self.outcome = Outcome.IGNORED_BEFORE_START.value
 
     def _retire(self, race: Race) -> None:
         """A race that is official, void or restarted no longer takes part in the

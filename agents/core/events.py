@@ -6,14 +6,14 @@ from typing import Any
 
 from . import falls
 from .model import CompRun, Pub, Race, SkaterRun
-from .timefmt import elapsed_ms, event_id, fmt_time
+from .timefmt import elapsed_ms, event_id, fmt_time, split_id
 
 
 
 def split_event(race: Race, cid: str, sid: str | None, d: int, t: int, ms: int, lap_ms: int | None,
                 rank: int, behind: int, loop: str, rev: int, final: bool) -> dict:
     return {"kind": "split", "v": 1,
-            "event_id": event_id("split", race.d.id, race.attempt, cid, sid, d, rev),
+            "event_id": split_id(race.split_h, cid, sid, d, rev),
             "race_id": race.d.id, "t_us": t, "attempt": race.attempt,
             "competitor_id": cid, "skater_id": sid, "distance_m": d, "time_ms": ms,
             "time": fmt_time(ms), "lap_ms": lap_ms, "rank": rank, "behind_ms": behind,
@@ -46,27 +46,43 @@ def finish_event(race: Race, comp: CompRun, t: int, ms: int, rank: int | None, s
 def split(race: Race, comp: CompRun, run: SkaterRun | None, d: int, t: int,
           loop: str, level: str) -> dict:
     """The final split of a closed crossing (the next revision of its key)."""
-    ms = elapsed_ms(t, race.gun)
+    gun = race.gun
+    ms = (t - gun) // 1000   # elapsed_ms, inlined
     lap = race.venue.lap_m
     if run is not None:
+        sid = run.id
         prev = run.split_t.get(d - lap)
     else:
+        sid = None
         prev = comp.team_split.get(d - lap)
-    lap_ms = ms - elapsed_ms(prev, race.gun) if prev is not None else None
-    idx = race.split_idx.get((level, d))
+    lap_ms = ms - (prev - gun) // 1000 if prev is not None else None
+    split_idx = race.split_idx
+    idx = split_idx.get((level, d))
     if idx is None:
-        idx = race.split_idx[(level, d)] = []
+        idx = split_idx[(level, d)] = []
     insort(idx, ms)
     rank = bisect_left(idx, ms) + 1
-    sid = run.id if run is not None else None
     key = (comp.id, sid, d)
-    pub = race.pub.get(key)
-    rev = 0 if pub is None else pub.rev + 1
+    pubs = race.pub
+    pub = pubs.get(key)
     behind = ms - idx[0]
-    ev = split_event(race, comp.id, sid, d, t, ms, lap_ms, rank, behind, loop, rev, True)
-    race.pub[key] = Pub(rev, (ms, lap_ms, rank, behind), True, ev)
-    if pub is not None:
-        race.open.pop(key, None)
+    val = (ms, lap_ms, rank, behind)
+    if pub is None:
+        ev = split_event(race, comp.id, sid, d, t, ms, lap_ms, rank, behind, loop, 0, True)
+        pubs[key] = Pub(0, val, True, ev)
+        return ev
+    rev = pub.rev + 1
+    last = pub.ev
+    if pub.val == val and last["t_us"] == t and last["loop"] == loop:
+        # the provisional version said the same: only its id, revision and finality change
+        ev = last.copy()
+        ev["event_id"] = split_id(race.split_h, comp.id, sid, d, rev)
+        ev["revision"] = rev
+        ev["final"] = True
+    else:
+        ev = split_event(race, comp.id, sid, d, t, ms, lap_ms, rank, behind, loop, rev, True)
+    pub.rev, pub.val, pub.final, pub.ev = rev, val, True, ev
+    race.open.pop(key, None)
     return ev
 
 

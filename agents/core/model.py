@@ -8,6 +8,7 @@ from typing import Any
 from schemas.decode import Rejected
 
 from .config import DEFAULT_FINAL, DEFAULT_SPRINTS, INF
+from .timefmt import IdPrefix, id_prefix
 
 
 class Outcome(StrEnum):
@@ -302,6 +303,7 @@ class Race:
     pub: dict[tuple, Pub]            # (competitor, skater, distance) -> last split published
     open: dict[tuple, tuple | None]  # keys of ``pub`` not final -> what supports them (None: withdrawn)
     prov_result: tuple | None        # the provisional ranking last published
+    split_h: IdPrefix                # id_prefix("split", race id, attempt): its split ids' hash so far
 
     def __init__(self, d: RaceDef, attempt: int, gun: int, venue: Venue, result_rev: int) -> None:
         self.d = d
@@ -321,6 +323,7 @@ class Race:
         self.pub = {}
         self.open = {}
         self.prov_result = None
+        self.split_h = id_prefix("split", d.id, attempt)
 
     @property
     def ended(self) -> bool:

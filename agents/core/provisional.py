@@ -25,7 +25,7 @@ from . import falls, live_finish, tracking
 from .config import TEAM_SIZE
 from .events import split_event, withdrawn
 from .model import CompRun, Pub, Race, SkaterRun
-from .timefmt import elapsed_ms, event_id
+from .timefmt import elapsed_ms, split_id
 
 if TYPE_CHECKING:   # pragma: no cover
     from .engine import Engine
@@ -34,51 +34,89 @@ if TYPE_CHECKING:   # pragma: no cover
 Placed = tuple[int, "SkaterRun", int, str]
 
 
+_ENDED = ("official", "void")   # Race.ended, inlined (a property call costs)
+_NO_KEYS: frozenset = frozenset()
+
+
 def refresh(eng: Engine, race: Race, touched: set[SkaterRun] | None, out: list[dict]) -> None:
     """Publish what changed in the race's provisional events since last time.
 
     ``touched``: the skaters whose open crossings changed (None: all of them)."""
-    live = not race.ended and eng.races.get(race.d.id) is race
+    d_race = race.d
+    live = race.status not in _ENDED and eng.races.get(d_race.id) is race
     if touched is None or not live:
         touched = set(race.by_skater.values())
-    team = race.d.format == "team_pursuit"
+    # the common case: one skater's crossing opened (or read earlier)
+    one = None
+    if len(touched) == 1:
+        (one,) = touched
+    team = d_race.format == "team_pursuit"
     opened = race.open
     want: Want = {}
     old = []   # what the touched skaters (teams) published and still hold open
     if opened:
-        sids = {run.id for run in touched}
-        cids = {run.comp.id for run in touched}
-        for k, w in opened.items():
-            if k[1] in sids or (k[1] is None and k[0] in cids):
-                old.append(k)
-            elif w is not None:
-                want[k] = w
+        if one is not None:
+            sid = one.id
+            cid = one.comp.id
+            for k, w in opened.items():
+                ks = k[1]
+                if ks == sid or (ks is None and k[0] == cid):
+                    old.append(k)
+                elif w is not None:
+                    want[k] = w
+        else:
+            sids = {run.id for run in touched}
+            cids = {run.comp.id for run in touched}
+            for k, w in opened.items():
+                if k[1] in sids or (k[1] is None and k[0] in cids):
+                    old.append(k)
+                elif w is not None:
+                    want[k] = w
     sus: dict[SkaterRun, tuple[int, int] | None] = {}
     new: list[tuple] = []   # keys the touched skaters (teams) support now
     if live:
         level = "skater" if team else "comp"
-        for t, run, d, loop in _place_open(eng, race, touched):
-            key = (run.comp.id, run.id, d)
-            want[key] = (t, run.comp, run, d, loop, level)
+        provisional_suspicion = falls.provisional_suspicion
+        pace = tracking.pace
+        for t, run, d, loop in _place_open(eng, race, touched, one):
+            comp = run.comp
+            key = (comp.id, run.id, d)
+            want[key] = (t, comp, run, d, loop, level)
             new.append(key)
             if run not in sus:   # its first open crossing: does it reveal a fall?
-                sus[run] = falls.provisional_suspicion(run, d, t, tracking.pace(eng, run))
+                sus[run] = provisional_suspicion(run, d, t, pace(eng, run))
         if team:
-            new.extend(_team_splits(race, {run.comp.id for run in touched}, want))
-    for run in touched:
-        if run.prov_sus is not None or sus.get(run) is not None:
-            falls.publish_provisional(race, run, sus.get(run), out)
+            new.extend(_team_splits(race, (one.comp.id,) if one is not None else {run.comp.id for run in touched},
+                                    want))
+    if sus or one is None or one.prov_sus is not None:
+        for run in touched:
+            if run.prov_sus is not None or sus.get(run) is not None:
+                falls.publish_provisional(race, run, sus.get(run), out)
     # the other open keys come from ``opened`` as they were: only the new can have changed
-    changed = [k for k in new if opened.get(k) != want[k]]
-    gone = [k for k in old if k not in want]
+    changed = []
+    distance = d_race.distance
+    at_finish = race.prov_result is not None
+    for k in new:
+        if opened.get(k) != want[k]:
+            changed.append(k)
+            if k[2] == distance:
+                at_finish = True
+    gone = []
+    for k in old:
+        if k not in want:
+            gone.append(k)
+            if k[2] == distance:
+                at_finish = True
     if changed or gone:
         _publish_splits(race, want, changed, gone, out)
         if gone:
             _withdraw_splits(race, gone, live, out)
-    distance = race.d.distance
-    if (race.prov_result is not None or any(k[2] == distance for k in changed)
-            or any(k[2] == distance for k in gone)
-            or any(c.prov_finish is not None for c in race.comps)):
+    if not at_finish:
+        for c in race.comps:
+            if c.prov_finish is not None:
+                at_finish = True
+                break
+    if at_finish:
         still = {p.run.comp.id for p in race.venue.pending.values() if p.run.race is race} if live else set()
         live_finish.refresh(eng, race, want, still, out)
 
@@ -103,15 +141,36 @@ def withdraw_attempt(race: Race, out: list[dict]) -> None:
 # -- placing the open crossings -----------------------------------------------
 
 
-def _place_open(eng: Engine, race: Race, touched: set[SkaterRun]) -> list[Placed]:
+def _place_open(eng: Engine, race: Race, touched: set[SkaterRun], one: SkaterRun | None = None) -> list[Placed]:
     """The race distance of every open crossing of the touched skaters, in time
-    order (a skater with two open crossings: the second placed after the first)."""
-    distance = race.d.distance
-    pend = [p for p in race.venue.pending.values() if p.run in touched]
+    order (a skater with two open crossings: the second placed after the first).
+    ``one``: the only skater touched, if so."""
+    if one is not None:
+        pend = []
+        for p in race.venue.pending.values():
+            if p.run is one:
+                pend.append(p)
+    else:
+        pend = [p for p in race.venue.pending.values() if p.run in touched]
     if not pend:
         return []
-    if len(pend) > 1:
-        pend.sort(key=lambda p: (p.t, p.run.comp.order, p.run.id))
+    distance = race.d.distance
+    if len(pend) == 1:   # the common case: no chain of open crossings to follow
+        p = pend[0]
+        run = p.run
+        if run.finished or run.lost or run.comp.irm is not None:
+            return []
+        sig = (p.t, run.last_t)
+        if p.sig == sig:
+            d = p.d
+        else:
+            d = tracking.place(eng, run, p.at_m, p.t, run.last_d, run.last_t, bool(run.hist), tracking.pace(eng, run))
+            p.sig = sig
+            p.d = d
+        if d is None or d > distance:
+            return []
+        return [(p.t, run, d, p.loop)]
+    pend.sort(key=lambda p: (p.t, p.run.comp.order, p.run.id))
     chain: dict[int, tuple[int, int, bool, float]] = {}
     placed: list[Placed] = []
     for p in pend:
@@ -146,7 +205,7 @@ def _place_open(eng: Engine, race: Race, touched: set[SkaterRun]) -> list[Placed
 Want = dict[tuple, tuple[int, CompRun, "SkaterRun | None", int, str, str]]
 
 
-def _team_splits(race: Race, cids: set[str], want: Want) -> list[tuple]:
+def _team_splits(race: Race, cids, want: Want) -> list[tuple]:
     """A team's split is its third skater's: from closed crossings and open ones.
     Adds the teams' keys to ``want``; returns them."""
     keys = []
@@ -155,16 +214,25 @@ def _team_splits(race: Race, cids: set[str], want: Want) -> list[tuple]:
         at: dict[int, list[tuple[int, str]]] = {}
         for k, w in want.items():
             if k[0] == cid and k[1] is not None:
-                at.setdefault(w[3], []).append((w[0], w[4]))
+                lst = at.get(w[3])
+                if lst is None:
+                    at[w[3]] = [(w[0], w[4])]
+                else:
+                    lst.append((w[0], w[4]))
         for d, lst in at.items():
-            closed = [s.split_t[d] for s in comp.skaters if d in s.split_t]
-            if len(closed) >= TEAM_SIZE:
+            times = [x[0] for x in lst]
+            closed = 0
+            for s in comp.skaters:
+                st = s.split_t.get(d)
+                if st is not None:
+                    times.append(st)
+                    closed += 1
+            if closed >= TEAM_SIZE or len(times) < TEAM_SIZE:
                 continue
-            times = sorted(closed + [x[0] for x in lst])
-            if len(times) >= TEAM_SIZE:   # the third skater's time is the team's
-                key = (cid, None, d)
-                want[key] = (times[TEAM_SIZE - 1], comp, None, d, lst[0][1], "comp")
-                keys.append(key)
+            times.sort()   # the third skater's time is the team's
+            key = (cid, None, d)
+            want[key] = (times[TEAM_SIZE - 1], comp, None, d, lst[0][1], "comp")
+            keys.append(key)
     return keys
 
 
@@ -182,49 +250,75 @@ def _publish_splits(race: Race, want: Want, changed: list[tuple], gone: list[tup
     move (a changed split ahead of them, or one gone)."""
     gun = race.gun
     lap = race.venue.lap_m
-    full = {(_level(race, k), k[2]) for k in gone}
+    full = {(_level(race, k), k[2]) for k in gone} if gone else _NO_KEYS
     first: dict[tuple[str, int], int] = {}   # per group: the earliest changed time
-    for k in changed:
-        w = want[k]
-        g = (w[5], w[3])
-        if g not in first or w[0] < first[g]:
-            first[g] = w[0]
+    if gone or len(changed) > 1:
+        for k in changed:
+            w = want[k]
+            g = (w[5], w[3])
+            f = first.get(g)
+            if f is None or w[0] < f:
+                first[g] = w[0]
     ms_at: dict[tuple[str, int], list[int]] = {}
     todo = []
-    ch = set(changed)
-    for key, w in want.items():
-        g = (w[5], w[3])
-        if g in full or g in first:
-            ms_at.setdefault(g, []).append((w[0] - gun) // 1000)   # elapsed_ms, inlined
+    if not gone and len(changed) == 1:   # the common case: one split (re)opened
+        k0 = changed[0]
+        t0, _c, _r, d0, _l, lv0 = want[k0]
+        at_d0 = ms_at[(lv0, d0)] = []
+        for key, w in want.items():
+            if w[3] != d0 or w[5] != lv0:
+                continue
+            at_d0.append((w[0] - gun) // 1000)   # elapsed_ms, inlined
+            # an unchanged split earlier than the change at its distance keeps its values
+            if w[0] > t0 or key == k0:
+                todo.append((w[0], w[1].order, key[1] or "", key, w))
+    else:
+        ch = set(changed)
+        for key, w in want.items():
+            g = (w[5], w[3])
+            f = first.get(g)
+            if f is None and g not in full:
+                continue
+            ms = (w[0] - gun) // 1000   # elapsed_ms, inlined
+            lst = ms_at.get(g)
+            if lst is None:
+                ms_at[g] = [ms]
+            else:
+                lst.append(ms)
             # an unchanged split earlier than every change at its distance keeps its values
-            if key in ch or g in full or w[0] > first[g]:
+            if f is None or w[0] > f or key in ch or g in full:
                 todo.append((w[0], w[1].order, key[1] or "", key, w))
     if len(todo) > 1:
         todo.sort(key=_first3)
     pubs = race.pub
     opened = race.open
+    split_idx = race.split_idx
     for _t, _o, _s, key, w in todo:
         t, comp, run, d, loop, level = w
         pub = pubs.get(key)
         if pub is not None and pub.final and pub.val is not None:
             continue   # decided: only the final step revises it
         ms = (t - gun) // 1000
-        idx = race.split_idx.get((level, d), _EMPTY)
-        others = ms_at[(level, d)]
+        idx = split_idx.get((level, d), _EMPTY)
         rank = bisect_left(idx, ms) + 1
         best = ms
-        for x in others:
+        for x in ms_at[(level, d)]:
             if x < ms:
                 rank += 1
-                best = x if x < best else best
+                if x < best:
+                    best = x
         if idx and idx[0] < best:
             best = idx[0]
-        sid = run.id if run is not None else None
-        prev = run.split_t.get(d - lap) if run is not None else comp.team_split.get(d - lap)
+        if run is not None:
+            sid = run.id
+            prev = run.split_t.get(d - lap)
+        else:
+            sid = None
+            prev = comp.team_split.get(d - lap)
         if prev is None:
             w_prev = want.get((comp.id, sid, d - lap))
             prev = w_prev[0] if w_prev is not None else None
-        lap_ms = ms - elapsed_ms(prev, gun) if prev is not None else None
+        lap_ms = ms - (prev - gun) // 1000 if prev is not None else None
         val = (ms, lap_ms, rank, ms - best)   # what a subscriber sees (t_us aside)
         opened[key] = w
         if pub is not None and pub.val == val:
@@ -240,7 +334,7 @@ def _publish_splits(race: Race, want: Want, changed: list[tuple], gone: list[tup
 
 def _withdrawn_split(race: Race, key: tuple, last: dict, rev: int, final: bool) -> dict:
     cid, sid, d = key
-    return withdrawn(last, event_id("split", race.d.id, race.attempt, cid, sid, d, rev), rev, final)
+    return withdrawn(last, split_id(race.split_h, cid, sid, d, rev), rev, final)
 
 
 def _has_open(race: Race, cid: str, sid: str | None) -> bool:

@@ -32,11 +32,11 @@ def record_ref(eng: Engine, msg: dict, out: list) -> None:
         ck = (msg.get("race_id"), msg["holder"])
         if msg.get("withdrawn"):
             if claims.pop(ck, None) is None:
-                eng.outcome = Outcome.DUPLICATE
+                eng.outcome = Outcome.DUPLICATE.value
             return
         cur = claims.get(ck)
         if cur is not None and cur.time_h == th:
-            eng.outcome = Outcome.DUPLICATE
+            eng.outcome = Outcome.DUPLICATE.value
             return
         claims[ck] = Ref(th, fmt_hundredths(th), msg["holder"], msg.get("set_on"), msg.get("venue"),
                          msg.get("race_id"), msg["t_us"])
@@ -48,7 +48,7 @@ def record_ref(eng: Engine, msg: dict, out: list) -> None:
     ref = Ref(th, fmt_hundredths(th), msg["holder"], msg.get("set_on"), msg.get("venue"), None, msg["t_us"])
     for r in hist:
         if r.t_us == ref.t_us and r.time_h == th and r.holder == ref.holder:
-            eng.outcome = Outcome.DUPLICATE
+            eng.outcome = Outcome.DUPLICATE.value
             return
     hist.append(ref)
     hist.sort(key=_t_us)

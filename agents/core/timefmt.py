@@ -11,14 +11,16 @@ def elapsed_ms(crossing_us: int, gun_us: int) -> int:
     return (crossing_us - gun_us) // 1000
 
 
-def fmt_time(time_ms: int) -> str:
+_TWO = tuple(f"{i:02d}" for i in range(100))   # 0..99 as two digits (a format spec costs more)
+
+
+def fmt_time(time_ms: int, _two: tuple[str, ...] = _TWO) -> str:
     """34321 -> '34.32'; 173614 -> '2:53.61'; truncated to hundredths."""
     hund = time_ms // 10
-    secs, hh = divmod(hund, 100)
-    mins, secs = divmod(secs, 60)
-    if mins:
-        return f"{mins}:{secs:02d}.{hh:02d}"
-    return f"{secs}.{hh:02d}"
+    secs = hund // 100
+    if 0 <= secs < 60:
+        return f"{secs}.{_two[hund % 100]}"
+    return f"{secs // 60}:{_two[secs % 60]}.{_two[hund % 100]}"
 
 
 def fmt_hundredths(hund: int) -> str:
@@ -47,3 +49,34 @@ def event_id(*parts: object) -> str:
     """Deterministic id from the identity of a derived fact."""
     text = "\x1f".join([p if p.__class__ is str else "" if p is None else str(p) for p in parts])
     return _blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+class IdPrefix:
+    """A hash already fed with the leading parts of ids (and the separator
+    after them); pickles as its text (a hash object does not pickle, and the
+    engine's state is pickled to measure it)."""
+
+    __slots__ = ("text", "h")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.h = _blake2b(text.encode(), digest_size=12)
+
+    def __reduce__(self):
+        return (IdPrefix, (self.text,))
+
+
+def id_prefix(*parts: object) -> IdPrefix:
+    """``event_id(*parts, *rest)`` is ``split_id(id_prefix(*parts), ...)`` for a
+    split's rest, without hashing the common part again (a race's split ids
+    share theirs)."""
+    text = "\x1f".join([p if p.__class__ is str else "" if p is None else str(p) for p in parts])
+    return IdPrefix(text + "\x1f")
+
+
+def split_id(prefix: IdPrefix, cid: str, sid: str | None, d: int, rev: int) -> str:
+    """``event_id("split", race_id, attempt, cid, sid, d, rev)`` from the race's
+    ``id_prefix("split", race_id, attempt)``."""
+    h = prefix.h.copy()
+    h.update(f"{cid}\x1f{sid or ''}\x1f{d}\x1f{rev}".encode())
+    return h.hexdigest()

@@ -16,17 +16,28 @@ from .model import CompRun, Race, SkaterRun, Venue
 if TYPE_CHECKING:   # pragma: no cover
     from .engine import Engine
 
+_ENDED = ("official", "void")   # Race.ended, inlined (a property call costs)
 
-def crossing(eng: Engine, run: SkaterRun, loop: str, at_m: int, t: int, out: list) -> None:
+
+UNPLACED = object()   # ``crossing`` without a placement already known
+
+
+def crossing(eng: Engine, run: SkaterRun, loop: str, at_m: int, t: int, out: list,
+             d_known: object = UNPLACED) -> None:
+    """A closed crossing. ``d_known``: its placement when already computed (the
+    provisional one, for the same ``t`` and the skater's same last crossing)."""
     race = run.race
-    if run.finished or run.lost or race.ended or run.comp.irm is not None:
+    if run.finished or run.lost or race.status in _ENDED or run.comp.irm is not None:
         return
     d_race = race.d
     comp = run.comp
     last_d = run.last_d
     dt = t - run.last_t
     v = pace(eng, run)
-    d = place(eng, run, at_m, t, last_d, run.last_t, bool(run.hist), v)
+    if d_known is UNPLACED:
+        d = place(eng, run, at_m, t, last_d, run.last_t, bool(run.hist), v)
+    else:
+        d = d_known   # type: ignore[assignment]
     if d is None:
         return
     run.last_cross[loop] = t
@@ -60,7 +71,10 @@ def crossing(eng: Engine, run: SkaterRun, loop: str, at_m: int, t: int, out: lis
     team = d_race.format == "team_pursuit"
     out.append(events.split(race, comp, run, d, t, loop, "skater" if team else "comp"))
     if team:
-        n = sum(1 for s in comp.skaters if d in s.split_t)
+        n = 0
+        for s in comp.skaters:
+            if d in s.split_t:
+                n += 1
         if n == TEAM_SIZE:
             comp.team_split[d] = t
             out.append(events.split(race, comp, None, d, t, loop, "comp"))

@@ -21,12 +21,16 @@ from .model import Outcome, Pending, SkaterRun, Venue
 if TYPE_CHECKING:   # pragma: no cover
     from .engine import Engine
 
-# outcomes as module constants (an Enum member lookup costs ~0.2 us: every read)
-DUPLICATE = Outcome.DUPLICATE
-IGNORED_AFTER_FINISH = Outcome.IGNORED_AFTER_FINISH
-IGNORED_BEFORE_START = Outcome.IGNORED_BEFORE_START
-IGNORED_LATE = Outcome.IGNORED_LATE
-IGNORED_UNKNOWN_TRANSPONDER = Outcome.IGNORED_UNKNOWN_TRANSPONDER
+# outcomes as module constants, plain strings (an Enum member lookup costs ~0.2 us
+# on every read, and a member hashes slowly as a stats key: see engine.APPLIED)
+DUPLICATE = Outcome.DUPLICATE.value
+IGNORED_AFTER_FINISH = Outcome.IGNORED_AFTER_FINISH.value
+IGNORED_BEFORE_START = Outcome.IGNORED_BEFORE_START.value
+IGNORED_LATE = Outcome.IGNORED_LATE.value
+IGNORED_UNKNOWN_TRANSPONDER = Outcome.IGNORED_UNKNOWN_TRANSPONDER.value
+ENDED = ("official", "void")   # Race.ended, inlined (a property call costs on every read)
+OUTAGE_GAP_US = falls.OUTAGE_GAP_US
+UNPLACED = tracking.UNPLACED
 
 
 def heartbeat(eng: Engine, msg: dict, out: list) -> None:
@@ -34,18 +38,20 @@ def heartbeat(eng: Engine, msg: dict, out: list) -> None:
     if v is None:
         raise Rejected("unknown_reference", f"heartbeat: venue {msg['venue']!r} was never set up")
     t = msg["t_us"]
-    if t > v.clock + eng.max_jump_us and v.clock >= 0:
+    clock = v.clock
+    if t > clock + eng.max_jump_us and clock >= 0:
         check_jump(eng, v, t, "heartbeat")
     hb = v.hb
     src = msg["source"]
     if t > hb.get(src, -1):
         hb[src] = t
-    if t > v.clock:
-        if t - v.clock > falls.OUTAGE_GAP_US and v.clock >= 0:
-            falls.venue_dark(v, v.clock, t, eng.cfg.reorder_us)
+    if t > clock:
+        if t - clock > OUTAGE_GAP_US and clock >= 0:
+            falls.venue_dark(v, clock, t, eng.cfg.reorder_us)
         v.clock = t
-        if t - eng.cfg.reorder_us > v.next_due:
-            timeline(eng, v, t - eng.cfg.reorder_us, out)
+        horizon = t - eng.cfg.reorder_us
+        if horizon > v.next_due:
+            timeline(eng, v, horizon, out)
 
 
 def passing(eng: Engine, msg: dict, out: list) -> None:
@@ -57,7 +63,8 @@ def passing(eng: Engine, msg: dict, out: list) -> None:
     if at_m is None:
         raise Rejected("unknown_reference", f"passing: venue {v.id} has no loop {loop!r}")
     t = msg["t_us"]
-    if t > v.clock + eng.max_jump_us and v.clock >= 0:
+    clock = v.clock
+    if t > clock + eng.max_jump_us and clock >= 0:
         check_jump(eng, v, t, "passing")
     src = msg["source"]
     seqs = v.seqs.get(src)
@@ -72,15 +79,17 @@ def passing(eng: Engine, msg: dict, out: list) -> None:
         v.seq_pruned = t
         for sq in v.seqs.values():
             prune_seqs(eng, v, sq)
-    if t > v.clock:
+    if t > clock:
         # close what this read proves final first: a read at t can only
-        # belong to a crossing later than t - reorder_us
-        advance(eng, v, t, out)
-    read(eng, v, msg["transponder"], loop, at_m, t)
-
-
-def read(eng: Engine, v: Venue, tp: str, loop: str, at_m: int, t: int) -> None:
-    run = v.transponders.get(tp)
+        # belong to a crossing later than t - reorder_us (``advance``, inlined)
+        if t - clock > OUTAGE_GAP_US and clock >= 0:
+            falls.venue_dark(v, clock, t, eng.cfg.reorder_us)
+        v.clock = t
+        horizon = t - eng.cfg.reorder_us
+        if horizon > v.next_due:
+            timeline(eng, v, horizon, out)
+    # the read itself (inline: every passing)
+    run = v.transponders.get(msg["transponder"])
     if run is None:
         eng.outcome = IGNORED_UNKNOWN_TRANSPONDER
         return
@@ -88,7 +97,7 @@ def read(eng: Engine, v: Venue, tp: str, loop: str, at_m: int, t: int) -> None:
     if t < race.gun:
         eng.outcome = IGNORED_BEFORE_START
         return
-    if run.finished or run.lost or run.comp.irm is not None or race.ended:
+    if run.finished or run.lost or run.comp.irm is not None or race.status in ENDED:
         fin = run.finish_t
         if fin is not None and abs(t - fin) <= eng.cfg.group_us and loop == tracking.finish_loop(run, v):
             eng.outcome = DUPLICATE   # another read of the finish crossing
@@ -99,7 +108,7 @@ def read(eng: Engine, v: Venue, tp: str, loop: str, at_m: int, t: int) -> None:
     if last is not None and abs(t - last) <= eng.cfg.group_us:
         eng.outcome = DUPLICATE       # another read of a crossing already closed
         return
-    if t < v.clock - eng.cfg.reorder_us:
+    if t < v.clock - eng.reorder_us:
         eng.outcome = IGNORED_LATE
         return
     key = (id(run), loop)
@@ -141,43 +150,39 @@ def prune_seqs(eng: Engine, v: Venue, seqs: dict[int, int]) -> None:
         del seqs[k]
 
 
-def advance(eng: Engine, v: Venue, t: int, out: list) -> None:
-    if t - v.clock > falls.OUTAGE_GAP_US and v.clock >= 0:
-        falls.venue_dark(v, v.clock, t, eng.cfg.reorder_us)
-    v.clock = t
-    horizon = t - eng.cfg.reorder_us
-    if horizon > v.next_due:
-        timeline(eng, v, horizon, out)
-
-
 def timeline(eng: Engine, v: Venue, horizon: float, out: list) -> None:
     """Process closed crossings and fall deadlines before ``horizon`` in time order."""
     pending = v.pending
+    races = v.races
+    crossing = tracking.crossing
     while True:
         best: Pending | None = None
         best_t: float = INF
         for p in pending.values():
-            if p.t < best_t or (best is not None and p.t == best_t and order(p.run) < order(best.run)):
-                best_t = p.t
+            pt = p.t
+            if pt < best_t or (pt == best_t and best is not None and order(p.run) < order(best.run)):
+                best_t = pt
                 best = p
         dl_t: float = INF
         dl_run: SkaterRun | None = None
-        for race in v.races:
+        for race in races:
             for c in race.comps:
                 for s in c.skaters:
                     if s.deadline < dl_t:
                         dl_t = s.deadline
                         dl_run = s
         if best is not None and best_t <= dl_t and best_t < horizon:
-            del pending[(id(best.run), best.loop)]
             run = best.run
-            tracking.crossing(eng, run, best.loop, best.at_m, best.t, out)
+            del pending[(id(run), best.loop)]
+            # placed at its first read, for this time and the skater's same last crossing: known
+            crossing(eng, run, best.loop, best.at_m, best_t, out,
+                     best.d if best.sig == (best_t, run.last_t) else UNPLACED)
             if _provisional_left(run):
                 eng._touch(run.race, run)
         elif dl_run is not None and dl_t < best_t and dl_t < horizon:
             falls.overdue(eng, dl_run, int(dl_t), out)
         else:
-            v.next_due = min(best_t, dl_t)
+            v.next_due = dl_t if dl_t < best_t else best_t   # min(best_t, dl_t)
             return
 
 
