@@ -197,6 +197,15 @@ def sse_frame(item: Item, ident: str) -> bytes:
     return b"id: " + ident.encode() + b"\nevent: " + item.kind.encode() + b"\ndata: " + item.data + b"\n\n"
 
 
+def _matches(flt, item, state) -> bool:
+    """A client's filter on one event; an event the filter cannot judge (odd
+    field types from a foreign producer) is not sent, and the reader goes on."""
+    try:
+        return flt.match(item, state)
+    except Exception:
+        return False
+
+
 class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.s = settings
@@ -334,7 +343,7 @@ class Gateway:
         for c in list(self.clients):
             if c.dropped is not None:
                 continue
-            mine = items if c.flt.empty else [it for it in items if c.flt.match(it, state)]
+            mine = items if c.flt.empty else [it for it in items if _matches(c.flt, it, state)]
             if c.ahead:
                 mine = c.not_seen(mine, state.position)
             if not mine:

@@ -41,6 +41,7 @@ from typing import Iterable, Optional
 import orjson
 
 from streams import topics as T
+from schemas.decode import Rejected, decode
 
 # Stream positions name topics by index: the derived topics, then timing.raw
 # (whose ``race`` and ``venue`` set-ups are streamed too, as kinds ``race``
@@ -315,6 +316,13 @@ class Filter:
         return True
 
 
+def _safe_match(flt: "Filter", item: "Item", state: "GatewayState") -> bool:
+    try:
+        return flt.match(item, state)
+    except Exception:   # odd field types from a foreign producer: not sent
+        return False
+
+
 class GatewayState:
     def __init__(self, max_log: int = 200_000) -> None:
         self.venues: dict[str, dict] = {}
@@ -342,13 +350,14 @@ class GatewayState:
         """A record of timing.raw: keeps ``venue`` and ``race`` set-ups (streamed
         as kinds ``venue`` and ``race``) and starts. Everything else is skipped
         cheaply (most of the raw topic is passings)."""
-        if b'"competitors"' not in value and b'"loops"' not in value and b'"start"' not in value:
-            return None
+        if not value or (b'"competitors"' not in value and b'"loops"' not in value
+                         and b'"start"' not in value):
+            return None   # (a null value, a tombstone, is None or b"")
         try:
-            msg = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            return None
-        if not isinstance(msg, dict):
+            # the contract's own checks: a set-up the core dead-letters (a group
+            # that is not a string, competitors that are not a list...) is not kept
+            msg = decode(value)
+        except Rejected:
             return None
         kind = msg.get("kind")
         item = None
@@ -544,4 +553,4 @@ class GatewayState:
             if pos.get(tp, 0) < low:
                 return None
         return [it for it in self.log
-                if it.offset >= pos.get((it.topic, it.partition), 0) and flt.match(it, self)]
+                if it.offset >= pos.get((it.topic, it.partition), 0) and _safe_match(flt, it, self)]

@@ -211,6 +211,37 @@ def test_out_of_contract_objects_raise_nothing(obj, topic):
     s.snapshot(Filter())
 
 
+def test_a_tombstone_on_the_raw_topic_is_skipped():
+    s = GatewayState()
+    assert s.ingest_raw(None, 0, 0) is None and s.ingest_raw(b"", 0, 1) is None
+
+
+@settings(max_examples=150)
+@given(st.sampled_from(["group", "competitors", "venue", "race_id", "places", "format"]),
+       st.one_of(st.none(), st.integers(-2**63, 2**63 - 1), st.text(max_size=5), st.booleans(),
+                 st.lists(st.text(max_size=3), max_size=2), st.dictionaries(st.text(max_size=2), st.integers(-2**63, 2**63 - 1),
+                                                                           max_size=2)))
+def test_a_set_up_the_core_refuses_is_not_kept_and_breaks_no_client(field_name, value):
+    """A race set-up with a field of the wrong type (which the core dead-letters)
+    is not kept: snapshots, details and filters by group go on working."""
+    from tests.gatewaykit import feed_lines
+
+    s = GatewayState()
+    race = next(orjson.loads(ln) for ln in feed_lines("beijing2022-tpw-final-a.jsonl") if b'"kind":"race"' in ln)
+    bad = {**race, "race_id": "BAD", field_name: value}
+    s.ingest_raw(orjson.dumps(bad), 0, 0)
+    flt = Filter(groups={"G"})
+    s.snapshot(Filter())
+    s.snapshot(flt)
+    for r in s.races.values():
+        r.detail()
+    s.race_list()
+    s.backlog({}, flt)
+    s.ingest(T.SPLITS.name, 0, 0, orjson.dumps({"kind": "split", "v": 1, "event_id": "x", "race_id": "BAD",
+                                                 "group": ["a"], "competitor_id": "A", "distance_m": 200}))
+    s.backlog({}, flt)
+
+
 # -- resume ------------------------------------------------------------------------------------
 def stream_ids(items):
     return [it.event.get("event_id") or (it.kind, it.offset) for it in items]
