@@ -315,9 +315,9 @@ class LiveAdapter:
         self.refs.append(raw)
         bad = None
         for proc in list(self.procs.values()) + list(self.building):
-            _, rej = proc.handle(raw)
-            if rej is not None and bad is None:
-                bad = rej
+            _, why = proc.handle(raw)
+            if why is not None and bad is None:
+                bad = why
         return bad
 
     async def on_ref_record(self, partition: int, offset: int, key: bytes | None, value: bytes | None,
@@ -326,7 +326,7 @@ class LiveAdapter:
         (by every worker that reads it: each reads the whole topic; the
         source headers tell repeats apart)."""
         try:
-            rej = self.on_ref(value)
+            rej = self.on_ref(value if value is not None else b"")   # a tombstone: not JSON
         except Exception as exc:
             rej = internal(exc)
         if rej is not None:
@@ -414,7 +414,7 @@ class LiveAdapter:
             late = proc.late
             out = self._outgoing(events, source_topic, partition, offset)
         except Exception as exc:
-            events, rej, late, out = [], internal(exc), (), []
+            events, rej, late, out = [], internal(exc), [], []
         c1 = self.perf()
         for (off, k), raw, why in late:
             # messages the clock guard held, refused now
@@ -515,8 +515,8 @@ class LiveAdapter:
             m.event_lag.labels(lv).set(now - t / 1e6)
         for key, t in ages.items():
             m.heartbeat_age.labels(*key).set(now - t / 1e6)
-        for key, t in self.heard.items():
-            m.silence.labels(*key).set(now - t)
+        for key, heard_at in self.heard.items():
+            m.silence.labels(*key).set(now - heard_at)
         m.active_races.set(races)
         m.active_venues.set(venues)
 

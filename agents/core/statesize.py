@@ -20,6 +20,7 @@ PER_RACE_DEF = 900
 PER_COMPETITOR = 700  # in a race definition and its current attempt
 PER_CROSSING = 31       # a closed crossing in a skater's history
 PER_FINISH = 40
+PER_PUB = 225           # the last version of a split published (Race.pub), kept for revisions
 
 
 def _len(obj, name: str) -> int:
@@ -38,6 +39,7 @@ def approx_state_bytes(engine) -> int:
     for d in getattr(engine, "race_defs", {}).values():
         n += PER_RACE_DEF + PER_COMPETITOR * _len(d, "competitors")
     for race in getattr(engine, "races", {}).values():
+        n += PER_PUB * _len(race, "pub")
         for c in getattr(race, "comps", ()):
             n += PER_COMPETITOR
             for s in getattr(c, "skaters", ()):

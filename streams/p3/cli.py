@@ -1,7 +1,6 @@
 """``lapstream ingest p3`` and ``lapstream sim-decoder``."""
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -145,16 +144,9 @@ def _cmd_sim_decoder(args) -> int:
     return 0
 
 
-def _speed(text: str):
-    if text == "max":
-        return None
-    v = float(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError("speed must be > 0 or 'max'")
-    return v
-
-
 def add_commands(sub, broker_arg) -> None:
+    from streams.cli_live import _speed   # the one parser of --speed (replay, demo, sim-decoder)
+
     p = sub.add_parser("ingest", help="bridge timing hardware into timing.raw")
     isub = p.add_subparsers(dest="protocol", required=True, help="the decoders' protocol (p3: MYLAPS P3)")
     p = isub.add_parser("p3", help="MYLAPS / AMB P3 decoders over TCP (or a byte capture) -> v1 passings and heartbeats")
@@ -189,5 +181,5 @@ def add_commands(sub, broker_arg) -> None:
     p.add_argument("--speed", type=_speed, default=1.0, help="N times real time, or 'max'")
     p.add_argument("--broker", default=None, help="also produce the feed's other lines (races, gun, referee) here")
     p.add_argument("--wait-clients", action="store_true", help="start the feed once every decoder has a client")
-    p.add_argument("--exit-when-done", action="store_true")
+    p.add_argument("--exit-when-done", action="store_true", help="stop once the whole feed is sent")
     p.set_defaults(func=_cmd_sim_decoder)
