@@ -90,7 +90,13 @@ def incident(race: Race, comp: CompRun, run: SkaterRun | None, typ: str, status:
              at_m: int | None, t: float, note: str | None = None) -> dict:
     sid = run.id if run is not None else None
     n = run.incident_n if run is not None else (comp.team_incidents if typ == "fall" else 1)
-    rev = falls.final_revision(run, n) if status == "suspected" and typ == "fall" else 0
+    key = (comp.id, sid, typ, n)
+    if status == "suspected" and typ == "fall":
+        rev = falls.final_revision(run, n)
+    else:   # a resolution (confirmed, cleared) supersedes what was published of that incident
+        last = race.inc_rev.get(key)
+        rev = 0 if last is None else last + 1
+    race.inc_rev[key] = rev
     ev: dict[str, Any] = {
         "kind": "incident", "v": 1,
         "event_id": event_id("incident", race.d.id, race.attempt, comp.id, sid, typ, n, status, rev),

@@ -300,6 +300,7 @@ class Race:
     photos: dict[str, int]
     sprint_awards: dict[int, int]
     falls_confirmed: set[tuple]
+    inc_rev: dict[tuple, int]        # (competitor, skater, type, n) -> last revision of that incident
     pub: dict[tuple, Pub]            # (competitor, skater, distance) -> last split published
     open: dict[tuple, tuple | None]  # keys of ``pub`` not final -> what supports them (None: withdrawn)
     prov_result: tuple | None        # the provisional ranking last published
@@ -320,6 +321,7 @@ class Race:
         self.photos = {}
         self.sprint_awards = {}
         self.falls_confirmed = set()
+        self.inc_rev = {}
         self.pub = {}
         self.open = {}
         self.prov_result = None
