@@ -7,9 +7,13 @@ venue's later messages, never by the end of a stream. ``streams.process.
 Processor`` consults it before the core applies a message.
 
 Only clock messages (passings and heartbeats: the GPS-timed decoders) are
-judged; every other kind (venue, race, start, photo, decision, record_ref)
-applies at once, whatever its ``t_us`` (a photo may arrive long after the
-race, a race set-up days before it is run; the core has its own rules).
+held; every other kind (venue, race, start, photo, decision, record_ref)
+applies at once. Race, photo and decision come from other systems and are
+never judged by their ``t_us`` (a photo may arrive long after the race, a
+race set-up days before it is run; the core has its own rules). A start is
+refused (``stale_feed``) only when its gun is more than ``behind_us`` behind
+the venue's clock: every read of that race would be refused as stale, so the
+race could only be published with every team DNS (a replayed older feed).
 
 Per venue, with ``clock`` its newest applied clock ``t_us`` (before the
 first, the ``t_us`` of its ``venue`` message):
@@ -98,8 +102,21 @@ class ClockGuard:
             if msg["venue"] not in engine.venues:
                 self.origin[msg["venue"]] = msg["t_us"]
             return None
+        if kind == "start":
+            # the gun: not held, and not refused for a late arrival; refused
+            # only when the gun itself is so far behind the venue's clock that
+            # every read of the race would be refused as stale (a replayed
+            # feed): applied, it could only publish every team DNS
+            v = engine.venues.get(msg["venue"])
+            if v is not None and v.clock >= 0 and msg["t_us"] < v.clock - self.cfg.behind_us:
+                raise Rejected("stale_feed",
+                               f"start: the gun t_us {msg['t_us']} is {(v.clock - msg['t_us']) / 1e6:.0f} s "
+                               f"behind venue {msg['venue']}'s clock (bound {self.cfg.behind_us / 1e6:.0f} s): "
+                               f"every read of the race would be stale (an older feed replayed onto this "
+                               f"pipeline?) refused")
+            return None
         if kind != "passing" and kind != "heartbeat":
-            return None              # only the decoders' clock messages are judged
+            return None              # race, photo, decision, record_ref: never judged by their t_us
         venue = msg["venue"]
         v = engine.venues.get(venue)
         if v is None or (kind == "passing" and msg["loop"] not in v.loops):
