@@ -37,17 +37,12 @@ class Processor:
     current one.
     """
 
-    __slots__ = ("engine", "guard", "msg", "late", "_kind", "_outcome", "_ahead", "_behind", "_held",
-                 "_leapt")
+    __slots__ = ("engine", "guard", "msg", "late", "_kind", "_outcome")
 
     def __init__(self, engine: Engine | None = None, config: CoreConfig | None = None,
                  clock: ClockConfig | None = None) -> None:
         self.engine = engine if engine is not None else Engine(config)
         self.guard = ClockGuard(clock)
-        self._ahead = self.guard.reorder(self.engine)   # a clock message further ahead: the guard decides
-        self._behind = -self.guard.cfg.behind_us
-        self._held = self.guard.held       # (the guard mutates these, never replaces them)
-        self._leapt = self.guard.leapt
         self.msg = None          # the message just applied (None: refused or held)
         self._kind = "unknown"   # kind and outcome when msg is None
         self._outcome = "applied"
@@ -72,14 +67,6 @@ class Processor:
             msg = decode(raw)
             kind = msg["kind"]
             engine = self.engine
-            if (kind == "heartbeat" or kind == "passing") and not self._held and not self._leapt:
-                # the clock guard's common case, inline (99% of a feed): a
-                # clock message near its venue's clock (within the reorder
-                # window ahead), nothing held, no leap in its grace period
-                v = engine.venues.get(msg["venue"])
-                if v is None or (v.clock >= 0 and self._behind <= msg["t_us"] - v.clock <= self._ahead):
-                    self.msg = msg
-                    return engine.apply(msg), None
             acts = self.guard.offer(msg, engine, (msg, raw, tag))
             if acts is None:
                 self.msg = msg

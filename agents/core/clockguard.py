@@ -69,10 +69,14 @@ class ClockConfig:
 
 
 class _Hold:
-    __slots__ = ("items",)
+    __slots__ = ("items", "seen")
 
     def __init__(self) -> None:
         self.items: list = []          # (item, t_us, source), arrival order
+        self.seen: set = set()         # sources of the clock messages applied since the hold began
+
+
+MAX_SOURCES = 64                       # per venue: sources tracked for the reference clock
 
 
 class ClockGuard:
@@ -82,7 +86,7 @@ class ClockGuard:
     ``msg`` is held. ``item`` is the caller's handle on the message:
     ``(msg, raw, tag)``."""
 
-    __slots__ = ("cfg", "held", "ahead", "behind", "origin", "leapt")
+    __slots__ = ("cfg", "held", "ahead", "behind", "origin", "leapt", "sources")
 
     def __init__(self, config: ClockConfig | None = None) -> None:
         self.cfg = config or ClockConfig()
@@ -91,6 +95,7 @@ class ClockGuard:
         self.held: dict[str, _Hold] = {}
         self.origin: dict[str, int] = {}   # venue -> t_us of its set-up (the clock before the first)
         self.leapt: dict[str, tuple[int, int]] = {}   # venue -> (old clock, new time) of its last confirmed leap
+        self.sources: dict[str, dict[str, int]] = {}  # venue -> source -> newest applied t_us
 
     def reorder(self, engine) -> int:
         r = self.cfg.reorder_us
@@ -128,7 +133,8 @@ class ClockGuard:
             if clock < 0:
                 return None
         t = msg["t_us"]
-        leap = self.leapt.get(venue)
+        source = msg["source"]
+        leap = self.leapt.get(venue) if self.leapt else None
         if leap is not None:
             old, new = leap
             if clock > new + cfg.grace_us:
@@ -145,16 +151,22 @@ class ClockGuard:
                            f"(bound {cfg.behind_us / 1e6:.0f} s): an older feed replayed onto this "
                            f"pipeline? refused")
         reorder = self.reorder(engine)
-        hold = self.held.get(venue)
-        if t <= clock + reorder:
+        srcs = self.sources.get(venue)
+        if srcs is None:
+            srcs = self.sources[venue] = {}
+        ref = self._ref(srcs, source, clock)
+        hold = self.held.get(venue) if self.held else None
+        if t <= ref + reorder:
             if hold is None:
+                self._applied(srcs, source, t)
                 return None
             # at the venue's own time: leaps held are refuted, caught-up messages applied first
-            return self._release(venue, hold, clock, max(clock, t), item, refute=True)
+            hold.seen.add(source)
+            return self._release(venue, hold, srcs, clock, t, source, item, refute=True)
         if hold is None:
             hold = self.held[venue] = _Hold()
-        hold.items.append((item, t, msg["source"]))
-        out = self._confirm(venue, hold, v, clock, t)
+        hold.items.append((item, t, source))
+        out = self._confirm(venue, hold, srcs, clock, t)
         if out is None and len(hold.items) > cfg.max_held:
             old_item, _, _ = hold.items.pop(0)
             out = [(old_item, self._leap(old_item[0], venue, clock,
@@ -163,52 +175,92 @@ class ClockGuard:
                 del self.held[venue]
         return out if out is not None else []
 
-    def _release(self, venue: str, hold: _Hold, clock: int, upto: int, item, refute: bool) -> list:
-        """Held messages at or below ``upto`` applied (arrival order), leaps refuted; then ``item``."""
+    def _ref(self, srcs: dict, source: str, clock: int) -> int:
+        """The time a message of ``source`` is judged against: the newest
+        applied time of the venue's other sources heard within
+        ``single_span_us`` of its clock (the venue clock follows the
+        second-highest source); without one, the venue's clock."""
+        ref = -1
+        for s, c in srcs.items():
+            if s != source and c > ref:
+                ref = c
+        return ref if ref >= clock - self.cfg.single_span_us else clock
+
+    def _applied(self, srcs: dict, source: str, t: int) -> None:
+        c = srcs.get(source)
+        if c is None:
+            if len(srcs) < MAX_SOURCES:
+                srcs[source] = t
+        elif t > c:
+            srcs[source] = t
+
+    def _release(self, venue: str, hold: _Hold, srcs: dict, clock: int, t: int, source: str,
+                 item, refute: bool) -> list:
+        """Held messages caught up with (at or below ``t``: the venue's clock
+        after ``item``) applied in arrival order, leaps refuted; then ``item``."""
         out = []
         keep = []
         ahead = self.cfg.ahead_us
-        for it, t, s in hold.items:
-            if t <= upto:
+        upto = max(t, clock)
+        for it, tt, s in hold.items:
+            if tt <= upto:
                 out.append((it, None))
-            elif refute and t > clock + ahead:
+                self._applied(srcs, s, tt)
+            elif refute and tt > clock + ahead:
                 out.append((it, self._leap(it[0], venue, clock,
                                            "a message at the venue's own time came first")))
             else:
-                keep.append((it, t, s))
+                keep.append((it, tt, s))
         if keep:
             hold.items = keep
         else:
             del self.held[venue]
         out.append((item, None))
+        self._applied(srcs, source, t)
         return out
 
-    def _confirm(self, venue: str, hold: _Hold, v, clock: int, t: int):
+    def _confirm(self, venue: str, hold: _Hold, srcs: dict, clock: int, t: int):
         cfg = self.cfg
         near = [(tt, s) for _, tt, s in hold.items if abs(tt - t) <= cfg.ahead_us]
-        sources = {s for _, s in near}
+        top: dict[str, int] = {}
+        for tt, s in near:
+            if tt > top.get(s, -1):
+                top[s] = tt
         lo = min(tt for tt, _ in near)
-        hi = max(tt for tt, _ in near)
-        if len(sources) >= 2:
+        hi = max(top.values())
+        if len(top) >= 2:
             ok = hi - lo >= cfg.span_us
+            cut = sorted(top.values())[-2]     # the second-highest source's time
         else:
-            known = v.hb.keys() | v.seqs.keys()
-            ok = (len(known | sources) <= 1 and len(near) >= cfg.single_confirm
-                  and hi - lo >= cfg.single_span_us)
+            # one source: alone only if no other source has been heard since the hold began
+            heard = hold.seen | {s for _, _, s in hold.items}
+            ok = len(heard) <= 1 and len(near) >= cfg.single_confirm and hi - lo >= cfg.single_span_us
+            cut = hi
         if not ok:
             return None
-        # confirmed: this candidate's messages and those below it applied in
-        # arrival order; held messages of other candidates refused
-        del self.held[venue]
+        # confirmed: this candidate's messages up to the second-highest
+        # source's time (and those below it) applied in arrival order; its
+        # messages beyond stay held until caught up; held messages of other
+        # candidates refused
         if t > clock + cfg.ahead_us:
             self.leapt[venue] = (clock, lo)
         out = []
+        keep = []
         for it, tt, s in hold.items:
             if abs(tt - t) <= cfg.ahead_us or tt <= clock + cfg.ahead_us:
-                out.append((it, None))
+                if tt <= cut:
+                    out.append((it, None))
+                    self._applied(srcs, s, tt)
+                else:
+                    keep.append((it, tt, s))
             else:
                 out.append((it, self._leap(it[0], venue, clock,
                                            f"the venue's clock moved to {lo} instead")))
+        if keep:
+            hold.items = keep
+            hold.seen = set()
+        else:
+            del self.held[venue]
         return out
 
     def _leap(self, msg: dict, venue: str, clock: int, why: str) -> Rejected:
