@@ -267,12 +267,11 @@ def test_a_confirmed_leap_then_a_message_at_the_old_clock_is_refused_as_a_bad_le
     assert all("before its leap" in d["error"] and "grace period" in d["error"] for d in dead)
 
 
-def test_one_heartbeat_29_s_ahead_erases_no_finish():
+def test_one_heartbeat_29_s_ahead_20_s_into_the_race_erases_no_finish():
     """Within the 30 s hold bound but beyond the core's 3 s reorder window: held
     until the venue's clock catches up, then applied; nothing is erased."""
-    t0 = _t(PAIR[_first_hb(PAIR)])
-    pos = next(i for i, ln in enumerate(PAIR) if b'"heartbeat"' in ln and _t(ln) >= t0 + 20 * S)
-    pos = next(i for i, ln in enumerate(PAIR) if b'"start"' in ln) + 20
+    gun = _t(next(ln for ln in PAIR if b'"start"' in ln))
+    pos = next(i for i, ln in enumerate(PAIR) if b'"heartbeat"' in ln and _t(ln) >= gun + 20 * S)
     bad = _hb(_t(PAIR[pos]) + 29 * S)
     lines = PAIR[:pos] + [bad] + PAIR[pos:]
     facts, dead = _offline_live_same(lines)
