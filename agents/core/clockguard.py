@@ -158,7 +158,8 @@ class ClockGuard:
         hold = self.held.get(venue) if self.held else None
         if t <= ref + reorder:
             if hold is None:
-                self._applied(srcs, source, t)
+                if kind == "heartbeat":
+                    self._applied(srcs, source, t)
                 return None
             # at the venue's own time: leaps held are refuted, caught-up messages applied first
             hold.seen.add(source)
@@ -177,9 +178,10 @@ class ClockGuard:
 
     def _ref(self, srcs: dict, source: str, clock: int) -> int:
         """The time a message of ``source`` is judged against: the newest
-        applied time of the venue's other sources heard within
-        ``single_span_us`` of its clock (the venue clock follows the
-        second-highest source); without one, the venue's clock."""
+        applied heartbeat of the venue's other sources, if within
+        ``single_span_us`` of its clock (so the venue clock follows the
+        second-highest decoder clock; passings alone are too sporadic to
+        state a decoder's clock); without one, the venue's clock."""
         ref = -1
         for s, c in srcs.items():
             if s != source and c > ref:
@@ -205,7 +207,8 @@ class ClockGuard:
         for it, tt, s in hold.items:
             if tt <= upto:
                 out.append((it, None))
-                self._applied(srcs, s, tt)
+                if it[0]["kind"] == "heartbeat":
+                    self._applied(srcs, s, tt)
             elif refute and tt > clock + ahead:
                 out.append((it, self._leap(it[0], venue, clock,
                                            "a message at the venue's own time came first")))
@@ -216,7 +219,8 @@ class ClockGuard:
         else:
             del self.held[venue]
         out.append((item, None))
-        self._applied(srcs, source, t)
+        if item[0]["kind"] == "heartbeat":
+            self._applied(srcs, source, t)
         return out
 
     def _confirm(self, venue: str, hold: _Hold, srcs: dict, clock: int, t: int):
@@ -250,7 +254,8 @@ class ClockGuard:
             if abs(tt - t) <= cfg.ahead_us or tt <= clock + cfg.ahead_us:
                 if tt <= cut:
                     out.append((it, None))
-                    self._applied(srcs, s, tt)
+                    if it[0]["kind"] == "heartbeat":
+                        self._applied(srcs, s, tt)
                 else:
                     keep.append((it, tt, s))
             else:
