@@ -23,28 +23,35 @@ first, the ``t_us`` of its ``venue`` message):
   pipeline, a decoder stuck in the past). Within ``grace_us`` (60 s of the
   venue clock) after a confirmed leap, a clock message at the pre-leap clock
   is refused as ``clock_leap`` instead, saying it contradicts the leap.
-- **Ahead**: a clock message more than the core's reorder window
-  (``CoreConfig.reorder_us``, 3 s) ahead of the clock is *held* (it would
-  make the venue's other reads late). A held message is applied, in arrival
-  order, as soon as either
-  - the clock catches up with it (another message applied takes the clock
-    to its ``t_us`` or beyond): a backup decoder running seconds ahead is
-    thus applied at the pace of the one behind it and erases none of its
-    reads (the venue clock follows the second-highest source); or
+- **Ahead**: a clock message of decoder S more than the core's reorder
+  window (``CoreConfig.reorder_us``, 3 s) ahead of its reference is *held*
+  (it would make the venue's other reads late). The reference is the newest
+  applied heartbeat of the venue's other decoders, if one is within
+  ``single_span_us`` of the venue clock; else the venue clock. A held
+  message is applied, in arrival order, as soon as either
+  - the clock catches up with it (a message applied at its ``t_us`` or
+    beyond; the held one goes first): a backup decoder running seconds ahead
+    is thus applied at the pace of the one behind it and drops none of its
+    reads (the venue clock follows the second-highest decoder); or
   - its candidate time (held messages within ``ahead_us``, 30 s, of each
     other) is *confirmed*: held messages from at least 2 distinct sources
-    spanning at least ``span_us`` (2 s) of their own ``t_us``. At a venue
-    whose decoders have shown at most one source so far, that source alone
-    confirms with ``single_confirm`` (3) messages spanning ``single_span_us``
-    (10 s). Repeated messages from one source within a second never
-    confirm. Leaps to other candidates are then refused (``clock_leap``).
-  A clock message at the venue's own time (within the reorder window) while
-  leaps (more than ``ahead_us`` ahead) are held says they were bad: they are
-  refused (``clock_leap``); held messages less than ``ahead_us`` ahead stay
-  held until caught up or confirmed. At most ``max_held`` (1,000) messages
-  are held per venue: beyond, the oldest held is refused. At the end of a
+    spanning at least ``span_us`` (2 s) of their own ``t_us`` (those up to
+    the second-highest source's time are applied, the rest wait to be caught
+    up). One source confirms alone only if no other source has been heard
+    since the hold began, with ``single_confirm`` (3) messages spanning
+    ``single_span_us`` (10 s): a venue with one decoder, or whose backup
+    died. Held messages of other candidates are then refused (``clock_leap``).
+  A clock message at the reference time while leaps (more than ``ahead_us``
+  ahead of the venue clock) are held says they were bad: they are refused
+  (``clock_leap``); held messages less than ``ahead_us`` ahead stay held
+  until caught up or confirmed. At most ``max_held`` (1,000) messages are
+  held per venue: beyond, the oldest held is refused. At the end of a
   recorded feed (``drain``, offline only) leaps still held are refused and
   the messages less than ``ahead_us`` ahead are applied.
+
+Not done: a confirmed leap is not undone (the engine's state cannot be
+rolled back); a message at the old clock within ``grace_us`` after it is
+refused as ``clock_leap`` saying so, so the alert names the leap.
 
 The core's own rule (a leap beyond 60 s while a race runs is refused) still
 applies to what the guard lets through.
