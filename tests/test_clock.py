@@ -393,3 +393,24 @@ def test_live_and_offline_decide_alike_without_a_flush(bad):
                             "competitor_id": "KOR-CHA-M", "code": "FALL"}}[kind]
         lines.insert(pos, orjson.dumps(msg))
     _offline_live_same(lines)
+
+
+def test_a_venue_with_one_decoder_or_whose_backup_dies_loses_nothing():
+    """One source alone confirms (3 messages spanning 10 s, no other source
+    heard): the venue's first heartbeats with X2-A only, or X2-B silent from
+    the gun on, give both finishes and no dead letter; three forged X2-A
+    heartbeats 3 days ahead (1 us apart) are still refused."""
+    gun_line = next(i for i, ln in enumerate(PAIR) if b'"start"' in ln)
+    only_a = [ln for ln in PAIR if b'"X2-B"' not in ln]
+    b_dies = PAIR[:gun_line] + [ln for ln in PAIR[gun_line:] if b'"X2-B"' not in ln]
+    clean_finishes = {e["competitor_id"] for e in PAIR_CLEAN if e["kind"] == "finish"}
+    for lines in (only_a, b_dies):
+        facts, dead = _offline_live_same(lines)
+        assert dead == []
+        assert {e["competitor_id"] for e in facts if e["kind"] == "finish"} == clean_finishes
+    pos = 60
+    base = _t(only_a[pos])
+    forged = [_hb(base + 3 * 86400 * S + i) for i in range(3)]
+    facts, dead = _split(process_lines(only_a[:pos] + forged + only_a[pos:]))
+    assert sorted(d["raw"] for d in dead) == sorted(f.decode() for f in forged)
+    assert canon(facts) == canon(list(process_lines(only_a)))
