@@ -37,15 +37,12 @@ class Processor:
     current one.
     """
 
-    __slots__ = ("engine", "guard", "msg", "late", "_kind", "_outcome", "_ahead", "_behind", "_held")
+    __slots__ = ("engine", "guard", "msg", "late", "_kind", "_outcome")
 
     def __init__(self, engine: Engine | None = None, config: CoreConfig | None = None,
                  clock: ClockConfig | None = None) -> None:
         self.engine = engine if engine is not None else Engine(config)
         self.guard = ClockGuard(clock)
-        self._ahead = self.guard.cfg.ahead_us
-        self._behind = -self.guard.cfg.behind_us
-        self._held = self.guard.held       # (the guard mutates it, never replaces it)
         self.msg = None          # the message just applied (None: refused or held)
         self._kind = "unknown"   # kind and outcome when msg is None
         self._outcome = "applied"
@@ -70,13 +67,6 @@ class Processor:
             msg = decode(raw)
             kind = msg["kind"]
             engine = self.engine
-            if (kind == "heartbeat" or kind == "passing") and not self._held:
-                # the clock guard's common case, inline (99% of a feed): a
-                # clock message near its venue's clock, nothing held
-                v = engine.venues.get(msg["venue"])
-                if v is None or (v.clock >= 0 and self._behind <= msg["t_us"] - v.clock <= self._ahead):
-                    self.msg = msg
-                    return engine.apply(msg), None
             acts = self.guard.offer(msg, engine, (msg, raw, tag))
             if acts is None:
                 self.msg = msg
@@ -122,7 +112,7 @@ class Processor:
         refused ones), then every crossing closed."""
         self.late = []
         events: list[dict] = []
-        for (msg, r, tag), rej in self.guard.drain():
+        for (msg, r, tag), rej in self.guard.drain(self.engine):
             if rej is None:
                 try:
                     events.extend(self.engine.apply(msg))

@@ -2,35 +2,56 @@
 
 Pure (no I/O, no clock reads): it reads the engine's venue clocks and keeps
 what it holds, so it is rebuilt with the engine by replaying the raw log, and
-offline, replayed and live runs decide alike. ``streams.process.Processor``
-consults it before the core applies a message.
+offline, replayed and live runs decide alike: what is held is decided by the
+venue's later messages, never by the end of a stream. ``streams.process.
+Processor`` consults it before the core applies a message.
 
-Two rules, per venue, once the venue has a clock (its newest passing or
-heartbeat ``t_us``; before the first, the ``t_us`` of its ``venue`` message
-stands in for leaps):
+Only clock messages (passings and heartbeats: the GPS-timed decoders) are
+held; every other kind (venue, race, start, photo, decision, record_ref)
+applies at once. Race, photo and decision come from other systems and are
+never judged by their ``t_us`` (a photo may arrive long after the race, a
+race set-up days before it is run; the core has its own rules). A start is
+refused (``stale_feed``) only when its gun is more than ``behind_us`` behind
+the venue's clock: every read of that race would be refused as stale, so the
+race could only be published with every team DNS (a replayed older feed).
 
-- **Stale** (a replay of an older feed onto a live pipeline, a decoder stuck
-  in the past): a message of the venue (any kind naming the venue, or a
-  photo or decision of one of its races) more than ``behind_us`` (10 min)
-  behind the venue's clock is refused, reason class ``stale_feed``. The core
-  would otherwise re-run old races at a venue that has moved on (a replayed
-  feed made races ``official`` with every team DNS).
-- **Leap** (a decoder clock jump, a forged ``t_us``): a passing or heartbeat
-  more than ``ahead_us`` (30 s) ahead of the venue's clock is *held*, with
-  every later message of that venue, until the venue's next clock messages
-  decide. Held leaps are grouped by the time they agree on (within
-  ``ahead_us`` of each other; at most 8 such candidates). Once ``confirm``
-  (3) clock messages agree on one, with no clock message at the old time in
-  between, the leap is real (a new session after a night, a day, a long
-  break): its messages and the other held ones are applied, in arrival
-  order, and nothing is lost; leaps to other times are refused. If a clock
-  message at the old time comes first, the leaps were bad messages: the
-  leaping messages are refused (``clock_leap``) and the others applied in
-  arrival order. So a heartbeat three days ahead, or at int64 max, between
-  races never moves the clock and never makes later reads late. At most
-  ``max_held`` (1,000) messages are held per venue; beyond that the leap
-  counts as refused. At the end of a recorded feed (``drain``) a leap never
-  confirmed is refused.
+Per venue, with ``clock`` its newest applied clock ``t_us`` (before the
+first, the ``t_us`` of its ``venue`` message):
+
+- **Stale**: a clock message more than ``behind_us`` (10 min) behind the
+  clock is refused, ``stale_feed`` (an older feed replayed onto a live
+  pipeline, a decoder stuck in the past). Within ``grace_us`` (60 s of the
+  venue clock) after a confirmed leap, a clock message at the pre-leap clock
+  is refused as ``clock_leap`` instead, saying it contradicts the leap.
+- **Ahead**: a clock message of decoder S more than the core's reorder
+  window (``CoreConfig.reorder_us``, 3 s) ahead of its reference is *held*
+  (it would make the venue's other reads late). The reference is the newest
+  applied heartbeat of the venue's other decoders, if one is within
+  ``single_span_us`` of the venue clock; else the venue clock. A held
+  message is applied, in arrival order, as soon as either
+  - the clock catches up with it (a message applied at its ``t_us`` or
+    beyond; the held one goes first): a backup decoder running seconds ahead
+    is thus applied at the pace of the one behind it and drops none of its
+    reads (the venue clock follows the second-highest decoder); or
+  - its candidate time (held messages within ``ahead_us``, 30 s, of each
+    other) is *confirmed*: held messages from at least 2 distinct sources
+    spanning at least ``span_us`` (2 s) of their own ``t_us`` (those up to
+    the second-highest source's time are applied, the rest wait to be caught
+    up). One source confirms alone only if no other source has been heard
+    since the hold began, with ``single_confirm`` (3) messages spanning
+    ``single_span_us`` (10 s): a venue with one decoder, or whose backup
+    died. Held messages of other candidates are then refused (``clock_leap``).
+  A clock message at the reference time while leaps (more than ``ahead_us``
+  ahead of the venue clock) are held says they were bad: they are refused
+  (``clock_leap``); held messages less than ``ahead_us`` ahead stay held
+  until caught up or confirmed. At most ``max_held`` (1,000) messages are
+  held per venue: beyond, the oldest held is refused. At the end of a
+  recorded feed (``drain``, offline only) leaps still held are refused and
+  the messages less than ``ahead_us`` ahead are applied.
+
+Not done: a confirmed leap is not undone (the engine's state cannot be
+rolled back); a message at the old clock within ``grace_us`` after it is
+refused as ``clock_leap`` saying so, so the alert names the leap.
 
 The core's own rule (a leap beyond 60 s while a race runs is refused) still
 applies to what the guard lets through.
@@ -44,133 +65,237 @@ from schemas.decode import Rejected
 
 @dataclass(frozen=True)
 class ClockConfig:
-    ahead_us: int = 30_000_000        # a clock message further ahead than this is held
-    behind_us: int = 600_000_000      # a message further behind than this is refused (stale)
-    confirm: int = 3                  # consecutive clock messages that confirm a leap
+    ahead_us: int = 30_000_000        # held messages within this of each other form one candidate time
+    behind_us: int = 600_000_000      # a clock message further behind than this is refused (stale)
+    span_us: int = 2_000_000          # confirmation by >= 2 sources: their t_us span at least this
+    single_confirm: int = 3           # single-source venue: this many messages ...
+    single_span_us: int = 10_000_000  # ... spanning at least this
+    grace_us: int = 60_000_000        # after a confirmed leap: an old-clock message is refused as clock_leap
     max_held: int = 1000              # per venue
+    reorder_us: int | None = None     # None: the engine's CoreConfig.reorder_us
 
 
 class _Hold:
-    __slots__ = ("cands", "items")
+    __slots__ = ("items", "seen")
 
-    def __init__(self, t: int, item) -> None:
-        self.cands = [[t, 1]]          # candidate new times: [newest t_us, messages agreeing]
-        self.items = [(item, 0)]       # (item, candidate index, or None for a non-clock message)
+    def __init__(self) -> None:
+        self.items: list = []          # (item, t_us, source), arrival order
+        self.seen: set = set()         # sources of the clock messages applied since the hold began
 
 
-MAX_CANDIDATES = 8
+MAX_SOURCES = 64                       # per venue: sources tracked for the reference clock
 
 
 class ClockGuard:
     """``offer(msg, engine, item)`` -> ``None``: apply ``msg`` now (the common
-    case); or raises ``Rejected`` (stale); or a list of ``(item, rejection or
-    None)`` to apply (``None``) or refuse, in order; ``[]`` means held.
-    ``item`` is the caller's handle on the message: ``(msg, raw, tag)``."""
+    case); or raises ``Rejected``; or a list of ``(item, rejection or None)``
+    to apply (``None``) or refuse, in order; a list without ``item`` means
+    ``msg`` is held. ``item`` is the caller's handle on the message:
+    ``(msg, raw, tag)``."""
 
-    __slots__ = ("cfg", "held", "ahead", "behind", "origin")
+    __slots__ = ("cfg", "held", "ahead", "behind", "origin", "leapt", "sources")
 
     def __init__(self, config: ClockConfig | None = None) -> None:
         self.cfg = config or ClockConfig()
-        self.ahead = self.cfg.ahead_us     # (for the caller's inline fast path)
+        self.ahead = self.cfg.ahead_us
         self.behind = self.cfg.behind_us
         self.held: dict[str, _Hold] = {}
         self.origin: dict[str, int] = {}   # venue -> t_us of its set-up (the clock before the first)
+        self.leapt: dict[str, tuple[int, int]] = {}   # venue -> (old clock, new time) of its last confirmed leap
+        self.sources: dict[str, dict[str, int]] = {}  # venue -> source -> newest applied t_us
+
+    def reorder(self, engine) -> int:
+        r = self.cfg.reorder_us
+        return engine.cfg.reorder_us if r is None else r
 
     def offer(self, msg: dict, engine, item):
         kind = msg["kind"]
-        clockmsg = kind == "passing" or kind == "heartbeat"
-        if clockmsg or kind == "venue" or kind == "race" or kind == "start":
-            venue = msg["venue"]
-        elif kind == "photo" or kind == "decision":
-            d = engine.race_defs.get(msg["race_id"])
-            if d is None:
-                return None          # the core refuses an unknown race itself
-            venue = d.venue
-        else:
-            return None              # record_ref: not tied to a venue's clock
-        v = engine.venues.get(venue)
-        if v is None:
-            if kind == "venue":
-                # until the venue's first clock message, leaps are judged from its set-up
-                self.origin[venue] = msg["t_us"]
+        if kind == "venue":
+            if msg["venue"] not in engine.venues:
+                self.origin[msg["venue"]] = msg["t_us"]
             return None
-        if (kind == "passing" and msg["loop"] not in v.loops) or (
-                kind == "start" and msg["race_id"] not in engine.race_defs):
+        if kind == "start":
+            # the gun: not held, and not refused for a late arrival; refused
+            # only when the gun itself is so far behind the venue's clock that
+            # every read of the race would be refused as stale (a replayed
+            # feed): applied, it could only publish every team DNS
+            v = engine.venues.get(msg["venue"])
+            if v is not None and v.clock >= 0 and msg["t_us"] < v.clock - self.cfg.behind_us:
+                raise Rejected("stale_feed",
+                               f"start: the gun t_us {msg['t_us']} is {(v.clock - msg['t_us']) / 1e6:.0f} s "
+                               f"behind venue {msg['venue']}'s clock (bound {self.cfg.behind_us / 1e6:.0f} s): "
+                               f"every read of the race would be stale (an older feed replayed onto this "
+                               f"pipeline?) refused")
+            return None
+        if kind != "passing" and kind != "heartbeat":
+            return None              # race, photo, decision, record_ref: never judged by their t_us
+        venue = msg["venue"]
+        v = engine.venues.get(venue)
+        if v is None or (kind == "passing" and msg["loop"] not in v.loops):
             return None     # (what refers to nothing known the core refuses itself, saying what)
-        clock = v.clock
-        t = msg["t_us"]
         cfg = self.cfg
+        clock = v.clock
         if clock < 0:
             clock = self.origin.get(venue, -1)
             if clock < 0:
                 return None
-        elif t < clock - cfg.behind_us:
+        t = msg["t_us"]
+        source = msg["source"]
+        leap = self.leapt.get(venue) if self.leapt else None
+        if leap is not None:
+            old, new = leap
+            if clock > new + cfg.grace_us:
+                del self.leapt[venue]
+            elif t <= old + cfg.ahead_us and t < new - cfg.ahead_us:
+                raise Rejected("clock_leap",
+                               f"{kind}: t_us {t} is at venue {venue}'s clock before its leap from {old} "
+                               f"to {new} (confirmed {(clock - new) / 1e6:.0f} s ago): a message at the "
+                               f"old clock within the grace period ({cfg.grace_us / 1e6:.0f} s) says the "
+                               f"leap may have been bad; refused")
+        if t < clock - cfg.behind_us:
             raise Rejected("stale_feed",
                            f"{kind}: t_us {t} is {(clock - t) / 1e6:.0f} s behind venue {venue}'s clock "
                            f"(bound {cfg.behind_us / 1e6:.0f} s): an older feed replayed onto this "
                            f"pipeline? refused")
+        reorder = self.reorder(engine)
+        srcs = self.sources.get(venue)
+        if srcs is None:
+            srcs = self.sources[venue] = {}
+        ref = self._ref(srcs, source, clock)
         hold = self.held.get(venue) if self.held else None
-        if hold is None:
-            if not clockmsg or t <= clock + cfg.ahead_us:
+        if t <= ref + reorder:
+            if hold is None:
+                if kind == "heartbeat":
+                    self._applied(srcs, source, t)
                 return None
-            self.held[venue] = _Hold(t, item)
-            return []
-        if not clockmsg:
-            hold.items.append((item, None))
-            if len(hold.items) > cfg.max_held:
-                return self._refuse(venue, clock, None)
-            return []
-        if t <= clock + cfg.ahead_us:
-            # a clock message at the venue's own time: the leaps were bad messages
-            return self._refuse(venue, clock, item)
-        for i, cand in enumerate(hold.cands):
-            if abs(t - cand[0]) <= cfg.ahead_us:
-                break
-        else:
-            if len(hold.cands) >= MAX_CANDIDATES:
-                raise self._leap(item[0], venue, clock)
-            i = len(hold.cands)
-            hold.cands.append([t, 0])
-            cand = hold.cands[i]
-        hold.items.append((item, i))
-        cand[1] += 1
-        if t > cand[0]:
-            cand[0] = t
-        if cand[1] >= cfg.confirm:
-            # confirmed: this candidate's messages and the others held are
-            # applied in arrival order; other candidates' leaps are refused
-            del self.held[venue]
-            return [(it, None if c is None or c == i else self._leap(it[0], venue, clock))
-                    for it, c in hold.items]
-        if len(hold.items) > cfg.max_held:
-            return self._refuse(venue, clock, None)
-        return []
+            # at the venue's own time: leaps held are refuted, caught-up messages applied first
+            hold.seen.add(source)
+            return self._release(venue, hold, srcs, clock, t, source, item, refute=True)
+        if hold is None:
+            hold = self.held[venue] = _Hold()
+        hold.items.append((item, t, source))
+        out = self._confirm(venue, hold, srcs, clock, t)
+        if out is None and len(hold.items) > cfg.max_held:
+            old_item, _, _ = hold.items.pop(0)
+            out = [(old_item, self._leap(old_item[0], venue, clock,
+                                         f"more than {cfg.max_held} messages held at this venue"))]
+            if not hold.items:
+                del self.held[venue]
+        return out if out is not None else []
 
-    def _leap(self, msg: dict, venue: str, clock: int) -> Rejected:
+    def _ref(self, srcs: dict, source: str, clock: int) -> int:
+        """The time a message of ``source`` is judged against: the newest
+        applied heartbeat of the venue's other sources, if within
+        ``single_span_us`` of its clock (so the venue clock follows the
+        second-highest decoder clock; passings alone are too sporadic to
+        state a decoder's clock); without one, the venue's clock."""
+        ref = -1
+        for s, c in srcs.items():
+            if s != source and c > ref:
+                ref = c
+        return ref if ref >= clock - self.cfg.single_span_us else clock
+
+    def _applied(self, srcs: dict, source: str, t: int) -> None:
+        c = srcs.get(source)
+        if c is None:
+            if len(srcs) < MAX_SOURCES:
+                srcs[source] = t
+        elif t > c:
+            srcs[source] = t
+
+    def _release(self, venue: str, hold: _Hold, srcs: dict, clock: int, t: int, source: str,
+                 item, refute: bool) -> list:
+        """Held messages caught up with (at or below ``t``: the venue's clock
+        after ``item``) applied in arrival order, leaps refuted; then ``item``."""
+        out = []
+        keep = []
+        ahead = self.cfg.ahead_us
+        upto = max(t, clock)
+        for it, tt, s in hold.items:
+            if tt <= upto:
+                out.append((it, None))
+                if it[0]["kind"] == "heartbeat":
+                    self._applied(srcs, s, tt)
+            elif refute and tt > clock + ahead:
+                out.append((it, self._leap(it[0], venue, clock,
+                                           "a message at the venue's own time came first")))
+            else:
+                keep.append((it, tt, s))
+        if keep:
+            hold.items = keep
+        else:
+            del self.held[venue]
+        out.append((item, None))
+        if item[0]["kind"] == "heartbeat":
+            self._applied(srcs, source, t)
+        return out
+
+    def _confirm(self, venue: str, hold: _Hold, srcs: dict, clock: int, t: int):
+        cfg = self.cfg
+        near = [(tt, s) for _, tt, s in hold.items if abs(tt - t) <= cfg.ahead_us]
+        top: dict[str, int] = {}
+        for tt, s in near:
+            if tt > top.get(s, -1):
+                top[s] = tt
+        lo = min(tt for tt, _ in near)
+        hi = max(top.values())
+        if len(top) >= 2:
+            ok = hi - lo >= cfg.span_us
+            cut = sorted(top.values())[-2]     # the second-highest source's time
+        else:
+            # one source: alone only if no other source has been heard since the hold began
+            heard = hold.seen | {s for _, _, s in hold.items}
+            ok = len(heard) <= 1 and len(near) >= cfg.single_confirm and hi - lo >= cfg.single_span_us
+            cut = hi
+        if not ok:
+            return None
+        # confirmed: this candidate's messages up to the second-highest
+        # source's time (and those below it) applied in arrival order; its
+        # messages beyond stay held until caught up; held messages of other
+        # candidates refused
+        if t > clock + cfg.ahead_us:
+            self.leapt[venue] = (clock, lo)
+        out = []
+        keep = []
+        for it, tt, s in hold.items:
+            if abs(tt - t) <= cfg.ahead_us or tt <= clock + cfg.ahead_us:
+                if tt <= cut:
+                    out.append((it, None))
+                    if it[0]["kind"] == "heartbeat":
+                        self._applied(srcs, s, tt)
+                else:
+                    keep.append((it, tt, s))
+            else:
+                out.append((it, self._leap(it[0], venue, clock,
+                                           f"the venue's clock moved to {lo} instead")))
+        if keep:
+            hold.items = keep
+            hold.seen = set()
+        else:
+            del self.held[venue]
+        return out
+
+    def _leap(self, msg: dict, venue: str, clock: int, why: str) -> Rejected:
         t = msg["t_us"]
         return Rejected("clock_leap",
                         f"{msg['kind']}: t_us {t} is {(t - clock) / 1e6:.0f} s ahead of venue {venue}'s "
-                        f"clock (bound {self.cfg.ahead_us / 1e6:.0f} s) and the venue's next messages did "
-                        f"not confirm it (a decoder clock jump?)")
+                        f"clock and was not confirmed by other sources ({why}; a decoder clock jump or "
+                        f"a forged t_us?)")
 
-    def _refuse(self, venue: str, clock: int, then) -> list:
-        hold = self.held.pop(venue)
-        out = [(it, None if c is None else self._leap(it[0], venue, clock)) for it, c in hold.items]
-        if then is not None:
-            out.append((then, None))
-        return out
-
-    def drain(self) -> list:
-        """End of a recorded feed: every leap still held is refused (never
-        confirmed), the other held messages are applied."""
+    def drain(self, engine) -> list:
+        """End of a recorded feed (offline only): leaps still held (more than
+        ``ahead_us`` ahead of the venue's clock) are refused, the others
+        applied, in arrival order."""
         out = []
         for venue in list(self.held):
-            out.extend(self._refuse_at_end(venue))
+            hold = self.held.pop(venue)
+            v = engine.venues.get(venue)
+            clock = v.clock if v is not None and v.clock >= 0 else self.origin.get(venue, -1)
+            for it, tt, s in hold.items:
+                if tt <= clock + self.cfg.ahead_us:
+                    out.append((it, None))
+                else:
+                    out.append((it, Rejected(
+                        "clock_leap", f"{it[0]['kind']}: t_us {tt} leaps ahead of venue {venue}'s "
+                                      f"clock and the feed ended before it was confirmed")))
         return out
-
-    def _refuse_at_end(self, venue: str) -> list:
-        hold = self.held.pop(venue)
-        return [(it, Rejected("clock_leap",
-                              f"{it[0]['kind']}: t_us {it[0]['t_us']} leaps ahead of venue {venue}'s "
-                              f"clock and the feed ended before it was confirmed"))
-                if c is not None else (it, None) for it, c in hold.items]
