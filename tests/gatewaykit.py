@@ -154,6 +154,15 @@ class SSE:
             pass
 
 
+def final_result_revision() -> int:
+    """The revision of the Beijing final A's last (official) result, as
+    ``lapstream process`` gives it (provisional results count revisions too)."""
+    from streams import beijing
+    from streams.process import process_lines
+
+    return [e for e in process_lines(feed_lines(beijing.FINAL_A_FILE)) if e["kind"] == "result"][-1]["revision"]
+
+
 def feed_lines(name: str) -> list[bytes]:
     from streams import beijing
 

@@ -103,13 +103,16 @@ def test_sse_resume_mid_race_and_across_a_gateway_restart(live):
     assert 0 < seen1 < len(got) and part2 and rest
 
 
+FINAL_RESULT_REVISION = G.final_result_revision()
+
+
 def wait_official(gw: G.Gateway, timeout: float = 120.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status, _, body = gw.get(f"/api/v1/races/{RACE}")
         if status == 200:
             d = orjson.loads(body)
-            if d["status"] == "official" and d["result"]["revision"] == 2:
+            if d["status"] == "official" and d["result"]["revision"] == FINAL_RESULT_REVISION:
                 return d
         time.sleep(0.3)
     raise AssertionError("the race never became official on the gateway")
@@ -396,14 +399,22 @@ def test_the_two_example_subscribers_run(live):
     out = subprocess.run([sys.executable, "examples/kafka_consumer.py", "--bootstrap", live.broker.bootstrap,
                           "--idle-exit", "3"], cwd=G.REPO, capture_output=True, timeout=120, check=True)
     lines = out.stdout.decode().splitlines()
-    assert [ln.split(" (timing.raw:")[0] for ln in lines] == [
-        "OWG2022-TPW-FA [live rev 0] 1. CAN 2:53.44",
-        "OWG2022-TPW-FA [unofficial rev 1] 1. CAN 2:53.44, 2. JPN 3:04.47",
-        "OWG2022-TPW-FA [official rev 2] 1. CAN 2:53.44, 2. JPN 3:04.47"]
+    shown = [ln.split(" (timing.raw:")[0] for ln in lines]
+    # the results as they came: revisions only go up, live -> unofficial -> official
+    # (provisional results are revisions too: lapstream process says how many)
+    revs = [int(ln.split(" rev ")[1].split("]")[0]) for ln in shown]
+    assert revs == sorted(set(revs)) and revs[-1] == FINAL_RESULT_REVISION, shown
+    order = {"live": 0, "unofficial": 1, "official": 2}
+    statuses = [ln.split("[")[1].split(" rev")[0] for ln in shown]
+    assert [order[x] for x in statuses] == sorted(order[x] for x in statuses), shown
+    assert shown[0].startswith("OWG2022-TPW-FA [live rev ")
+    assert shown[-1] == (f"OWG2022-TPW-FA [official rev {FINAL_RESULT_REVISION}] "
+                         "1. CAN 2:53.44, 2. JPN 3:04.47"), shown
     assert all("(timing.raw:" in ln for ln in lines)      # the lapstream-source header
     out = subprocess.run([sys.executable, "examples/sse_client.py", live.gateway.url(""), "--race", RACE,
                           "--until-official"], cwd=G.REPO, capture_output=True, timeout=120, check=True)
-    assert "OWG2022-TPW-FA official rev 2: CAN 2:53.44, JPN 3:04.47" in out.stdout.decode().splitlines()
+    assert (f"OWG2022-TPW-FA official rev {FINAL_RESULT_REVISION}: CAN 2:53.44, JPN 3:04.47"
+            in out.stdout.decode().splitlines())
 
 
 def test_the_kafka_example_drops_repeats_and_late_revisions():

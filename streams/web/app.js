@@ -54,6 +54,16 @@ function keepNewest(map, key, ev) {
   if (!cur || rev(ev) >= rev(cur)) { map.set(key, ev); return true; }
   return false;
 }
+// The incident log has one line per incident and status: a provisional
+// suspicion is replaced by its final version (or removed when withdrawn).
+function logIncident(ev) {
+  const same = (x) => x.race_id === ev.race_id && x.competitor_id === ev.competitor_id &&
+    x.skater_id === ev.skater_id && x.type === ev.type && x.status === ev.status;
+  const i = S.incidentLog.findIndex(same);
+  if (ev.withdrawn) { if (i >= 0) S.incidentLog.splice(i, 1); return; }
+  if (i >= 0 && (S.incidentLog[i].revision || 0) <= (ev.revision || 0)) S.incidentLog[i] = ev;
+  else if (i < 0) S.incidentLog.push(ev);
+}
 function clearAttempt(r) { r.splits.clear(); r.finishes.clear(); r.incidents.clear(); r.records.clear(); }
 
 function loadSnapshot(snap) {
@@ -71,7 +81,7 @@ function loadSnapshot(snap) {
     }
     for (const s of d.sprint_splits || []) r.splits.set(`${s.competitor_id}|${s.skater_id}|${s.distance_m}`, s);
     for (const f of d.finishes || []) r.finishes.set(f.competitor_id, f);
-    for (const i of d.incidents || []) { r.incidents.set(`${i.competitor_id}|${i.skater_id}|${i.type}`, i); S.incidentLog.push(i); }
+    for (const i of d.incidents || []) { r.incidents.set(`${i.competitor_id}|${i.skater_id}|${i.type}`, i); logIncident(i); }
     for (const x of d.records || []) { r.records.set(`${x.competitor_id}|${x.record}`, x); S.recordLog.push(x); }
   }
   for (const s of snap.standings || []) S.standings.set(s.group, s);
@@ -108,8 +118,10 @@ function apply(ev) {
       if (rev(ev) > 0) noteRevision(ev, `finish revised to ${ev.time} (${ev.source}), revision ${rev(ev)}`);
     }
   } else if (k === "incident") {
-    r.incidents.set(`${ev.competitor_id}|${ev.skater_id}|${ev.type}`, ev);
-    S.incidentLog.push(ev); S.changed.add(ev.competitor_id);
+    const ikey = `${ev.competitor_id}|${ev.skater_id}|${ev.type}`;
+    if (ev.withdrawn) { if (r.incidents.get(ikey)?.status === ev.status) r.incidents.delete(ikey); }
+    else r.incidents.set(ikey, ev);
+    logIncident(ev); S.changed.add(ev.competitor_id);
   } else if (k === "record") {
     keepNewest(r.records, `${ev.competitor_id}|${ev.record}`, ev);
     S.recordLog.push(ev); S.changed.add(ev.competitor_id);
