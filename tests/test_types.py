@@ -19,7 +19,7 @@ def cache(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("mypy-cache"))
 
 
-def test_mypy_finds_no_type_error_in_agents_and_schemas(cache):
+def test_mypy_is_clean_on_agents_and_schemas(cache):
     r = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", cache],
                        cwd=REPO, capture_output=True, text=True, timeout=600,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -30,7 +30,7 @@ def test_mypy_finds_no_type_error_in_agents_and_schemas(cache):
     assert int(m.group(1)) == len(wanted), (m.group(1), wanted)
 
 
-def test_the_type_check_would_catch_an_error(tmp_path, cache):
+def test_the_type_check_would_catch_a_mistake(tmp_path, cache):
     # the same configuration rejects a plain type error in a file of its own
     bad = tmp_path / "bad.py"
     bad.write_text("def f(x: int) -> str:\n    return x\n")
