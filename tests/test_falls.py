@@ -164,3 +164,34 @@ def test_a_restart_clears_the_suspicions_and_withdraws_the_splits_of_the_recalle
         if e["kind"] == "split":
             last[(e["competitor_id"], e["skater_id"], e["distance_m"])] = e
     assert last and all(e["withdrawn"] and e["final"] for e in last.values())
+
+
+def _source_dark(lines, source: str):
+    """One decoder dark for the whole race (reads and heartbeats): the other carries on."""
+    return [ln for ln in lines if not (b'"passing"' in ln or b'"heartbeat"' in ln)
+            or orjson.loads(ln).get("source") != source]
+
+
+@pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
+@pytest.mark.parametrize("lost_s", [3.0, 6.0])
+def test_a_fall_is_still_suspected_with_decoder_outages_elsewhere_in_the_race(geometry, lost_s):
+    # the fall at 900 m of 1,500 (about 64 s after the gun); outages before it,
+    # and one decoder dark all along: the lost time still shows, before the finish
+    lines, truth = feed(geometry, lost_s=lost_s, seed=int(lost_s) + 20)
+    gun = T0 + 120 * S
+    comp = truth.races["R1"].competitors["NOR-B"]
+    variants = {
+        "outage 20+4s": _outage(lines, gun + 20 * S, 4 * S),
+        "loops dark 35+5s, decoders alive": _outage(lines, gun + 35 * S, 5 * S, heartbeats=True),
+        "primary decoder dark": _source_dark(lines, "X2-A"),
+        "backup decoder dark": _source_dark(lines, "X2-B"),
+    }
+    for name, ls in variants.items():
+        events = run(ls)
+        inc = [e for e in events if e["kind"] == "incident"]
+        final = [(e["skater_id"], e["status"]) for e in inc if is_final(e)]
+        assert final == [("NOR-B", "suspected"), ("NOR-B", "confirmed")], (name, final)
+        sus = next(e for e in inc if is_final(e))
+        assert sus["at_m"] == last_loop_before(900, GEOMETRIES[geometry], comp.start_m), name
+        fin = [e for e in events if e["kind"] == "finish" and e["competitor_id"] == "NOR-B"]
+        assert events.index(inc[0]) < events.index(fin[0]), name
