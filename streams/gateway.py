@@ -181,17 +181,18 @@ class _Latencies:
                     self.values.append(t - a)
             return
         n = len(times)
-        total = sum(times)
         bounds, counts = self.bounds, self.counts
+        right = bisect.bisect_right
         for a in arrivals:
+            lats = [t - a for t in times]      # sorted as the times are
             below = 0
             for i, b in enumerate(bounds):
-                k = n if b == float("inf") else bisect.bisect_right(times, a + b)
+                k = right(lats, b)
                 counts[i] += k - below
                 below = k
                 if k == n:
                     break
-            self.total += total - n * a
+            self.total += sum(lats)
 
     def flush(self) -> None:
         if self.bulk:
