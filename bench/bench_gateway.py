@@ -10,18 +10,23 @@ Prints:
     socket; quantiles interpolated within buckets);
   * seen by the clients: receipt by each client minus receipt by a probe
     consumer (aiokafka, no group, same broker and fetch wait as the gateway,
-    in this process) of the same record: the gateway's arrival, as well as
+    in a process of its own) of the same record: the gateway's arrival, as well as
     an outsider can see it. The clients are spread over ``--procs``
-    processes (asyncio protocols: the receipt time is taken when the socket
-    hands over the bytes, and they are parsed after the race), so that one
-    client's receipt is not queued behind the others' parsing; the clock
-    (``time.perf_counter``, CLOCK_MONOTONIC) is the same in every process;
+    processes, read with ``recvmsg`` from the loop's readiness callback and
+    parsed after the race, so that one client's receipt is not queued behind
+    the others' parsing. Two receipt times per delivery: when the client
+    process read the bytes, and when they reached its socket (the kernel's
+    receive timestamp, SO_TIMESTAMPNS: a client with a CPU of its own, as a
+    remote one has, reads then; on this shared host the client processes
+    may wait for a CPU long after). The probe's time is when it read the
+    record (it also may wait for a CPU: that makes both figures smaller).
+    One clock (``time.time``, CLOCK_REALTIME) in every process;
 - the CPU time of one fan-out batch (``lapstream_gateway_fanout_cpu_seconds``):
   the gateway's own cost, apart from waiting for a CPU on a busy host;
 - gateway RSS per idle client: (RSS with N clients connected and their
   snapshot read - RSS before) / N;
 - gateway CPU (% of one core) while the race is replayed, the client
-  processes', and this process's (probe and replay).
+  processes', and this process's (the replay).
 
 Targets on this machine: p99 <= 50 ms, <= 50 KiB per idle client.
 
@@ -32,7 +37,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import pickle
 import resource
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -96,29 +104,64 @@ def histogram_quantiles(metrics_text: str, name: str, qs=(0.5, 0.99)) -> dict:
 
 
 MARK = b'"event_id":"'
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)   # Linux (asm-generic/socket.h)
+ANC = socket.CMSG_SPACE(16)
 
 
-class Conn(asyncio.Protocol):
-    """One SSE connection of a client process. ``data_received`` only stamps
-    and keeps the raw bytes (the receipt time is taken when the bytes are
-    handed over by the socket, before any parsing); they are parsed after the
-    race. Until its snapshot is complete, the head is kept to find its end."""
+class Conn:
+    """One SSE connection of a client process, read with ``recvmsg`` straight
+    from the event loop's readiness callback. Each read is kept raw with two
+    receipt times (CLOCK_REALTIME, as the probe's): ``app``, when this process
+    got the bytes, and ``kern``, the kernel's receive timestamp of the newest
+    data in that read (SO_TIMESTAMPNS): when the bytes reached the client's
+    socket, whatever this process then waited for a CPU. Frames are parsed
+    after the race. Until its snapshot is complete, the head is kept to find
+    its end."""
 
-    def __init__(self, snapshots: list) -> None:
+    def __init__(self, loop, port: int, snapshots: list) -> None:
+        self.loop = loop
+        self.port = port
         self.head = b""
         self.snapshot = False
         self.snapshots = snapshots
-        self.chunks: list[tuple[float, bytes]] = []
+        self.chunks: list[tuple[float, float, bytes]] = []
         self.count = 0          # event ids seen after the snapshot (for "done")
         self.tail = b""
-        self.transport = None
+        self.sock = socket.socket()
+        self.sock.setblocking(False)
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        transport.write(b"GET /api/v1/stream HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+    async def start(self) -> None:
+        await self.loop.sock_connect(self.sock, ("127.0.0.1", self.port))
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        await self.loop.sock_sendall(self.sock, b"GET /api/v1/stream HTTP/1.1\r\nHost: x\r\n"
+                                                b"Accept: text/event-stream\r\n\r\n")
+        self.loop.add_reader(self.sock.fileno(), self.readable)
 
-    def data_received(self, data: bytes) -> None:
-        now = time.perf_counter()
+    def close(self) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+    def readable(self) -> None:
+        while True:
+            try:
+                data, anc, _, _ = self.sock.recvmsg(1 << 16, ANC)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.close()
+                return
+            app = time.time()
+            if not data:
+                self.close()
+                return
+            kern = app
+            for level, kind, raw in anc:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) >= 16:
+                    sec, ns = struct.unpack("qq", raw[:16])
+                    kern = sec + ns / 1e9
+            self.received(data, kern, app)
+
+    def received(self, data: bytes, kern: float, app: float) -> None:
         if not self.snapshot:
             self.head += data
             i = self.head.find(b"event: snapshot")
@@ -131,17 +174,17 @@ class Conn(asyncio.Protocol):
             self.head = b""
             if not data:
                 return
-        self.chunks.append((now, data))
+        self.chunks.append((kern, app, data))
         s = self.tail + data
         self.count += s.count(MARK)
         self.tail = s[-(len(MARK) - 1):]
 
-    def receipts(self) -> list[tuple[bytes, float]]:
-        """(event id, time of the read that completed its frame), in stream order."""
+    def receipts(self) -> list[tuple[bytes, float, float]]:
+        """(event id, kern, app) of the read that completed its frame, in stream order."""
         out = []
         buf = b""
         n = len(MARK)
-        for t, data in self.chunks:
+        for kern, app, data in self.chunks:
             buf += data
             k = 0
             while True:
@@ -153,7 +196,7 @@ class Conn(asyncio.Protocol):
                 if e < 0:
                     k = j
                     break
-                out.append((buf[j + n:j + n + 24], t))
+                out.append((buf[j + n:j + n + 24], kern, app))
                 k = e + 2
             buf = buf[k:]
         return out
@@ -164,14 +207,14 @@ async def client_proc(args) -> None:
     prints ``ready`` when every snapshot is read, ``done`` once every
     connection has ``--want`` events, and on ``stop`` (stdin) writes each
     event id's receipt times to ``--out`` (pickle) and exits."""
-    import pickle
 
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(65536, resource.getrlimit(resource.RLIMIT_NOFILE)[1]),) * 2)
     loop = asyncio.get_running_loop()
     snapshots: list = []
     conns = []
     for i in range(args.clients):
-        _, c = await loop.create_connection(lambda: Conn(snapshots), "127.0.0.1", args.port)
+        c = Conn(loop, args.port, snapshots)
+        await c.start()
         conns.append(c)
         if i % 50 == 49:
             await asyncio.sleep(0.02)
@@ -190,16 +233,46 @@ async def client_proc(args) -> None:
         except asyncio.TimeoutError:
             pass
     for c in conns:
-        c.transport.abort()
-    got: dict[bytes, list[float]] = {}
+        if c.sock.fileno() >= 0:
+            c.close()
+    got: dict[bytes, list] = {}
     counts = []
     for c in conns:
         r = c.receipts()
         counts.append(len(r))
-        for eid, t in r:
-            got.setdefault(eid, []).append(t)
+        for eid, kern, app in r:
+            got.setdefault(eid, []).append((kern, app))
     with open(args.out, "wb") as f:
         pickle.dump({"receipts": got, "counts": counts}, f)
+
+
+async def probe_proc(args) -> None:
+    """The probe process (``--probe-proc``): reads the derived topics like the
+    gateway and keeps when each event id was first read; prints ``ready``
+    once reading, and on ``stop`` (stdin) writes them to ``--out``."""
+
+    from aiokafka import AIOKafkaConsumer
+
+    seen: dict[bytes, float] = {}
+    probe = AIOKafkaConsumer(*[t.name for t in T.DERIVED], bootstrap_servers=args.bootstrap,
+                             group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=5)
+    await probe.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_reader(sys.stdin.fileno(), stop.set)
+    await probe.getmany(timeout_ms=100)
+    print("ready", flush=True)
+    while not stop.is_set():
+        batch = await probe.getmany(timeout_ms=100)
+        now = time.time()
+        for recs in batch.values():
+            for r in recs:
+                j = r.value.find(MARK)
+                if j >= 0:
+                    seen.setdefault(r.value[j + 12:j + 36], now)
+    await probe.stop()
+    with open(args.out, "wb") as f:
+        pickle.dump(seen, f)
 
 
 class ClientProcs:
@@ -236,7 +309,6 @@ class ClientProcs:
         return sum(cpu_s(p.pid) for p in self.procs if p.poll() is None)
 
     def stop(self) -> tuple[dict, list]:
-        import pickle
 
         got: dict = {}
         counts: list = []
@@ -267,7 +339,7 @@ async def main_async(args) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="lapstream-bench-gw-"))
     broker = EmbeddedBroker("tansu", log_path=tmp / "broker.log")
     broker.start()
-    worker = gateway = clients = None
+    worker = gateway = clients = probe = None
     try:
         await ensure_topics(broker.bootstrap)
         wport, gport = free_port(), free_port()
@@ -290,34 +362,26 @@ async def main_async(args) -> None:
         rss1 = rss_kib(gateway.pid)
 
         # the probe: when did the records reach a consumer like the gateway
-        from aiokafka import AIOKafkaConsumer
-
-        probe_seen: dict[bytes, float] = {}
-        probe = AIOKafkaConsumer(*[t.name for t in T.DERIVED], bootstrap_servers=broker.bootstrap,
-                                 group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=5)
-        await probe.start()
-
-        async def run_probe():
-            while True:
-                batch = await probe.getmany(timeout_ms=100)
-                now = time.perf_counter()
-                for recs in batch.values():
-                    for r in recs:
-                        j = r.value.find(b'"event_id":"')
-                        probe_seen.setdefault(r.value[j + 12:j + 36], now)
-
-        probe_task = asyncio.create_task(run_probe())
+        # (its own process: not delayed by the replay's producer in this one)
+        probe = subprocess.Popen([sys.executable, __file__, "--probe-proc", "--bootstrap", broker.bootstrap,
+                                  "--out", str(tmp / "probe.pickle")],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO)
+        line = await asyncio.get_running_loop().run_in_executor(None, probe.stdout.readline)
+        assert line.strip() == b"ready", "the probe did not start"
         cpu0, bcpu0, ccpu0, t0 = cpu_s(gateway.pid), time.process_time(), clients.cpu(), time.perf_counter()
         await replay(broker.bootstrap, lines, speed=args.speed, skip_idle=True)
         await clients.wait_line(b"done", 60)
         t1, cpu1, bcpu1, ccpu1 = time.perf_counter(), cpu_s(gateway.pid), time.process_time(), clients.cpu()
         with urllib.request.urlopen(f"http://127.0.0.1:{gport}/metrics") as r:
             metrics = r.read().decode()
-        probe_task.cancel()
-        await probe.stop()
+        probe.stdin.write(b"stop\n")
+        probe.stdin.flush()
+        probe.wait(60)
+        probe_seen = pickle.loads((tmp / "probe.pickle").read_bytes())
         got, counts = clients.stop()
 
-        lat = [(t - probe_seen[eid]) * 1000 for eid, ts in got.items() if eid in probe_seen for t in ts]
+        lat = [(app - probe_seen[eid]) * 1000 for eid, ts in got.items() if eid in probe_seen for _, app in ts]
+        klat = [(kern - probe_seen[eid]) * 1000 for eid, ts in got.items() if eid in probe_seen for kern, _ in ts]
         complete = sum(1 for n in counts if n >= want)
         h = histogram_quantiles(metrics, "lapstream_gateway_fanout_latency_seconds")
         print(f"clients: {args.clients} SSE on one gateway ({len(clients.procs)} client processes); feed "
@@ -328,20 +392,38 @@ async def main_async(args) -> None:
         hc = histogram_quantiles(metrics, "lapstream_gateway_fanout_cpu_seconds")
         print(f"fan-out CPU per batch (the gateway's own cost, {int(hc['count'])} batches): "
               f"p50 {hc[0.5] * 1000:.1f} ms, p99 {hc[0.99] * 1000:.1f} ms")
-        print(f"fan-out latency, client receipt minus probe-consumer receipt, {len(lat)} deliveries: "
-              f"p50 {pct(lat, 50):.1f} ms, p99 {pct(lat, 99):.1f} ms, max {max(lat):.1f} ms"
-              if lat else "no latency samples")
+        if lat:
+            print(f"fan-out latency, client receipt minus probe-consumer receipt, {len(lat)} deliveries:")
+            print(f"  read by the client process:            p50 {pct(lat, 50):.1f} ms, p99 {pct(lat, 99):.1f} ms, "
+                  f"max {max(lat):.1f} ms")
+            print(f"  reached the client's socket (kernel):  p50 {pct(klat, 50):.1f} ms, p99 {pct(klat, 99):.1f} ms, "
+                  f"max {max(klat):.1f} ms")
+            # where the time goes: until the first client has an event (the
+            # gateway reading it after the probe, and its first write), then
+            # the spread over the clients (one write each, and, read by the
+            # client processes, their waiting for a CPU)
+            first = [(min(k for k, _ in ts) - probe_seen[eid]) * 1000 for eid, ts in got.items() if eid in probe_seen]
+            spread = [(k - min(x for x, _ in ts)) * 1000 for eid, ts in got.items() if eid in probe_seen
+                      for k, _ in ts]
+            print(f"  of which (kernel): first client minus probe, {len(first)} events: p50 {pct(first, 50):.1f} ms, "
+                  f"p99 {pct(first, 99):.1f} ms; each client minus the first: p50 {pct(spread, 50):.1f} ms, "
+                  f"p99 {pct(spread, 99):.1f} ms")
+        else:
+            print("no latency samples")
         print(f"gateway RSS: {rss0 / 1024:.1f} MiB before, {rss1 / 1024:.1f} MiB with {args.clients} idle "
               f"clients: {(rss1 - rss0) / args.clients:.1f} KiB per idle client")
         wall = t1 - t0
         print(f"CPU during the replay ({wall:.1f} s): gateway {100 * (cpu1 - cpu0) / wall:.0f}% of a core, "
-              f"bench clients {100 * (ccpu1 - ccpu0) / wall:.0f}%, bench probe+replay "
+              f"bench clients {100 * (ccpu1 - ccpu0) / wall:.0f}%, bench replay "
               f"{100 * (bcpu1 - bcpu0) / wall:.0f}%")
         print(f"targets: p99 <= 50 ms, <= 50 KiB per idle client (machine: {os.cpu_count()} cores, shared; "
               f"load average before the replay {os.getloadavg()[0]:.2f})")
     finally:
         if clients is not None:
             clients.kill()
+        if probe is not None and probe.poll() is None:
+            probe.kill()
+            probe.wait()
         if gateway is not None:
             stop_process(gateway)
         if worker is not None:
@@ -359,8 +441,11 @@ def main() -> None:
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--want", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--probe-proc", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    asyncio.run(client_proc(args) if args.client_proc else main_async(args))
+    asyncio.run(client_proc(args) if args.client_proc else probe_proc(args) if args.probe_proc
+                else main_async(args))
 
 
 if __name__ == "__main__":
