@@ -391,13 +391,17 @@ class Gateway:
                     self._m_dropped.labels(c.transport).inc()
                     break
         perf = time.perf_counter
+        matched: dict = {}              # filter key -> the batch's events it takes
         for key, members in cohorts.items():
             first = members[0]
             if len(key) == 1:
                 mine, first.pending = first.pending, None
             else:
                 flt = first.flt
-                mine = items if flt.empty else [it for it in items if _matches(flt, it, state)]
+                mine = matched.get(flt.key)
+                if mine is None:
+                    mine = matched[flt.key] = (items if flt.empty else
+                                               [it for it in items if _matches(flt, it, state)])
                 if not mine:
                     continue
             pos, pos_str, data = frames_after(first.pos, mine)
