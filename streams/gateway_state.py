@@ -144,9 +144,6 @@ class Item:
     group: Optional[str]
     venue: Optional[str]
     cls_event: Optional[str]
-    # during one fan-out: a client's position before -> (position after, SSE frame);
-    # clients at the same position (most of them) share the work
-    frames: Optional[dict] = None
 
 
 @dataclass
@@ -260,6 +257,8 @@ class Filter:
         self.venues = frozenset(venues)
         self.groups = frozenset(groups)
         self.kinds = frozenset(kinds)
+        # equal filters have equal keys (the fan-out judges an event once per key)
+        self.key = (self.races, self.venues, self.groups, self.kinds)
         unknown = self.kinds - set(KINDS)
         if unknown:
             raise ValueError(f"unknown kind(s): {', '.join(sorted(unknown))}")
