@@ -29,11 +29,18 @@ Variants (each on a fresh embedded broker, tansu by default: LAPSTREAM_TEST_BROK
   broker never acknowledged (a loss on the producer's side, not the
   worker's).
 
-Each prints: expected (offline events), got (live records on the derived
+Each prints: input_lost (feed lines the broker does not hold at the end:
+acknowledged and then lost by the broker, or never acknowledged), expected
+(offline events), got (live records on the derived
 topics), missing (ids offline has and live not), extra (ids live has and
 offline not), changed (ids whose live content differs from offline, any
 copy), duplicates (copies beyond the first, all identical), and seconds.
-Exit 1 if any variant has missing, extra or changed events.
+Exit 1 if any variant has missing, extra or changed events, except in a
+run where the broker lost acknowledged input records (``input_lost`` with
+no ``send_failed``: the worker did not get the feed, so offline is not its
+reference; the line says so). noida loses acknowledged records not only
+under SIGKILL: measured, 3 heartbeats of the 1,354-line final feed after a
+SIGTERM 5 s into a speed-20 replay (it writes its log about once a second).
 """
 from __future__ import annotations
 
@@ -191,6 +198,40 @@ class Stack:
         self.broker.stop()
 
 
+def input_lost(bootstrap: str, lines: list[bytes]) -> int:
+    """Feed lines the broker does not hold at the end (timing.raw and
+    timing.records.ref read back, as a multiset): records it acknowledged
+    and lost (noida under SIGKILL), or that were never acknowledged."""
+    from collections import Counter
+
+    async def go():
+        from aiokafka import TopicPartition
+
+        c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                             auto_offset_reset="earliest", enable_auto_commit=False)
+        await c.start()
+        held: Counter = Counter()
+        try:
+            tps = [TopicPartition(t.name, p) for t in (T.RAW, T.RECORDS_REF) for p in range(t.partitions)]
+            c.assign(tps)
+            await c.seek_to_beginning(*tps)
+            end = await c.end_offsets(tps)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                for recs in (await c.getmany(timeout_ms=500)).values():
+                    held.update(r.value for r in recs if r.value is not None)
+                positions = [await c.position(tp) for tp in end]
+                if all(pos >= off for pos, off in zip(positions, end.values())):
+                    break
+        finally:
+            await c.stop()
+        return held
+
+    held = asyncio.run(go())
+    want = Counter(ln.rstrip(b"\r\n") for ln in lines if ln.strip())
+    return sum((want - held).values())
+
+
 def readyz(w: Worker) -> int:
     """The worker's /readyz status (0: no answer)."""
     import urllib.error
@@ -293,6 +334,7 @@ def run_variant(name: str, lines: list[bytes], want: list[dict], args, rng: rand
         res = compare(want, got)
         res.update(outcome)
         res["send_failed"] = len(failed)
+        res["input_lost"] = input_lost(st.broker.bootstrap, lines)
         res["seconds"] = round(time.monotonic() - t0)
         alive = [x for x in st.workers if x.proc.poll() is None]
         res["workers_alive"] = len(alive)
@@ -335,7 +377,14 @@ def main(argv=None) -> int:
     for name in args.only.split(","):
         res = run_variant(name, lines, want, args, rng)
         print(f"{name:7s} " + "  ".join(f"{k} {v}" for k, v in res.items()), flush=True)
-        bad += res["missing"] + res["extra"] + res["changed"] + (res["workers_alive"] < 1)
+        if res["input_lost"] and res["send_failed"] == 0:
+            # acknowledged, then gone: the worker's input was not the feed
+            print(f"{'':7s} the broker lost {res['input_lost']} acknowledged input records: missing/extra/"
+                  "changed are not the worker's to judge in this run", flush=True)
+            bad += res["workers_alive"] < 1
+            continue
+        bad += (res["missing"] + res["extra"] + res["changed"] + res["input_lost"]
+                + (res["workers_alive"] < 1))
     return 1 if bad else 0
 
 
