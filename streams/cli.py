@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     # aiokafka logs each failed connection attempt (Python's last-resort handler prints
     # it); the one line below says it better. The worker turns its logs back on.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    from .kafka_security import watch_login_refusals
+
+    refusals = watch_login_refusals()   # (quiet too: remembers a refused SASL login, prints nothing)
     try:
         return args.func(args) or 0
     except CliError as exc:
@@ -94,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        if _kafka_unreachable(exc) and refusals.seen:
+            where = getattr(args, "broker", None)
+            print(f"{prog}: the Kafka broker{f' at {where}' if where else ''} refused the SASL login "
+                  f"({refusals.seen}): check the user, password and mechanism "
+                  "(LAPSTREAM_KAFKA_SASL_* or --kafka-sasl-*)", file=sys.stderr)
+            return FAILURE
         if _kafka_unreachable(exc):
             where = getattr(args, "broker", None)
             print(f"{prog}: cannot reach the Kafka broker{f' at {where}' if where else ''} "

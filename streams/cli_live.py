@@ -150,6 +150,7 @@ def _cmd_worker(args) -> int:
           f"http://{settings.http_host}:{settings.http_port}/metrics", file=sys.stderr, flush=True)
     sys.argv = [sys.argv[0]]   # Faust's worker reads argv
     logging.getLogger("aiokafka").setLevel(logging.NOTSET)   # (quiet during the checks above)
+    logging.getLogger("aiokafka").propagate = True           # (streams.cli: watch_login_refusals)
     run_worker(settings, loglevel=args.loglevel)
     return 0
 

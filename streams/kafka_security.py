@@ -327,6 +327,43 @@ def install_log_redaction() -> None:
         logger.addFilter(_REDACTION)
 
 
+class LoginRefusals(logging.Handler):
+    """Remembers the SASL refusals aiokafka logs while it bootstraps (it then
+    raises only "Unable to bootstrap", which reads like an unreachable
+    broker). Prints nothing; keeps the error's class name only (not its
+    message, which is the broker's text)."""
+
+    #: aiokafka errors that mean the broker refused the login, not that it was unreachable
+    NAMES = ("SaslAuthenticationFailed", "SaslAuthenticationFailedError", "AuthenticationFailedError",
+             "UnsupportedSaslMechanismError", "IllegalSaslStateError", "AuthenticationMethodNotSupported")
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.seen: Optional[str] = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args if isinstance(record.args, tuple) else (record.args,)
+        for arg in args:
+            name = type(arg).__name__
+            if isinstance(arg, BaseException) and name in self.NAMES:
+                self.seen = name
+
+
+def watch_login_refusals(logger_name: str = "aiokafka") -> LoginRefusals:
+    """A ``LoginRefusals`` on aiokafka's logger (quiet: the logger at ERROR,
+    not propagated, so nothing reaches a console). The caller turns
+    propagation back on when it wants aiokafka's logs (the worker)."""
+    logger = logging.getLogger(logger_name)
+    for h in logger.handlers:
+        if isinstance(h, LoginRefusals):
+            return h
+    h = LoginRefusals()
+    logger.addHandler(h)
+    logger.setLevel(logging.ERROR)
+    logger.propagate = False
+    return h
+
+
 def checked_faust_extra(extra: Any, source: str = "LAPSTREAM_FAUST_SETTINGS") -> dict:
     """``LAPSTREAM_FAUST_SETTINGS`` without credentials: those come from the
     ``LAPSTREAM_KAFKA_*`` settings (a JSON object cannot make Faust's

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from typing import Callable, Iterable, Optional
 
@@ -11,6 +10,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from agents.core.engine import record_key
 from streams import topics as T
+from streams.deadletter import recorded_deadletter
 
 
 def route(line: bytes, race_venue: dict[str, str], last_venue: Optional[str]) -> tuple[str, Optional[bytes], Optional[int]]:
@@ -153,34 +153,6 @@ def _security_kwargs(security) -> dict:
     return security.aiokafka_kwargs() if security is not None else {}
 
 
-def deadletter_record(value: Optional[bytes], headers, key: bytes | None = None) -> dict:
-    """A record of ``timing.deadletter`` as the JSON line ``record`` writes (the
-    "recorded" shape of ``schemas/json/deadletter.schema.json``): the reason and
-    the source coordinates from the headers, the original bytes exactly
-    (``raw_b64``) and, for reading, as text (``raw``). A record with a null value
-    (a tombstone) is written with an empty ``raw`` and ``null_value: true``."""
-    h = {k: (v.decode("utf-8", "replace") if isinstance(v, (bytes, bytearray)) else v) for k, v in (headers or ())}
-    error = " ".join(str(h.get("error") or "").split()) or (
-        "null value" if value is None else "no error header on the dead-letter record")
-    extra = {"null_value": True} if value is None else {}
-    value = value or b""
-    return {"kind": "deadletter", "v": 1, "error": error, **extra,
-            "raw": value.decode("utf-8", "backslashreplace"),
-            "raw_b64": base64.b64encode(value).decode("ascii"),
-            "source_topic": h.get("source-topic") or None,
-            "source_partition": _int(h.get("source-partition")),
-            "source_offset": _int(h.get("source-offset")),
-            "key": key.decode("utf-8", "backslashreplace") if key is not None else None}
-
-
-def _int(x):
-    try:
-        n = int(x)
-    except (TypeError, ValueError):
-        return None
-    return n if n >= 0 else None
-
-
 async def record(bootstrap: str, out, topics: Iterable[str], idle_exit_s: Optional[float] = None,
                  stop: Optional[asyncio.Event] = None, from_beginning: bool = True,
                  on_record: Optional[Callable[[str, bytes], None]] = None, security=None) -> int:
@@ -207,7 +179,7 @@ async def record(bootstrap: str, out, topics: Iterable[str], idle_exit_s: Option
                 for rec in recs:
                     got = True
                     if tp.topic == T.DEADLETTER.name:
-                        line = orjson.dumps(deadletter_record(rec.value, rec.headers, rec.key))
+                        line = orjson.dumps(recorded_deadletter(rec.value, rec.headers, rec.key))
                     elif rec.value is None:
                         continue
                     else:

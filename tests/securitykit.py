@@ -261,3 +261,55 @@ def tls_handshake(port: int, ctx: ssl.SSLContext, host: str = "localhost") -> No
             head = s.recv(4)
             if len(head) < 4:
                 raise ConnectionError("connection closed")
+
+
+class SaslBroker:
+    """tansu behind the SASL-checking front of ``tests/saslproxy.py``
+    (SASL_PLAINTEXT), or behind stunnel and then that front (``tls=True``:
+    SASL_SSL, no client certificate). tansu advertises the outermost port,
+    so every connection a client makes logs in."""
+
+    def __init__(self, d: Path, users: dict, *, tls: bool = False) -> None:
+        self.dir = d
+        self.users = dict(users)
+        self.tls = tls
+        self.front_port = free_port()          # what clients connect to
+        self.certs: Optional[Certs] = make_certs(d / "certs") if tls else None
+        self.broker: Optional[EmbeddedBroker] = None
+        self.proxy = None
+        self.stunnel: Optional[Stunnel] = None
+        self.proxy_log = d / "sasl-proxy.log"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"localhost:{self.front_port}"
+
+    def start(self) -> "SaslBroker":
+        from tests.saslproxy import SaslProxy
+
+        self.broker = EmbeddedBroker("tansu", advertised_port=self.front_port,
+                                     log_path=self.dir / "broker.log").start()
+        proxy_port = free_port() if self.tls else self.front_port
+        self.proxy = SaslProxy(self.broker.port, self.users, port=proxy_port, log_path=self.proxy_log).start()
+        if self.tls:
+            self.stunnel = Stunnel(self.dir, self.certs, proxy_port, port=self.front_port,
+                                   require_client_cert=False).start()
+        return self
+
+    def stop(self) -> None:
+        if self.stunnel is not None:
+            self.stunnel.stop()
+        if self.proxy is not None:
+            self.proxy.stop()
+        if self.broker is not None:
+            self.broker.stop()
+
+    def env(self, mechanism: str, user: str, password_file: Path) -> dict:
+        """LAPSTREAM_KAFKA_* for a client of this endpoint (password from a file)."""
+        env = {"LAPSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL" if self.tls else "SASL_PLAINTEXT",
+               "LAPSTREAM_KAFKA_SASL_MECHANISM": mechanism,
+               "LAPSTREAM_KAFKA_SASL_USERNAME": user,
+               "LAPSTREAM_KAFKA_SASL_PASSWORD_FILE": str(password_file)}
+        if self.tls:
+            env["LAPSTREAM_KAFKA_SSL_CAFILE"] = str(self.certs.ca)
+        return env

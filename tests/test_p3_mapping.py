@@ -346,7 +346,8 @@ def test_a_capture_without_decoder_ids_is_mapped_by_its_address():
     dmap = DecoderMap.from_obj({"decoders": [
         {"address": "10.0.0.11:5403", "venue": "V", "source": "A", "loop": "L0"},
         {"address": "10.0.0.12:5403", "venue": "V", "source": "A", "loop": "L1"}]})
-    data = Passing(passing_number=9, transponder=77, rtc_us=1_000_000).encode() + Status(utc_us=2_000_000).encode()
+    # (the STATUS on the passing's time base, RTC: a UTC-only one would be held, test_p3_timebase.py)
+    data = Passing(passing_number=9, transponder=77, rtc_us=1_000_000).encode() + Status(rtc_us=2_000_000).encode()
     for addr, loop in (("10.0.0.12:5403", "L1"), ("10.0.0.11:5403", "L0")):
         out = io.BytesIO()
         n, _, _ = capture_to_feed(io.BytesIO(data), dmap, out, address=addr)

@@ -776,7 +776,7 @@ def test_a_recorded_dead_letter_is_valid_whatever_the_record_holds(value, error,
     missing or odd) into a line of the recorded shape, with the original bytes exact."""
     import base64
 
-    from streams.replay import deadletter_record
+    from streams.deadletter import recorded_deadletter as deadletter_record
 
     headers = [(name, text.encode()) for name, text in (
         ("error", error), ("source-topic", topic), ("source-partition", partition),
@@ -793,7 +793,7 @@ def test_a_recorded_dead_letter_is_valid_whatever_the_record_holds(value, error,
 
 
 def test_a_dead_letter_written_by_the_worker_is_recorded_with_its_coordinates():
-    from streams.replay import deadletter_record
+    from streams.deadletter import recorded_deadletter as deadletter_record
 
     headers = [("error", b"passing: 'seq' is not an integer"), ("source-topic", b"timing.raw"),
                ("source-partition", b"4"), ("source-offset", b"1358")]

@@ -17,12 +17,28 @@ oval; a primary and a backup system are two ``source`` names.
 
 How a record becomes a message (the rules, and the choices made here):
 
-- ``t_us``: the UTC time (0x10, the decoder has a GPS fix) when present,
-  else the RTC time (0x04). A PASSING without either, without a passing
-  number or without a transponder is counted (``unusable``) and skipped:
-  the contract requires them. So is one whose passing number does not fit
-  in 32 bits or whose time does not fit in a signed 64-bit integer (fields
-  are read at any width).
+- ``t_us``: on one time base per decoder, never a mix. A decoder's base is
+  that of its first timed record: UTC (0x10, it has a GPS fix) or else its
+  RTC (0x04). Each record carrying both gives the decoder's RTC-UTC offset
+  (kept, updated by every such record). On a UTC base, a record with only
+  an RTC time (the fix was lost) is put on UTC with that offset
+  (``rtc_on_utc``); with no offset known yet it is not sent with an RTC
+  time: a PASSING is held (numbered as it arrives, up to ``HELD_MAX`` per
+  decoder, the oldest dropped beyond: ``time_base_dropped``) until a record
+  with both times gives the offset (``time_base_released``), a STATUS is
+  dropped (its heartbeat would be stale); each counts ``time_base_held``.
+  On an RTC base, records are timed by their RTC (a UTC-only one put back
+  on RTC with the offset, ``utc_on_rtc``, or held likewise), and the
+  decoder moves to UTC (``time_base_utc``) once its RTC is seen within
+  ``clock_step_us`` of UTC, so a decoder that started before its GPS had a
+  fix is on UTC as soon as that makes no jump. (Mixing would put a
+  decoder's heartbeats and passings on two clocks that may be hours
+  apart: the core would see a clock leap, or passings far behind.) A
+  PASSING without any time, without a passing number or without a
+  transponder is counted (``unusable``) and skipped: the contract requires
+  them. So is one whose passing number does not fit in 32 bits or whose
+  time does not fit in a signed 64-bit integer (fields are read at any
+  width).
 - ``transponder``: the transponder number (0x03) in decimal; the
   transponder string (0x0A) when the number is absent.
 - ``seq``: the contract needs ``(source, seq)`` unique within a venue, and
@@ -80,6 +96,8 @@ SLOTS = 100
 EPOCH = 10**12
 MAX_PN = 0xFFFFFFFF          # passing numbers are u32 (read liberally at any width, used only in range)
 MAX_T_US = 2**63 - 1         # a time (or strength, hits) beyond a signed 64-bit integer is not a time
+HELD_MAX = 1000              # passings held per decoder while their time cannot be put on its time base
+HELD = object()              # _time(): a time that is not on the decoder's time base (yet)
 
 
 @dataclass(frozen=True)
@@ -202,6 +220,9 @@ class DecoderState:
     address: str | None = None                       # the connection it was last seen on
     seen_wall: int | None = None                     # wall time of its last record
     fresh: bool = False                              # reconnected, no passing since
+    base: str | None = None                          # time base: "utc" or "rtc" (its first timed record's)
+    utc_minus_rtc: int | None = None                 # from the last record that carried both
+    held: list = field(default_factory=list)         # [(message without t_us, rtc_us, utc_us)] awaiting the offset
 
 
 @dataclass
@@ -270,6 +291,58 @@ class Converter:
                 st.fresh = True
 
     # -- passings ------------------------------------------------------------
+    # -- time base ---------------------------------------------------------------
+    def _time(self, utc, rtc, st: DecoderState, who: str, out: Converted):
+        """The record's time on the decoder's time base; None (no time) or HELD
+        (a time on the other base, no offset known yet). Releases held passings
+        when this record gives the offset."""
+        if utc is not None and utc > MAX_T_US:
+            utc = None
+        if rtc is not None and rtc > MAX_T_US:
+            rtc = None
+        if utc is not None and rtc is not None:
+            st.utc_minus_rtc = utc - rtc
+        if st.base is None:
+            if utc is None and rtc is None:
+                return None
+            st.base = "utc" if utc is not None else "rtc"
+        if (st.base == "rtc" and st.utc_minus_rtc is not None and abs(st.utc_minus_rtc) <= self.clock_step_us
+                and utc is not None):
+            st.base = "utc"
+            self._count(who, "time_base_utc")
+            out.notes.append(("time_base", f"decoder on UTC from now on (its RTC is "
+                                           f"{-st.utc_minus_rtc / 1e6:+.3f} s from UTC)"))
+        if st.held and st.utc_minus_rtc is not None:
+            self._release(st, who, out)
+        own, other, sign = (utc, rtc, 1) if st.base == "utc" else (rtc, utc, -1)
+        if own is not None:
+            return own
+        if other is None:
+            return None
+        if st.utc_minus_rtc is not None:
+            self._count(who, "rtc_on_utc" if st.base == "utc" else "utc_on_rtc")
+            t = other + sign * st.utc_minus_rtc
+            return t if 0 <= t <= MAX_T_US else None
+        self._count(who, "time_base_held")
+        return HELD
+
+    def _release(self, st: DecoderState, who: str, out: Converted) -> None:
+        off = st.utc_minus_rtc
+        for m, rtc, utc in st.held:
+            if st.base == "utc":
+                t = utc if utc is not None else rtc + off
+            else:
+                t = rtc if rtc is not None else utc - off
+            if 0 <= t <= MAX_T_US:
+                out.messages.append({**m, "t_us": t})
+                self._count(who, "time_base_released")
+                self._count(who, "passings")
+            else:
+                self._count(who, "unusable")
+        out.notes.append(("time_base", f"{len(st.held)} held passing(s) sent, put on "
+                                       f"{st.base.upper()} with the decoder's RTC-UTC offset"))
+        st.held.clear()
+
     def _passing(self, p: Passing, tg: Target, st: DecoderState, who: str, wall_us, out: Converted) -> None:
         t = p.time_us
         pn = p.passing_number
@@ -282,7 +355,12 @@ class Converter:
             out.notes.append(("unusable", f"passing skipped: {why}"))
             return
         self._numbering(pn, st, who, out)
-        if wall_us is not None:
+        t = self._time(p.utc_us, p.rtc_us, st, who, out)
+        if t is None:
+            self._count(who, "unusable")
+            out.notes.append(("unusable", "passing skipped: time out of range"))
+            return
+        if wall_us is not None and t is not HELD:
             self._clock(t - wall_us, st, who, out, backward=False)
         seq = st.restarts * EPOCH + pn * SLOTS + tg.slot
         m = {"kind": "passing", "v": 1, "t_us": t, "venue": tg.venue, "source": tg.source, "seq": seq,
@@ -291,6 +369,15 @@ class Converter:
             m["strength"] = p.strength
         if p.hits is not None and p.hits <= MAX_T_US:
             m["hits"] = p.hits
+        if t is HELD:
+            st.held.append((m, p.rtc_us, p.utc_us))
+            if len(st.held) > HELD_MAX:
+                del st.held[0]
+                self._count(who, "time_base_dropped")
+            out.notes.append(("time_base", f"passing {pn} held: its time is on the decoder's "
+                                           f"{'RTC' if st.base == 'utc' else 'UTC'}, not its "
+                                           f"{st.base.upper()}, and their offset is not known yet"))
+            return
         out.messages.append(m)
         self._count(who, "passings")
 
@@ -351,6 +438,10 @@ class Converter:
     def _status(self, s: Status, tg: Target, st: DecoderState, who: str, wall_us, out: Converted) -> None:
         self._count(who, "status")
         t = s.time_us
+        if t is not None and t <= MAX_T_US:
+            t = self._time(s.utc_us, s.rtc_us, st, who, out)
+            if t is HELD:
+                return   # a heartbeat on the other time base, no offset known: none (counted)
         if t is not None:
             if wall_us is not None:
                 self._clock(t - wall_us, st, who, out, backward=True)
