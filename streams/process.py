@@ -67,7 +67,7 @@ class Processor:
             msg = decode(raw)
             kind = msg["kind"]
             engine = self.engine
-            acts = self.guard.offer(msg, engine, (msg, raw, tag))
+            acts = self.guard.offer(msg, engine, raw, tag)
             if acts is None:
                 self.msg = msg
                 return engine.apply(msg), None
