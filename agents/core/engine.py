@@ -83,6 +83,7 @@ class Engine:
         outcomes = [o.value for o in Outcome] + ["deadlettered"]
         self._counts: dict[str, dict[str, int]] = {k: dict.fromkeys(outcomes, 0)
                                                    for k in (*self._handlers, "unknown")}
+        self.beats = self._counts["heartbeat"]   # (fastpath.beat counts there)
 
     # -- entry points ------------------------------------------------------
 
