@@ -100,10 +100,6 @@ class _Sources:
         self.top = -1
         self.second = -1
 
-    def other(self, source: str) -> int:
-        """The newest heartbeat of the sources other than ``source`` (-1: none)."""
-        return self.second if source == self.top_src else self.top
-
     def applied(self, source: str, t: int) -> None:
         """A heartbeat of ``source`` at ``t`` was applied (times only grow)."""
         by = self.by
@@ -144,10 +140,6 @@ class ClockGuard:
         self.leapt: dict[str, tuple[int, int]] = {}   # venue -> (old clock, new time) of its last confirmed leap
         self.sources: dict[str, _Sources] = {}  # venue -> its sources' newest applied heartbeats
 
-    def reorder(self, engine) -> int:
-        r = self.reorder_us
-        return engine.reorder_us if r is None else r
-
     def offer(self, msg: dict, engine, raw, tag):
         kind = msg["kind"]
         if kind == "heartbeat" or kind == "passing":
@@ -161,7 +153,7 @@ class ClockGuard:
                     t = msg["t_us"]
                     srcs = self.sources.get(venue)
                     if clock >= 0 and srcs is not None and t >= clock - self.behind:
-                        ref = srcs.other(msg["source"])
+                        ref = srcs.second if msg["source"] == srcs.top_src else srcs.top
                         if ref < clock - self.span:
                             ref = clock
                         r = self.reorder_us
@@ -218,7 +210,7 @@ class ClockGuard:
                            f"{kind}: t_us {t} is {(clock - t) / 1e6:.0f} s behind venue {venue}'s clock "
                            f"(bound {cfg.behind_us / 1e6:.0f} s): an older feed replayed onto this "
                            f"pipeline? refused")
-        reorder = self.reorder(engine)
+        reorder = engine.reorder_us if self.reorder_us is None else self.reorder_us
         srcs = self.sources.get(venue)
         if srcs is None:
             srcs = self.sources[venue] = _Sources()
@@ -251,7 +243,7 @@ class ClockGuard:
         ``single_span_us`` of its clock (so the venue clock follows the
         second-highest decoder clock; passings alone are too sporadic to
         state a decoder's clock); without one, the venue's clock."""
-        ref = srcs.other(source)
+        ref = srcs.second if source == srcs.top_src else srcs.top   # the other sources' newest
         return ref if ref >= clock - self.span else clock
 
     def _release(self, venue: str, hold: _Hold, srcs: _Sources, clock: int, t: int, source: str,
