@@ -17,6 +17,7 @@ from typing import Iterable, Iterator
 
 from agents.core import CoreConfig, Engine
 from agents.core.clockguard import ClockConfig, ClockGuard
+from agents.core.fastpath import beat
 from schemas.decode import RAW_KINDS, Rejected, decode
 
 
@@ -67,7 +68,12 @@ class Processor:
             msg = decode(raw)
             kind = msg["kind"]
             engine = self.engine
-            acts = self.guard.offer(msg, engine, (msg, raw, tag))
+            if kind == "heartbeat":   # the commonest: guard and core in one step
+                events = beat(self.guard, engine, msg)
+                if events is not None:
+                    self.msg = msg
+                    return events, None
+            acts = self.guard.offer(msg, engine, raw, tag)
             if acts is None:
                 self.msg = msg
                 return engine.apply(msg), None

@@ -133,3 +133,49 @@ def test_the_engine_state_still_pickles():
     prefix = pickle.loads(pickle.dumps(eng.races["R1"].split_h))
     for sid, d, rev in (("AAA", 100, 0), (None, 500, 3)):
         assert split_id(prefix, "AAA", sid, d, rev) == event_id("split", "R1", 1, "AAA", sid, d, rev)
+
+
+# -- a heartbeat through fastpath.beat is what ClockGuard.offer + Engine.apply do --
+
+import orjson  # noqa: E402
+
+import streams.process as process_mod  # noqa: E402
+from streams import beijing  # noqa: E402
+
+FINAL_A = (beijing.FEEDS_DIR / beijing.FINAL_A_FILE).read_bytes().splitlines()
+_HB_AT = [i for i, ln in enumerate(FINAL_A) if b'"heartbeat"' in ln]
+
+
+def _through(lines: list[bytes], fast: bool):
+    saved = process_mod.beat
+    if not fast:
+        process_mod.beat = lambda guard, eng, msg: None
+    try:
+        proc = process_mod.Processor()
+        out = list(process_mod.process_lines(lines, proc))
+    finally:
+        process_mod.beat = saved
+    g = proc.guard
+    state = ({k: (s.by, s.top_src, s.top, s.second) for k, s in g.sources.items()}, dict(g.leapt),
+             {k: v.clock for k, v in proc.engine.venues.items()},
+             {k: dict(v.hb) for k, v in proc.engine.venues.items()})
+    return out, proc.engine.stats, state
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.integers(min_value=0, max_value=len(_HB_AT) - 1),
+                          st.sampled_from([-700, -30, -4, -1, 0, 1, 2, 3, 5, 12, 25, 40, 90, 4000]),
+                          st.sampled_from(["X2-A", "X2-B", "X3"])), max_size=12))
+def test_fast_heartbeat_is_guard_then_engine(inserts):
+    """Heartbeats of the women's final A, with extra ones from the decoders or
+    a third source, behind, at or ahead of the clock (leaps held, confirmed or
+    refuted, stale ones refused): the same events, dead letters, counts and
+    clocks with the one-step heartbeat as through the guard and the engine."""
+    lines = list(FINAL_A)
+    for pos, delta_s, src in sorted(inserts, reverse=True):
+        i = _HB_AT[pos]
+        msg = orjson.loads(lines[i])
+        msg["t_us"] += delta_s * 1_000_000
+        msg["source"] = src
+        lines.insert(i + 1, orjson.dumps(msg))
+    assert _through(lines, True) == _through(lines, False)

@@ -86,30 +86,82 @@ class _Hold:
 MAX_SOURCES = 64                       # per venue: sources tracked for the reference clock
 
 
-class ClockGuard:
-    """``offer(msg, engine, item)`` -> ``None``: apply ``msg`` now (the common
-    case); or raises ``Rejected``; or a list of ``(item, rejection or None)``
-    to apply (``None``) or refuse, in order; a list without ``item`` means
-    ``msg`` is held. ``item`` is the caller's handle on the message:
-    ``(msg, raw, tag)``."""
+class _Sources:
+    """A venue's sources: the newest applied heartbeat ``t_us`` of each
+    (``by``), and the two highest kept up to date (``top`` of ``top_src``;
+    ``second``: the highest of the others), so that the reference of a source
+    (the highest of the *other* sources) is read, not searched for."""
 
-    __slots__ = ("cfg", "held", "ahead", "behind", "origin", "leapt", "sources")
+    __slots__ = ("by", "top_src", "top", "second")
+
+    def __init__(self) -> None:
+        self.by: dict[str, int] = {}
+        self.top_src: str | None = None
+        self.top = -1
+        self.second = -1
+
+    def applied(self, source: str, t: int) -> None:
+        """A heartbeat of ``source`` at ``t`` was applied (times only grow)."""
+        by = self.by
+        c = by.get(source)
+        if c is None:
+            if len(by) >= MAX_SOURCES:
+                return
+        elif t <= c:
+            return
+        by[source] = t
+        if source == self.top_src:
+            self.top = t
+        elif t > self.top:
+            self.second = self.top
+            self.top_src = source
+            self.top = t
+        elif t > self.second:
+            self.second = t
+
+
+class ClockGuard:
+    """``offer(msg, engine, raw, tag)`` -> ``None``: apply ``msg`` now (the
+    common case); or raises ``Rejected``; or a list of ``(item, rejection or
+    None)`` to apply (``None``) or refuse, in order, where an item is
+    ``(msg, raw, tag)`` (the caller's handle on a message); a list without
+    ``msg``'s item means ``msg`` is held."""
+
+    __slots__ = ("cfg", "held", "ahead", "behind", "origin", "leapt", "sources", "span", "reorder_us")
 
     def __init__(self, config: ClockConfig | None = None) -> None:
         self.cfg = config or ClockConfig()
         self.ahead = self.cfg.ahead_us
         self.behind = self.cfg.behind_us
+        self.span = self.cfg.single_span_us
+        self.reorder_us = self.cfg.reorder_us     # None: the engine's
         self.held: dict[str, _Hold] = {}
         self.origin: dict[str, int] = {}   # venue -> t_us of its set-up (the clock before the first)
         self.leapt: dict[str, tuple[int, int]] = {}   # venue -> (old clock, new time) of its last confirmed leap
-        self.sources: dict[str, dict[str, int]] = {}  # venue -> source -> newest applied t_us
+        self.sources: dict[str, _Sources] = {}  # venue -> its sources' newest applied heartbeats
 
-    def reorder(self, engine) -> int:
-        r = self.cfg.reorder_us
-        return engine.cfg.reorder_us if r is None else r
-
-    def offer(self, msg: dict, engine, item):
+    def offer(self, msg: dict, engine, raw, tag):
         kind = msg["kind"]
+        if kind == "heartbeat" or kind == "passing":
+            # the common case, first: nothing held or leapt anywhere, a venue
+            # with a clock, a message within the reorder window of its reference
+            if not self.held and not self.leapt:
+                venue = msg["venue"]
+                v = engine.venues.get(venue)
+                if v is not None:
+                    clock = v.clock
+                    t = msg["t_us"]
+                    srcs = self.sources.get(venue)
+                    if clock >= 0 and srcs is not None and t >= clock - self.behind:
+                        ref = srcs.second if msg["source"] == srcs.top_src else srcs.top
+                        if ref < clock - self.span:
+                            ref = clock
+                        r = self.reorder_us
+                        if t <= ref + (engine.reorder_us if r is None else r):
+                            if kind == "heartbeat":
+                                srcs.applied(msg["source"], t)
+                            return None
+            return self._clock(msg, kind, engine, raw, tag)
         if kind == "venue":
             if msg["venue"] not in engine.venues:
                 self.origin[msg["venue"]] = msg["t_us"]
@@ -126,9 +178,10 @@ class ClockGuard:
                                f"behind venue {msg['venue']}'s clock (bound {self.cfg.behind_us / 1e6:.0f} s): "
                                f"every read of the race would be stale (an older feed replayed onto this "
                                f"pipeline?) refused")
-            return None
-        if kind != "passing" and kind != "heartbeat":
-            return None              # race, photo, decision, record_ref: never judged by their t_us
+        return None              # race, photo, decision, record_ref: never judged by their t_us
+
+    def _clock(self, msg: dict, kind: str, engine, raw, tag):
+        """A passing or heartbeat: the full rules."""
         venue = msg["venue"]
         v = engine.venues.get(venue)
         if v is None or (kind == "passing" and msg["loop"] not in v.loops):
@@ -157,16 +210,17 @@ class ClockGuard:
                            f"{kind}: t_us {t} is {(clock - t) / 1e6:.0f} s behind venue {venue}'s clock "
                            f"(bound {cfg.behind_us / 1e6:.0f} s): an older feed replayed onto this "
                            f"pipeline? refused")
-        reorder = self.reorder(engine)
+        reorder = engine.reorder_us if self.reorder_us is None else self.reorder_us
         srcs = self.sources.get(venue)
         if srcs is None:
-            srcs = self.sources[venue] = {}
+            srcs = self.sources[venue] = _Sources()
         ref = self._ref(srcs, source, clock)
         hold = self.held.get(venue) if self.held else None
+        item = (msg, raw, tag)
         if t <= ref + reorder:
             if hold is None:
                 if kind == "heartbeat":
-                    self._applied(srcs, source, t)
+                    srcs.applied(source, t)
                 return None
             # at the venue's own time: leaps held are refuted, caught-up messages applied first
             hold.seen.add(source)
@@ -183,27 +237,16 @@ class ClockGuard:
                 del self.held[venue]
         return out if out is not None else []
 
-    def _ref(self, srcs: dict, source: str, clock: int) -> int:
+    def _ref(self, srcs: _Sources, source: str, clock: int) -> int:
         """The time a message of ``source`` is judged against: the newest
         applied heartbeat of the venue's other sources, if within
         ``single_span_us`` of its clock (so the venue clock follows the
         second-highest decoder clock; passings alone are too sporadic to
         state a decoder's clock); without one, the venue's clock."""
-        ref = -1
-        for s, c in srcs.items():
-            if s != source and c > ref:
-                ref = c
-        return ref if ref >= clock - self.cfg.single_span_us else clock
+        ref = srcs.second if source == srcs.top_src else srcs.top   # the other sources' newest
+        return ref if ref >= clock - self.span else clock
 
-    def _applied(self, srcs: dict, source: str, t: int) -> None:
-        c = srcs.get(source)
-        if c is None:
-            if len(srcs) < MAX_SOURCES:
-                srcs[source] = t
-        elif t > c:
-            srcs[source] = t
-
-    def _release(self, venue: str, hold: _Hold, srcs: dict, clock: int, t: int, source: str,
+    def _release(self, venue: str, hold: _Hold, srcs: _Sources, clock: int, t: int, source: str,
                  item, refute: bool) -> list:
         """Held messages caught up with (at or below ``t``: the venue's clock
         after ``item``) applied in arrival order, leaps refuted; then ``item``."""
@@ -215,7 +258,7 @@ class ClockGuard:
             if tt <= upto:
                 out.append((it, None))
                 if it[0]["kind"] == "heartbeat":
-                    self._applied(srcs, s, tt)
+                    srcs.applied(s, tt)
             elif refute and tt > clock + ahead:
                 out.append((it, self._leap(it[0], venue, clock,
                                            "a message at the venue's own time came first")))
@@ -227,10 +270,10 @@ class ClockGuard:
             del self.held[venue]
         out.append((item, None))
         if item[0]["kind"] == "heartbeat":
-            self._applied(srcs, source, t)
+            srcs.applied(source, t)
         return out
 
-    def _confirm(self, venue: str, hold: _Hold, srcs: dict, clock: int, t: int):
+    def _confirm(self, venue: str, hold: _Hold, srcs: _Sources, clock: int, t: int):
         cfg = self.cfg
         near = [(tt, s) for _, tt, s in hold.items if abs(tt - t) <= cfg.ahead_us]
         top: dict[str, int] = {}
@@ -262,7 +305,7 @@ class ClockGuard:
                 if tt <= cut:
                     out.append((it, None))
                     if it[0]["kind"] == "heartbeat":
-                        self._applied(srcs, s, tt)
+                        srcs.applied(s, tt)
                 else:
                     keep.append((it, tt, s))
             else:

@@ -11,17 +11,18 @@ module: ``window`` (reads, the reordering window, the event-time timeline),
 finish, a team caught), ``falls``, ``mass_start``, ``records``, ``results``
 (finishes, rankings, results, standings, classifications), ``provisional``
 and ``live_finish`` (what an open crossing says at its first read),
-``events`` (event builders), ``model`` (the state) and ``config``. The
-engine itself orchestrates what touches several: a start (and a restart),
-the referee's decisions (IRM, OFFICIAL, VOID), start lists.
+``events`` (event builders), ``referee`` (the referee's decisions: IRM,
+FALL, OFFICIAL, VOID), ``model`` (the state) and ``config``. The engine
+itself orchestrates what touches several: start lists, a start (and a
+restart), a race retired from the timeline.
 """
 from __future__ import annotations
 
 from typing import Callable
 
-from schemas.decode import IRM_CODES, Rejected
+from schemas.decode import Rejected
 
-from . import falls, provisional, records, results, window
+from . import falls, provisional, records, referee, results, window
 from .config import CoreConfig
 from .falls import OUTAGE_GAP_US
 from .model import CompRun, Outcome, Race, RaceDef, Ref, SkaterRun, Venue
@@ -75,7 +76,7 @@ class Engine:
             "race": Engine._race,
             "start": Engine._start,
             "photo": results.photo,
-            "decision": Engine._decision,
+            "decision": referee.decision,
             "record_ref": records.record_ref,
         }
         # messages per kind and outcome (``stats``); every pair there is, at 0,
@@ -83,6 +84,7 @@ class Engine:
         outcomes = [o.value for o in Outcome] + ["deadlettered"]
         self._counts: dict[str, dict[str, int]] = {k: dict.fromkeys(outcomes, 0)
                                                    for k in (*self._handlers, "unknown")}
+        self.beats = self._counts["heartbeat"]   # (fastpath.beat counts there)
 
     # -- entry points ------------------------------------------------------
 
@@ -242,77 +244,6 @@ class Engine:
             for c in old.comps:
                 records.withdraw_records(self, old, c, t, out)
             results.after_change(self, race, t, out)
-
-    # -- the referee ---------------------------------------------------------
-
-    def _decision(self, msg: dict, out: list) -> None:
-        rid = msg["race_id"]
-        race = self.races.get(rid)
-        cid = msg.get("competitor_id")
-        code = msg["code"]
-        if race is None:
-            self._before_the_gun(rid, cid, code)
-            return
-        t = msg["t_us"]
-        self._touch(race)
-        comp = None
-        if cid is not None:
-            comp = race.by_comp.get(cid)
-            if comp is None:
-                raise Rejected("unknown_reference", f"decision: competitor {cid!r} is not in race {rid}")
-        if code in IRM_CODES:
-            if comp is None:
-                raise Rejected("unknown_reference", f"decision: {code} in race {rid} names no competitor")
-            if comp.irm == code:
-                self.outcome = Outcome.DUPLICATE.value
-                return
-            comp.irm = code
-            for s in comp.skaters:
-                s.deadline = float("inf")
-            records.withdraw_records(self, race, comp, t, out)
-            results.after_change(self, race, t, out)
-        elif code == "FALL":
-            ident = (msg.get("skater_id"), cid, t)
-            if ident in race.falls_confirmed:
-                self.outcome = Outcome.DUPLICATE.value
-                return
-            race.falls_confirmed.add(ident)
-            falls.confirm(race, comp, msg.get("skater_id"), msg, out)
-        elif code == "OFFICIAL":
-            if race.status in ("official", "void"):
-                self.outcome = Outcome.DUPLICATE.value if race.status == "official" else Outcome.IGNORED_LATE.value
-                return
-            for c in race.comps:
-                if c.finish_ms is None and c.irm is None:
-                    c.irm = "DNF" if any(s.hist for s in c.skaters) else "DNS"
-            # the referee has spoken without confirming what is still suspected
-            falls.clear_all(race, t, "not confirmed by the referee", out)
-            race.status = "official"
-            self._retire(race)
-            results.after_change(self, race, t, out)
-        elif code == "VOID":
-            if race.status == "void":
-                self.outcome = Outcome.DUPLICATE.value
-                return
-            race.status = "void"
-            self._retire(race)
-            for c in race.comps:
-                records.withdraw_records(self, race, c, t, out)
-                for s in c.skaters:
-                    s.deadline = float("inf")
-            results.after_change(self, race, t, out)
-
-    def _before_the_gun(self, rid: str, cid: str | None, code: str) -> None:
-        d = self.race_defs.get(rid)
-        if d is None:
-            raise Rejected("unknown_reference", f"decision: race {rid!r} was never set up")
-        if code in IRM_CODES and cid is not None:
-            if cid not in {c["competitor_id"] for c in d.competitors}:
-                raise Rejected("unknown_reference", f"decision: competitor {cid!r} is not in race {rid}")
-            # before the gun (a DNS or WDR): it applies from the start
-            self.pre_irm.setdefault(rid, {})[cid] = code
-        else:
-            self.outcome = Outcome.IGNORED_BEFORE_START.value
 
     def _retire(self, race: Race) -> None:
         """A race that is official, void or restarted no longer takes part in the

@@ -19,7 +19,7 @@ from .timefmt import elapsed_ms, event_id, fmt_hundredths
 
 if TYPE_CHECKING:   # pragma: no cover
     from .engine import Engine
-    from .provisional import Want
+    from .provisional_splits import Want
 
 
 def refresh(eng: Engine, race: Race, want: Want, still_open: set[str], out: list[dict]) -> None:
