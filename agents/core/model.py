@@ -363,8 +363,8 @@ class GroupState:
     n: int                                    # next set-up order number
     mass: bool                                # ranked by points first
     status: dict[str, str | None]             # member -> its status (None: not started)
-    ranked: dict[str, list[dict[str, Any]]]   # member -> its ranked entries (race_id added)
-    irms: dict[str, list[dict[str, Any]]]     # member -> its entries with an IRM
+    ranked: dict[str, list[Any]]              # member -> its ranked entries (race_id added; compact: tuples)
+    irms: dict[str, list[Any]]                # member -> its entries with an IRM
     keys: dict[str, list[tuple]]              # member -> the sort keys of its ranked entries
     rows: list[tuple]                         # (key, entry) of every ranked entry, sorted
     last: tuple | None                        # (complete, ranking) last emitted

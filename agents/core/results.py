@@ -272,7 +272,7 @@ def _sort_key(mass: bool, e: dict, pos: int, i: int) -> tuple:
     return (e["time_ms"], pos, i)
 
 
-def _set_member(gs: GroupState, rid: str, status: str | None, ranked: list[dict], irms: list[dict]) -> None:
+def _set_member(gs: GroupState, rid: str, status: str | None, ranked: list[Any], irms: list[Any]) -> None:
     rows = gs.rows
     for k in gs.keys.get(rid, ()):
         del rows[bisect_left(rows, (k,))]   # keys are unique: (k,) sorts just before (k, entry)
@@ -306,7 +306,8 @@ def _group_state(eng: Engine, group: str, mass: bool) -> GroupState:
             gs.n += 1
             _set_member(gs, rid, *_contribution(eng, eng.races.get(rid)))
     else:
-        old = {m: (gs.status[m], gs.ranked[m], gs.irms[m]) for m in order if m in members}
+        now = set(members)
+        old = {m: (gs.status[m], gs.ranked[m], gs.irms[m]) for m in order if m in now}
         gs.mass = mass
         gs.pos = {}
         gs.n = 0
@@ -327,9 +328,9 @@ def emit_classification(eng: Engine, event: str, t: int, out: list) -> None:
     kept = eng.kept.cls_kept
     parts = []
     for rid in eng.events[event]:
-        k = kept.get(rid)
-        if k is not None:   # a released race: its places, status and ranking as they were
-            parts.append(k + (rid,))
+        kp = kept.get(rid)
+        if kp is not None:   # a released race: its places, status and ranking as they were
+            parts.append(kp + (rid,))
             continue
         r = eng.races.get(rid)
         part = None if r is None else [(e["rank"], e["irm"], e["competitor_id"]) for e in ranking(eng, r)]
