@@ -60,6 +60,9 @@ DEADLETTER_REASONS = (
     "internal",
     "clock_leap",    # far ahead of the venue's clock and not confirmed (agents/core/clockguard.py)
     "stale_feed",    # far behind the venue's clock: an older feed replayed onto a live pipeline
+    # bounded state (agents/core/retention.py): a photo, decision, restart or
+    # start list for a race whose state was released (official/void + 1 h)
+    "race_released",
 )
 # Label values outside these tuples are counted as "other" (labels never come
 # from input without a bound).

@@ -22,10 +22,10 @@ from typing import Callable
 
 from schemas.decode import Rejected
 
-from . import falls, provisional, records, referee, results, window
+from . import falls, provisional, records, referee, results, retention, window
 from .config import CoreConfig
 from .falls import OUTAGE_GAP_US
-from .model import CompRun, Outcome, Race, RaceDef, Ref, SkaterRun, Venue
+from .model import CompRun, Kept, Outcome, Race, RaceDef, Ref, SkaterRun, Venue
 from .records import own_record_key, record_key, record_ref_of
 
 __all__ = ["CoreConfig", "Engine", "Outcome", "own_record_key", "record_key", "record_ref_of"]
@@ -67,6 +67,7 @@ class Engine:
         self.outcome: str = APPLIED   # the value of an Outcome
         # races whose provisional events need a refresh: the skaters touched (None: all)
         self.dirty: dict[Race, set[SkaterRun] | None] = {}
+        self.kept = Kept()   # released races, their release queue, standings state (retention.py)
         self.max_jump_us = self.cfg.max_jump_us
         self.reorder_us = self.cfg.reorder_us
         self._handlers: dict[str, Handler] = {
@@ -112,8 +113,13 @@ class Engine:
                     if self.dirty:
                         self._refresh(out)
                     self._counts["heartbeat"][APPLIED] += 1
+                    if t >= self.kept.release_at:
+                        retention.sweep(self)
                     return out
-        self._handlers[kind](self, msg, out)
+        if kind in retention.RACE_KINDS and msg["race_id"] in self.kept.released:
+            retention.late(self, msg)   # a duplicate, or a dead letter
+        else:
+            self._handlers[kind](self, msg, out)
         if self.dirty:
             self._refresh(out)
         try:
@@ -121,6 +127,8 @@ class Engine:
         except KeyError:   # pragma: no cover - every kind and outcome is there
             per = self._counts.setdefault(kind, {})
             per[self.outcome] = per.get(self.outcome, 0) + 1
+        if msg["t_us"] >= self.kept.release_at:
+            retention.sweep(self)
         return out
 
     def count_rejected(self, kind: str) -> None:
@@ -232,6 +240,7 @@ class Engine:
             if cid in race.by_comp:
                 race.by_comp[cid].irm = code
         self.races[rid] = race
+        retention.started(self, race)
         venue.races.append(race)
         for c in race.comps:
             for s in c.skaters:
@@ -255,6 +264,7 @@ class Engine:
         for key in [k for k, p in v.pending.items() if p.run.race is race]:
             del v.pending[key]
         self._touch(race)
+        retention.ended(self, race)
 
     def _race_of(self, msg: dict, kind: str) -> Race:
         rid = msg["race_id"]

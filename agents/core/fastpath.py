@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from .clockguard import MAX_SOURCES
 from .falls import OUTAGE_GAP_US
+from .retention import sweep
 
 if TYPE_CHECKING:   # pragma: no cover
     from .clockguard import ClockGuard
@@ -71,4 +72,6 @@ def beat(guard: ClockGuard, eng: Engine, msg: dict) -> list[dict] | None:
         v.clock = t
     eng.outcome = "applied"
     eng.beats["applied"] += 1
+    if t >= eng.kept.release_at:   # a finished race's grace is over (retention.py; emits nothing)
+        sweep(eng)
     return []

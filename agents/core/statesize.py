@@ -21,6 +21,8 @@ PER_COMPETITOR = 700  # in a race definition and its current attempt
 PER_CROSSING = 31       # a closed crossing in a skater's history
 PER_FINISH = 40
 PER_PUB = 225           # the last version of a split published (Race.pub), kept for revisions
+PER_RELEASED = 150      # a released race's summary (agents/core/retention.py)
+PER_STANDING = 200      # an entry of a group's standings state (results.GroupState)
 
 
 def _len(obj, name: str) -> int:
@@ -45,4 +47,8 @@ def approx_state_bytes(engine) -> int:
             for s in getattr(c, "skaters", ()):
                 n += PER_CROSSING * _len(s, "hist")
     n += PER_FINISH * _len(engine, "finish_log")
+    kept = getattr(engine, "kept", None)
+    n += PER_RELEASED * _len(kept, "released")
+    for gs in getattr(kept, "gstate", {}).values():
+        n += PER_STANDING * (_len(gs, "rows") + sum(len(x) for x in getattr(gs, "irms", {}).values()))
     return n
