@@ -412,8 +412,9 @@ class LiveAdapter:
         store = self.snapshots
         if store is None or upto <= 0 or self.rebuild_source is None:
             return None
+        found = store.candidates(partition, upto)
         try:
-            async for data in store.candidates(partition, upto):
+            async for data in found:
                 try:
                     meta, proc = load_processor(data, self.config)
                     off = meta.get("offset")
@@ -450,6 +451,13 @@ class LiveAdapter:
         except Exception as exc:   # the store failed: the log is still there
             self._count_load("rejected")
             log.warning("timing.raw[%s]: snapshots unreadable (%r): rebuilding from the log", partition, exc)
+        finally:
+            aclose = getattr(found, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception:
+                    log.exception("closing the snapshot reader")
         self._count_load("none")
         return None
 

@@ -147,8 +147,10 @@ def test_arbitrary_bytes_are_refused(junk):
 
 def _repack(tree, fp=None, meta=None) -> bytes:
     """A well-formed snapshot (right checksum, this fingerprint) of ``tree``."""
-    body = zlib.compress(orjson.dumps(tree))
     import hashlib
+    import json
+
+    body = zlib.compress(json.dumps(tree).encode())     # (stdlib: integers beyond 64 bits too)
 
     fp = fp or snap.header_of(GOOD)["fp"]
     header = {"format": snap.FORMAT, "fp": fp, "meta": meta or {}, "size": len(body),
