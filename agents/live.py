@@ -246,6 +246,21 @@ def load_processor(data: bytes, config: CoreConfig | None = None) -> tuple[dict,
     return meta, proc
 
 
+def refs_onto_snapshot(proc: Processor, refs: Iterable[bytes]) -> None:
+    """Apply the references seen to a processor loaded from a snapshot, so
+    that it holds what a fresh one given the same references and records
+    would. The federation's words it holds are repeats (the core ignores
+    them; the new ones sort in after them, as they arrived). lapstream's own
+    claims from other venues are taken from the references alone: applied
+    over the snapshot's, a claim changed and changed back, or withdrawn and
+    set again, would keep an older time or place."""
+    foreign = getattr(proc.engine, "foreign", None)
+    if isinstance(foreign, dict):
+        foreign.clear()
+    for raw in refs:
+        proc.handle(raw)
+
+
 MAX_VENUE_LABELS = 256     # venues with series of their own on one worker; beyond: "other"
 MAX_SOURCE_LABELS = 8      # decoder sources per venue (a primary and a backup system); beyond: "other"
 
@@ -426,11 +441,10 @@ class LiveAdapter:
                     log.warning("timing.raw[%s]: snapshot ignored: %s", partition, exc)
                     continue
                 # references that arrived since the snapshot (or while this is
-                # built) reach it too; those it holds are repeats to the core
+                # built) reach it too
                 self.building.add(proc)
                 try:
-                    for raw in self.refs:
-                        proc.handle(raw)
+                    refs_onto_snapshot(proc, self.refs)
                     last = await self._replay(proc, partition, off, upto,
                                               seen_from=max(0, off - RECENT_RECORDS), check=meta.get("last"))
                 finally:

@@ -702,7 +702,8 @@ def create_app(settings: Settings) -> faust.App:
                 "snapshots": {"loaded": adapter.snapshot_loads["loaded"],
                               "rejected": adapter.snapshot_loads["rejected"],
                               "none": adapter.snapshot_loads["none"],
-                              "taken": adapter.snapshots_taken, "saved": adapter.snapshots_saved}}
+                              "taken": adapter.snapshots_taken, "saved": adapter.snapshots_saved,
+                              "unsaved": len(adapter.unsaved)}}
         return web.json(body, status=200 if ok else 503)
 
     return app

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from agents.core import snapshot as snap
 from agents.core.config import CoreConfig
 from agents.core.engine import Engine
-from agents.live import LiveAdapter, RefLog, load_processor, snapshot_processor
+from agents.live import LiveAdapter, RefLog, load_processor, refs_onto_snapshot, snapshot_processor
 from streams import beijing
 from streams.process import Processor, process_lines
 from streams.topics import DEADLETTER, RECORDS_REF
@@ -273,8 +273,7 @@ def test_the_reference_log_gives_the_core_what_every_reference_gave(msgs, split)
     for r in raws[:split]:
         part.handle(r)
     _, loaded = load_processor(snapshot_processor(part, {}))
-    for r in log:
-        loaded.handle(r)
+    refs_onto_snapshot(loaded, log)
     assert _refs_state(loaded.engine) == _refs_state(full.engine)
 
 
