@@ -38,6 +38,8 @@ import asyncio
 import collections
 import hashlib
 import logging
+import os
+import signal
 import time
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, Iterable, Optional, Protocol
@@ -261,6 +263,65 @@ def refs_onto_snapshot(proc: Processor, refs: Iterable[bytes]) -> None:
         proc.handle(raw)
 
 
+def fork_packer(make: Callable[[], bytes]) -> tuple[int, int]:
+    """Run ``make`` in a forked child: a copy-on-write image of this process
+    at this instant, so the state is serialised as it is now while the
+    parent goes on handling records (a big state takes seconds: on the event
+    loop that would stall records, health and the group's heartbeats). Returns
+    (child pid, the read end of a pipe the bytes come through); ``collect``
+    reads them."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:      # the child: never returns
+        code = 1
+        try:
+            os.close(r)
+            try:
+                signal.set_wakeup_fd(-1)       # (the parent's event loop's, not ours)
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_DFL)
+            except (ValueError, OSError):
+                pass
+            view = memoryview(make())
+            while view:
+                view = view[os.write(w, view):]
+            code = 0
+        except BaseException as exc:
+            try:
+                os.write(2, f"lapstream: snapshot child failed: {exc!r}\n".encode())
+            except BaseException:
+                pass
+        finally:
+            os._exit(code)
+    os.close(w)
+    return pid, r
+
+
+def _read_all(fd: int) -> bytes:
+    parts = []
+    try:
+        while True:
+            b = os.read(fd, 1 << 20)
+            if not b:
+                return b"".join(parts)
+            parts.append(b)
+    finally:
+        os.close(fd)
+
+
+async def collect(pid: int, fd: int) -> bytes:
+    """The bytes a ``fork_packer`` child wrote (raises if it failed)."""
+    loop = asyncio.get_running_loop()
+    try:
+        data = await loop.run_in_executor(None, _read_all, fd)
+    finally:
+        _, status = await loop.run_in_executor(None, os.waitpid, pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"snapshot child {pid} exited with {code}")
+    return data
+
+
 MAX_VENUE_LABELS = 256     # venues with series of their own on one worker; beyond: "other"
 MAX_SOURCE_LABELS = 8      # decoder sources per venue (a primary and a backup system); beyond: "other"
 
@@ -312,7 +373,7 @@ class LiveAdapter:
                  snapshots: SnapshotStore | None = None,
                  committed_now: Callable[[int], Optional[int]] | None = None,
                  snapshot_every: int = SNAPSHOT_EVERY, snapshot_every_us: int = SNAPSHOT_EVERY_US,
-                 snapshot_min: int = SNAPSHOT_MIN) -> None:
+                 snapshot_min: int = SNAPSHOT_MIN, snapshot_fork: bool = False) -> None:
         self.send = send
         self.max_record_bytes = max_record_bytes
         self.rebuild_source = rebuild_source
@@ -341,6 +402,8 @@ class LiveAdapter:
         self.snapshot_every = snapshot_every
         self.snapshot_every_us = snapshot_every_us
         self.snapshot_min = snapshot_min
+        self.snapshot_fork = snapshot_fork and hasattr(os, "fork")   # serialise in a forked child
+        self.forking: asyncio.Future | None = None         # the child's snapshot being collected
         self.snap_at: dict[int, tuple[int, int]] = {}      # partition -> (offset, event time) of the last
         self.unsaved: dict[int, tuple[int, bytes]] = {}    # partition -> (offset, bytes) awaiting the commit
         self.snapshots_taken = 0
@@ -518,15 +581,41 @@ class LiveAdapter:
         if rec is None or rec[0] != nxt - 1:
             return None          # (the record it ends with is not known: no check possible)
         last = record_digest(rec[1], rec[2])
+        meta = {"partition": partition, "offset": nxt, "last": last}
         c0 = self.perf()
+        if self.snapshot_fork and self.forking is not None and not self.forking.done():
+            return None          # one child at a time: tried again at the next record
+        self.snap_at[partition] = (nxt, self._event_time(proc))
+        if self.snapshot_fork:
+            try:
+                pid, fd = fork_packer(lambda: snapshot_processor(proc, meta))
+            except OSError as exc:
+                log.error("timing.raw[%s]: no snapshot at offset %s: cannot fork: %s", partition, nxt, exc)
+                return None
+            self.forking = asyncio.ensure_future(self._collect(partition, nxt, pid, fd, c0))
+            return None
         try:
-            data = snapshot_processor(proc, {"partition": partition, "offset": nxt, "last": last})
+            data = snapshot_processor(proc, meta)
         except Exception as exc:   # a state this code cannot save: say so, carry on without
             log.error("timing.raw[%s]: no snapshot at offset %s: %s", partition, nxt, exc)
-            self.snap_at[partition] = (nxt, self._event_time(proc))
             return None
-        took = self.perf() - c0
-        self.snap_at[partition] = (nxt, self._event_time(proc))
+        self._taken(partition, nxt, data, self.perf() - c0)
+        return data
+
+    async def _collect(self, partition: int, nxt: int, pid: int, fd: int, c0: float) -> None:
+        try:
+            data = await collect(pid, fd)
+        except Exception as exc:
+            log.error("timing.raw[%s]: no snapshot at offset %s: %s (see the worker's log for the "
+                      "child's error)", partition, nxt, exc)
+            return
+        if partition not in self.procs and partition not in self.pending:
+            return               # revoked meanwhile
+        have = self.unsaved.get(partition)
+        if have is None or have[0] < nxt:
+            self._taken(partition, nxt, data, self.perf() - c0)
+
+    def _taken(self, partition: int, nxt: int, data: bytes, took: float) -> None:
         self.unsaved[partition] = (nxt, data)
         self.snapshots_taken += 1
         m = self.metrics
@@ -536,7 +625,6 @@ class LiveAdapter:
                 m.snapshot_bytes.set(len(data))
             except Exception:
                 log.exception("metrics")
-        return data
 
     async def save_snapshots(self) -> int:
         """Hand the snapshots whose offset the group has committed to the

@@ -48,6 +48,7 @@ class Settings:
     snapshot_every: int = 100_000  # raw records of a partition between snapshots (0: no snapshots)
     snapshot_every_s: float = 600.0   # ... or this much of its event time ...
     snapshot_min: int = 2_000      # ... after at least this many records
+    snapshot_fork: bool = True     # serialise in a forked child (False: on the event loop)
     extra: dict = field(default_factory=dict)
     security: object = None       # streams.kafka_security.KafkaSecurity (None: from LAPSTREAM_KAFKA_*)
 
@@ -65,6 +66,7 @@ class Settings:
             snapshot_every=int(os.environ.get("LAPSTREAM_SNAPSHOT_EVERY", "100000")),
             snapshot_every_s=float(os.environ.get("LAPSTREAM_SNAPSHOT_EVERY_S", "600")),
             snapshot_min=int(os.environ.get("LAPSTREAM_SNAPSHOT_MIN", "2000")),
+            snapshot_fork=os.environ.get("LAPSTREAM_SNAPSHOT_FORK", "1") not in ("0", "false", "no"),
         )
         extra = os.environ.get("LAPSTREAM_FAUST_SETTINGS")
         if extra:   # expert tuning: a JSON object of Faust settings
@@ -548,7 +550,8 @@ def create_app(settings: Settings) -> faust.App:
                           snapshots=snapshots, committed_now=committed_now.get,
                           snapshot_every=max(1, settings.snapshot_every),
                           snapshot_every_us=int(settings.snapshot_every_s * 1e6),
-                          snapshot_min=max(1, min(settings.snapshot_min, settings.snapshot_every or 1)))
+                          snapshot_min=max(1, min(settings.snapshot_min, settings.snapshot_every or 1)),
+                          snapshot_fork=settings.snapshot_fork)
     app.lapstream = adapter          # for tests and the demo
     app.lapstream_metrics = metrics
     app.lapstream_health = health

@@ -428,3 +428,27 @@ def test_a_snapshot_of_records_the_broker_lost_is_not_loaded():
     assert b.snapshot_loads["rejected"] >= 1
     loaded = b.snapshot_offset.get(0)
     assert loaded is None or loaded <= n - k
+
+
+def test_a_snapshot_taken_in_a_forked_child_is_the_state_at_the_fork():
+    """The worker serialises in a forked child (a copy of the state at that
+    record) and goes on; the bytes are the same as taken in place."""
+    log = Log(RAW)
+    store = MemStore()
+
+    async def go():
+        a = adapter(log, store, {}, snapshot_fork=True)
+        b = adapter(Log(RAW), MemStore(), {})
+        for off in range(400):
+            await a.on_raw(0, off, b"NSO", RAW[off])
+            await b.on_raw(0, off, b"NSO", RAW[off])
+            if a.forking is not None:
+                fork_at = a.snap_at[0][0]
+                # the parent goes on at once; the child's copy is of offset fork_at
+                await a.on_raw(0, off + 1, b"NSO", RAW[off + 1])
+                await a.forking
+                assert a.unsaved[0][0] == fork_at == b.unsaved[0][0]
+                assert a.unsaved[0][1] == b.unsaved[0][1]
+                return
+        raise AssertionError("no snapshot taken")
+    asyncio.run(go())
