@@ -373,7 +373,8 @@ class LiveAdapter:
                  snapshots: SnapshotStore | None = None,
                  committed_now: Callable[[int], Optional[int]] | None = None,
                  snapshot_every: int = SNAPSHOT_EVERY, snapshot_every_us: int = SNAPSHOT_EVERY_US,
-                 snapshot_min: int = SNAPSHOT_MIN, snapshot_fork: bool = False) -> None:
+                 snapshot_min: int = SNAPSHOT_MIN, snapshot_fork: bool = False,
+                 snapshot_min_wall_s: float = 0.0) -> None:
         self.send = send
         self.max_record_bytes = max_record_bytes
         self.rebuild_source = rebuild_source
@@ -403,6 +404,8 @@ class LiveAdapter:
         self.snapshot_every_us = snapshot_every_us
         self.snapshot_min = snapshot_min
         self.snapshot_fork = snapshot_fork and hasattr(os, "fork")   # serialise in a forked child
+        self.snapshot_min_wall_s = snapshot_min_wall_s     # and not more often than this (worker clock)
+        self.snap_wall: dict[int, float] = {}              # partition -> worker clock of its last snapshot
         self.forking: asyncio.Future | None = None         # the child's snapshot being collected
         self.snap_at: dict[int, tuple[int, int]] = {}      # partition -> (offset, event time) of the last
         self.unsaved: dict[int, tuple[int, bytes]] = {}    # partition -> (offset, bytes) awaiting the commit
@@ -557,21 +560,31 @@ class LiveAdapter:
     # -- taking snapshots ----------------------------------------------------------
 
     def _maybe_snapshot(self, partition: int, proc: Processor, nxt: int) -> None:
-        """After the record at ``nxt - 1``: a snapshot if enough records or
-        event time have passed since the last one."""
+        """After the record at ``nxt - 1``: a snapshot if ``snapshot_every``
+        records, or ``snapshot_every_us`` of event time after at least
+        ``snapshot_min`` records, have passed since the last one, and (when
+        catching up: a replay, a backlog) not within ``snapshot_min_wall_s``
+        of the worker's clock of the last one. Clocks are read once every 256
+        records."""
         at = self.snap_at.get(partition)
         if at is None:
             at = self.snap_at[partition] = (nxt - 1, self._event_time(proc))
         n = nxt - at[0]
         if n < self.snapshot_min:
             return
-        if n < self.snapshot_every:
-            if n % 256:
+        by_count = n >= self.snapshot_every
+        if n % 256 and not (by_count and self.snapshot_min_wall_s <= 0):
+            return
+        if self.snapshot_min_wall_s > 0:
+            w = self.snap_wall.get(partition)
+            if w is not None and self.wall() - w < self.snapshot_min_wall_s:
                 return
+        if not by_count:
             t = self._event_time(proc)
-            if t < 0 or at[1] < 0 or t - at[1] < self.snapshot_every_us:
-                if at[1] < 0:
-                    self.snap_at[partition] = (at[0], t)
+            if at[1] < 0:
+                self.snap_at[partition] = (at[0], t)
+                return
+            if t < 0 or t - at[1] < self.snapshot_every_us:
                 return
         self.take_snapshot(partition, proc, nxt)
 
@@ -586,6 +599,7 @@ class LiveAdapter:
         if self.snapshot_fork and self.forking is not None and not self.forking.done():
             return None          # one child at a time: tried again at the next record
         self.snap_at[partition] = (nxt, self._event_time(proc))
+        self.snap_wall[partition] = self.wall()
         if self.snapshot_fork:
             try:
                 pid, fd = fork_packer(lambda: snapshot_processor(proc, meta))
@@ -705,6 +719,7 @@ class LiveAdapter:
             self.recent.pop(p, None)
             self.unsaved.pop(p, None)
             self.snap_at.pop(p, None)
+            self.snap_wall.pop(p, None)
             proc = self.procs.pop(p, None)
             if proc is not None:
                 # venues of a lost partition are another worker's now: drop their series

@@ -49,6 +49,7 @@ class Settings:
     snapshot_every_s: float = 600.0   # ... or this much of its event time ...
     snapshot_min: int = 2_000      # ... after at least this many records
     snapshot_fork: bool = True     # serialise in a forked child (False: on the event loop)
+    snapshot_min_wall_s: float = 60.0   # not more often than this per partition (catching up)
     extra: dict = field(default_factory=dict)
     security: object = None       # streams.kafka_security.KafkaSecurity (None: from LAPSTREAM_KAFKA_*)
 
@@ -67,6 +68,7 @@ class Settings:
             snapshot_every_s=float(os.environ.get("LAPSTREAM_SNAPSHOT_EVERY_S", "600")),
             snapshot_min=int(os.environ.get("LAPSTREAM_SNAPSHOT_MIN", "2000")),
             snapshot_fork=os.environ.get("LAPSTREAM_SNAPSHOT_FORK", "1") not in ("0", "false", "no"),
+            snapshot_min_wall_s=float(os.environ.get("LAPSTREAM_SNAPSHOT_MIN_WALL_S", "60")),
         )
         extra = os.environ.get("LAPSTREAM_FAUST_SETTINGS")
         if extra:   # expert tuning: a JSON object of Faust settings
@@ -551,7 +553,8 @@ def create_app(settings: Settings) -> faust.App:
                           snapshot_every=max(1, settings.snapshot_every),
                           snapshot_every_us=int(settings.snapshot_every_s * 1e6),
                           snapshot_min=max(1, min(settings.snapshot_min, settings.snapshot_every or 1)),
-                          snapshot_fork=settings.snapshot_fork)
+                          snapshot_fork=settings.snapshot_fork,
+                          snapshot_min_wall_s=settings.snapshot_min_wall_s)
     app.lapstream = adapter          # for tests and the demo
     app.lapstream_metrics = metrics
     app.lapstream_health = health

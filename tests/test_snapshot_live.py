@@ -18,7 +18,8 @@ from tests import msgs as M
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.live]
 
-SNAP_ENV = {"LAPSTREAM_SNAPSHOT_EVERY": "1500", "LAPSTREAM_SNAPSHOT_MIN": "500"}
+SNAP_ENV = {"LAPSTREAM_SNAPSHOT_EVERY": "1500", "LAPSTREAM_SNAPSHOT_MIN": "500",
+            "LAPSTREAM_SNAPSHOT_MIN_WALL_S": "0"}
 
 
 @pytest.fixture
@@ -100,7 +101,7 @@ def test_kill_9_mid_race_with_snapshots_loses_and_changes_nothing(stack):
     broker, worker, tmp = stack
     lines = (beijing.FEEDS_DIR / beijing.WOMEN_FILE).read_bytes().splitlines()
     want = L.offline(lines)
-    env = {"LAPSTREAM_SNAPSHOT_EVERY": "700", "LAPSTREAM_SNAPSHOT_MIN": "300"}
+    env = {"LAPSTREAM_SNAPSHOT_EVERY": "700", "LAPSTREAM_SNAPSHOT_MIN": "300", "LAPSTREAM_SNAPSHOT_MIN_WALL_S": "0"}
     w1 = worker("w1", env)
     w1.wait_ready()
     cut = int(len(lines) * 0.5)
