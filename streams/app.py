@@ -367,9 +367,29 @@ class KafkaSnapshots:
             if empty >= 3:
                 return
 
-    async def candidates(self, partition: int, upto: int):
+    async def _assemble(self, consumer, tp, m: dict) -> bytes | None:
+        """The bytes of a manifest's snapshot, or None if a chunk is gone or damaged."""
         import hashlib
 
+        parts = []
+        try:
+            for c_off, size in m["chunks"]:
+                got = None
+                async for rec in self._read(consumer, tp, c_off, c_off + 1):
+                    got = rec
+                if got is None or got.offset != c_off or got.value is None or len(got.value) != size:
+                    raise ValueError(f"chunk at {c_off} gone")
+                parts.append(got.value)
+        except (ValueError, TypeError) as exc:
+            log.warning("%s[%s]: snapshot at offset %s incomplete (%s)", tp.topic, tp.partition, m["offset"], exc)
+            return None
+        data = b"".join(parts)
+        if len(data) != m.get("size") or hashlib.blake2b(data, digest_size=16).hexdigest() != m.get("sum"):
+            log.warning("%s[%s]: snapshot at offset %s damaged", tp.topic, tp.partition, m["offset"])
+            return None
+        return data
+
+    async def candidates(self, partition: int, upto: int):
         import orjson
 
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None,
@@ -381,10 +401,13 @@ class KafkaSnapshots:
             consumer.assign([tp])
             begin = (await consumer.beginning_offsets([tp])).get(tp, 0)
             end = (await consumer.end_offsets([tp])).get(tp, 0)
-            manifests: list[dict] = []
             hi, window = end, 4
-            while hi > begin and not manifests and end - hi < self.MAX_SCAN:
+            seen: set = set()
+            # backwards from the end, a window at a time (a reader stops at
+            # the first snapshot it can use: usually the last record)
+            while hi > begin and end - hi < self.MAX_SCAN:
                 lo = max(begin, hi - window)
+                manifests: list[dict] = []
                 async for rec in self._read(consumer, tp, lo, hi):
                     if rec.key is not None and b":" not in rec.key and rec.value:
                         try:
@@ -395,32 +418,15 @@ class KafkaSnapshots:
                                 and type(m.get("offset")) is int and type(m.get("chunks")) is list:
                             manifests.append(m)
                 hi, window = lo, window * 4
-            manifests.sort(key=lambda m: -m["offset"])
-            seen = set()
-            for m in manifests:
-                if m["offset"] > upto or m["offset"] in seen:
-                    continue
-                seen.add(m["offset"])
-                parts = []
-                try:
-                    for c_off, size in m["chunks"]:
-                        got = None
-                        async for rec in self._read(consumer, tp, c_off, c_off + 1):
-                            got = rec
-                        if got is None or got.offset != c_off or got.value is None or len(got.value) != size:
-                            raise ValueError(f"chunk at {c_off} gone")
-                        parts.append(got.value)
-                except (ValueError, TypeError) as exc:
-                    log.warning("timing.snapshots[%s]: snapshot at offset %s incomplete (%s)",
-                                partition, m["offset"], exc)
-                    continue
-                data = b"".join(parts)
-                if len(data) != m.get("size") or \
-                        hashlib.blake2b(data, digest_size=16).hexdigest() != m.get("sum"):
-                    log.warning("timing.snapshots[%s]: snapshot at offset %s damaged", partition, m["offset"])
-                    continue
-                self.slot.setdefault(partition, m.get("slot") if m.get("slot") in (0, 1) else 1)
-                yield data
+                manifests.sort(key=lambda m: -m["offset"])
+                for m in manifests:
+                    if m["offset"] > upto or m["offset"] in seen:
+                        continue
+                    seen.add(m["offset"])
+                    data = await self._assemble(consumer, tp, m)
+                    if data is not None:
+                        self.slot.setdefault(partition, m.get("slot") if m.get("slot") in (0, 1) else 1)
+                        yield data
         finally:
             await consumer.stop()
 
@@ -677,6 +683,16 @@ def create_app(settings: Settings) -> faust.App:
                     client = None
             metrics.broker_unreachable.set(health.broker.unreachable_s())
             await asyncio.sleep(2.0)
+
+    @app.task
+    async def snapshot_producer() -> None:
+        """Closes the snapshot store's producer when the worker stops."""
+        if snapshots is None:
+            return
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await snapshots.close()
 
     @app.timer(interval=2.0)
     async def save_snapshots() -> None:

@@ -122,3 +122,46 @@ def test_kill_9_mid_race_with_snapshots_loses_and_changes_nothing(stack):
     assert set(seen) == set(want_ids), (len(set(want_ids) - set(seen)), len(set(seen) - set(want_ids)))
     assert seen == want_ids
     assert L.per_key_sequences(M.first_of_each(got)) == L.per_key_sequences(want)
+
+
+def test_the_kafka_store_gives_the_newest_complete_snapshot_at_or_below_an_offset(stack):
+    """streams.app.KafkaSnapshots on a real broker: chunks and manifests,
+    newest first, none beyond the offset asked, a snapshot whose chunk is
+    damaged skipped for the older one."""
+    import asyncio
+    import os
+
+    from aiokafka import AIOKafkaProducer
+
+    from streams.app import KafkaSnapshots
+
+    broker, _, _ = stack
+    blobs = {off: os.urandom(2500 + off) for off in (100, 200, 300)}
+
+    async def go():
+        store = KafkaSnapshots(broker.bootstrap, {})
+        store.CHUNK = 1000                          # several chunks each
+        try:
+            for off, data in blobs.items():
+                await store.save(3, off, data)
+            got = [d async for d in store.candidates(3, 10**9)]
+            assert got == [blobs[300], blobs[200], blobs[100]]
+            assert [d async for d in store.candidates(3, 250)] == [blobs[200], blobs[100]]
+            assert [d async for d in store.candidates(3, 99)] == []
+            assert [d async for d in store.candidates(4, 10**9)] == []      # another partition
+            # a manifest naming a chunk that is not what it says: skipped
+            prod = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+            await prod.start()
+            try:
+                md = await prod.send_and_wait(T.SNAPSHOTS.name, b"x" * 10, key=b"3:0:0", partition=3)
+                bad = {"snapshot": 1, "partition": 3, "offset": 400, "slot": 0, "chunks": [[md.offset, 1000]],
+                       "size": 1000, "sum": "0" * 32}
+                await prod.send_and_wait(T.SNAPSHOTS.name, orjson.dumps(bad), key=b"3", partition=3)
+                await prod.send_and_wait(T.SNAPSHOTS.name, b"{not json", key=b"3", partition=3)
+            finally:
+                await prod.stop()
+            got = [d async for d in store.candidates(3, 10**9)]
+            assert got[:1] == [blobs[300]]
+        finally:
+            await store.close()
+    asyncio.run(go())
