@@ -47,7 +47,7 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable, Optional, Proto
 import orjson
 
 from agents.core import snapshot as snap
-from agents.core.engine import CoreConfig, Engine, own_record_key, record_key, record_ref_of
+from agents.core.engine import CoreConfig, Engine, own_record_key, record_ref_of
 from agents.core.statesize import approx_state_bytes
 from schemas.decode import Rejected, decode, parse_record_time
 from streams.process import Processor, internal

@@ -72,7 +72,7 @@ def main(argv=None) -> int:
             return sum(L.committed(broker.bootstrap, p) or 0 for p in range(T.RAW.partitions))
         wait_for(lambda: committed() >= raw, "every record committed")
         live_s = time.monotonic() - t0
-        st = wait_for(lambda: (lambda s: s if s["saved"] >= 1 and not s["unsaved"] else None)(
+        st = wait_for(lambda: (lambda s: s if s["saved"] >= 1 and not s["unsaved"] and not s["in_child"] else None)(
             readyz(w1)["snapshots"]), "the last snapshot saved")
         print(f"{args.races} races, {raw:,d} raw records (replayed and handled live in {live_s:.1f} s); "
               f"snapshots taken {st['taken']}, saved {st['saved']}", flush=True)

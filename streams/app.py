@@ -725,7 +725,8 @@ def create_app(settings: Settings) -> faust.App:
                               "rejected": adapter.snapshot_loads["rejected"],
                               "none": adapter.snapshot_loads["none"],
                               "taken": adapter.snapshots_taken, "saved": adapter.snapshots_saved,
-                              "unsaved": len(adapter.unsaved)}}
+                              "unsaved": len(adapter.unsaved),
+                              "in_child": adapter.forking is not None and not adapter.forking.done()}}
         return web.json(body, status=200 if ok else 503)
 
     return app

@@ -25,7 +25,7 @@ from agents.live import LiveAdapter, RefLog, load_processor, refs_onto_snapshot,
 from streams import beijing
 from streams.process import Processor, process_lines
 from streams.topics import DEADLETTER, RECORDS_REF
-from tests.msgs import by_id, canon
+from tests.msgs import by_id
 from tests.paths import DATA
 from tests.test_properties import base_feed   # the simulator's feeds (imported here, not inside a test)
 

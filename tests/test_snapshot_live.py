@@ -53,6 +53,10 @@ def wait_for(cond, what: str, timeout: float = 120.0):
     raise AssertionError(f"not seen in {timeout} s: {what}")
 
 
+def committed_total(broker) -> int:
+    return sum(L.committed(broker.bootstrap, p) or 0 for p in range(T.RAW.partitions))
+
+
 def raw_count(lines) -> int:
     return sum(1 for ln in lines if b'"record_ref"' not in ln)
 
@@ -66,10 +70,11 @@ def test_a_restarted_worker_loads_a_snapshot_and_reads_few_records(stack):
     w1.wait_ready()
     L.replay_lines(broker.bootstrap, lines[:cut], speed=None)
     before = raw_count(lines[:cut])
-    # snapshots are saved once the group has committed their offset
-    # (one waits per partition: a newer one replaces it)
-    st = wait_for(lambda: (lambda s: s if s["taken"] >= before // 1500 and not s["unsaved"] else None)(
-        readyz(w1)["snapshots"]), "snapshots taken and saved")
+    # every record handled and committed; snapshots are saved once the group
+    # has committed their offset (one waits per partition: a newer one replaces it)
+    wait_for(lambda: committed_total(broker) >= before, "every record committed")
+    st = wait_for(lambda: (lambda s: s if s["taken"] >= before // 1500 and not s["unsaved"]
+                           and not s["in_child"] else None)(readyz(w1)["snapshots"]), "snapshots taken and saved")
     assert st["saved"] >= 1
     w1.stop()
     # the rest of the tournament arrives while no worker runs
@@ -91,7 +96,7 @@ def test_a_restarted_worker_loads_a_snapshot_and_reads_few_records(stack):
     w2.stop()
     w3 = worker("w3", {"LAPSTREAM_SNAPSHOT_EVERY": "0"})
     w3.wait_ready()
-    committed = sum(L.committed(broker.bootstrap, p) or 0 for p in range(T.RAW.partitions))
+    committed = committed_total(broker)
     assert committed >= raw_count(lines) - 5
     r3 = readyz(w3)
     assert r3["rebuilt_messages"] == committed and r3["snapshots"]["loaded"] == 0, r3
@@ -106,7 +111,8 @@ def test_kill_9_mid_race_with_snapshots_loses_and_changes_nothing(stack):
     w1.wait_ready()
     cut = int(len(lines) * 0.5)
     L.replay_lines(broker.bootstrap, lines[:cut], speed=None)
-    wait_for(lambda: (lambda s: s["saved"] >= 1 and not s["unsaved"])(readyz(w1)["snapshots"]), "snapshots saved")
+    wait_for(lambda: (lambda s: s["saved"] >= 1 and not s["unsaved"] and not s["in_child"])(readyz(w1)["snapshots"]),
+             "snapshots saved")
     # the rest arrives (paced, so snapshots are being taken and saved) while w1 is killed
     t = threading.Thread(target=L.replay_lines, args=(broker.bootstrap, lines[cut:], 400.0))
     t.start()
