@@ -153,8 +153,10 @@ def _repack(tree, fp=None, meta=None) -> bytes:
     body = zlib.compress(json.dumps(tree).encode())     # (stdlib: integers beyond 64 bits too)
 
     fp = fp or snap.header_of(GOOD)["fp"]
-    header = {"format": snap.FORMAT, "fp": fp, "meta": meta or {}, "size": len(body),
-              "sum": hashlib.blake2b(body, digest_size=16).hexdigest()}
+    meta = meta or {}
+    h = hashlib.blake2b(digest_size=16)
+    h.update(orjson.dumps([fp, meta]) + b"\n" + body)
+    header = {"format": snap.FORMAT, "fp": fp, "meta": meta, "size": len(body), "sum": h.hexdigest()}
     return snap.MAGIC + b"\n" + orjson.dumps(header) + b"\n" + body
 
 

@@ -439,7 +439,8 @@ def decode(tree) -> Any:
 # -- the bytes -------------------------------------------------------------------
 #
 # b"LSNAP" + b"\n" + header JSON + b"\n" + zlib(body JSON). The header: format
-# version, fingerprint, the caller's metadata, the body's length and blake2b.
+# version, fingerprint, the caller's metadata, the body's length and a blake2b
+# of fingerprint, metadata and body.
 
 
 def fingerprint(*parts) -> str:
@@ -449,14 +450,23 @@ def fingerprint(*parts) -> str:
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
+def _sum(fp, meta, body: bytes) -> str:
+    """The checksum: of the fingerprint and metadata too (a flipped offset is damage)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(orjson.dumps([fp, meta]))
+    h.update(b"\n")
+    h.update(body)
+    return h.hexdigest()
+
+
 def pack(obj, fp: str, meta: dict | None = None, level: int = 1) -> bytes:
     """``obj`` as snapshot bytes, valid only where ``fingerprint`` is the same."""
     tree = encode(obj)
     with _NoGC():
         body = zlib.compress(orjson.dumps(tree), level)
     del tree
-    header = {"format": FORMAT, "fp": fp, "meta": meta or {}, "size": len(body),
-              "sum": hashlib.blake2b(body, digest_size=16).hexdigest()}
+    meta = meta or {}
+    header = {"format": FORMAT, "fp": fp, "meta": meta, "size": len(body), "sum": _sum(fp, meta, body)}
     return MAGIC + b"\n" + orjson.dumps(header) + b"\n" + body
 
 
@@ -492,7 +502,7 @@ def unpack(data: bytes, fp: str) -> tuple[dict, Any]:
     body = data[start:]
     if len(body) != header["size"]:
         raise SnapshotError(f"truncated: {len(body)} of {header['size']} bytes")
-    if hashlib.blake2b(body, digest_size=16).hexdigest() != header.get("sum"):
+    if _sum(header.get("fp"), header["meta"], body) != header.get("sum"):
         raise SnapshotError("checksum mismatch (corrupt)")
     try:
         with _NoGC():
