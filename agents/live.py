@@ -13,20 +13,43 @@ reading records ``[0, o)`` silently, then carries on. Derived events between
 the last commit and a crash are emitted again with the same ``event_id``s,
 which subscribers deduplicate. Faust flushes the producer before it commits
 an offset, so no derived fact is lost.
+
+Snapshots (issue 7: a season is millions of raw records; re-reading them
+took 37 s at 1.7 M). Every ``snapshot_every`` records of a partition (or
+``snapshot_every_us`` of its event time, after at least ``snapshot_min``
+records) the adapter saves the partition's state at the offset ``o`` it has
+reached: the ``Processor``'s engine and clock guard, as data
+(``agents.core.snapshot``: JSON, never pickle), with ``o`` and a digest of the
+record at ``o - 1``. It is handed to the store (``timing.snapshots``,
+``streams.app``) only once the group has committed ``o`` or beyond, so a
+snapshot never describes records whose derived events might not be out. A
+new owner loads the newest snapshot at or below the committed offset ``c``,
+checks that the log still holds the record the snapshot ends with (a broker
+that lost its tail reuses offsets), and replays only ``[o, c)`` (plus the
+2,048 records before ``o`` read into the redelivery digests, not the state).
+Anything wrong with a snapshot (corrupt, truncated, another version or
+configuration, beyond the log or the committed offset) is logged, counted
+(``lapstream_snapshot_loads_total{result="rejected"}``) and ignored: the
+partition is rebuilt from offset 0 as before.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import logging
+import os
+import signal
 import time
-from typing import AsyncIterator, Awaitable, Callable, Iterable, Optional
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable, Iterable, Optional, Protocol
 
 import orjson
 
+from agents.core import snapshot as snap
 from agents.core.engine import CoreConfig, Engine, own_record_key, record_ref_of
 from agents.core.statesize import approx_state_bytes
-from schemas.decode import Rejected, decode
+from schemas.decode import Rejected, decode, parse_record_time
 from streams.process import Processor, internal
 from streams.topics import DEADLETTER, RECORDS_REF, TOPIC_OF_KIND, key_of
 
@@ -79,14 +102,16 @@ class Recent:
     record: after a broker lost the tail of its log, later records reuse
     those offsets with other content."""
 
-    __slots__ = ("by_offset", "order", "size")
+    __slots__ = ("by_offset", "order", "size", "last")
 
     def __init__(self, size: int = RECENT_RECORDS) -> None:
         self.by_offset: dict[int, int] = {}
         self.order: collections.deque = collections.deque()
         self.size = size
+        self.last: tuple | None = None     # (offset, key, value) of the last record added
 
     def add(self, offset: int, key, value) -> None:
+        self.last = (offset, key, value)
         by = self.by_offset
         if offset not in by:
             self.order.append(offset)
@@ -101,9 +126,200 @@ class Recent:
         return d is not None and d != hash((key, value))
 
     def drop_from(self, offset: int) -> None:
+        if self.last is not None and self.last[0] >= offset:
+            self.last = None
         for off in [o for o in self.by_offset if o >= offset]:
             del self.by_offset[off]
         self.order = collections.deque(o for o in self.order if o < offset)
+
+
+class RefLog:
+    """The record references seen, to be applied to every processor built
+    later: not every record of the topic (that list grew forever) but one per
+    key, as the compacted topic keeps them, and such that applying them gives
+    the engine the same references as applying all of them did:
+
+    - the federation's word (``book``): each distinct (identity, ``t_us``,
+      time, holder) once; the history is kept (a finish is judged against
+      the word in force at its time), repeats dropped (the core ignores them);
+    - lapstream's own (``foreign``, key: identity, race, holder): the latest,
+      placed as the core's dict places it (a new time replaces in place, the
+      same time keeps the older, a set after a withdrawal goes last); a
+      withdrawal is kept (it takes the claim out of a snapshot's state)."""
+
+    __slots__ = ("items",)
+
+    def __init__(self) -> None:
+        self.items: dict[tuple, tuple[bytes, bool, int]] = {}   # key -> (raw, withdrawn, hundredths)
+
+    def add(self, raw: bytes, msg: dict) -> None:
+        ident = (msg["record"], msg["format"], msg["gender"], msg["distance_m"], msg.get("scope"))
+        th = parse_record_time(msg["time"])
+        items = self.items
+        if msg.get("origin") != "lapstream":
+            key = ("book", ident, msg["t_us"], th, msg["holder"])
+            if key not in items:
+                items[key] = (raw, False, th)
+            return
+        key = ("own", ident, msg.get("race_id"), msg["holder"])
+        withdrawn = bool(msg.get("withdrawn"))
+        cur = items.get(key)
+        if withdrawn or (cur is not None and not cur[1]):
+            if cur is not None and not cur[1] and not withdrawn and cur[2] == th:
+                return                         # the core keeps the older: a repeat
+            items[key] = (raw, withdrawn, th)  # in place
+        else:
+            items.pop(key, None)               # new, or after a withdrawal: last
+            items[key] = (raw, False, th)
+
+    def __iter__(self):
+        return (raw for raw, _, _ in self.items.values())
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+# -- snapshots -----------------------------------------------------------------
+
+SNAPSHOT_EVERY = 100_000           # raw records of a partition between snapshots ...
+SNAPSHOT_EVERY_US = 600_000_000    # ... or this much of its event time (10 min) ...
+SNAPSHOT_MIN = 2_000               # ... with at least this many records
+
+
+class SnapshotStore(Protocol):
+    """Where snapshots of partitions are kept (``streams.app``: ``timing.snapshots``)."""
+
+    def candidates(self, partition: int, upto: int) -> AsyncIterator[bytes]:
+        """Snapshot bytes of the partition at an offset <= ``upto``, newest first."""
+
+    async def save(self, partition: int, offset: int, data: bytes) -> None:
+        ...
+
+
+_CODE_FP: str | None = None
+
+
+def code_fingerprint() -> str:
+    """A digest of the code a snapshot's state depends on (the core, the
+    decoder, the processor): a snapshot of other code is not loaded (the state
+    of a full rebuild by this code could differ)."""
+    global _CODE_FP
+    if _CODE_FP is None:
+        root = Path(__file__).resolve().parents[1]
+        files = sorted((root / "agents" / "core").glob("*.py")) + [
+            root / "streams" / "process.py", root / "schemas" / "decode.py"]
+        h = hashlib.blake2b(digest_size=12)
+        for f in files:
+            h.update(f.name.encode() + b"\0")
+            try:
+                h.update(f.read_bytes())
+            except OSError:
+                h.update(b"?")
+        _CODE_FP = h.hexdigest()
+    return _CODE_FP
+
+
+def processor_fingerprint(proc: Processor) -> str:
+    return snap.fingerprint(proc.engine.cfg, proc.guard.cfg, code_fingerprint())
+
+
+def record_digest(key: bytes | None, value: bytes | None) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(b"-" if key is None else b"k%d:" % len(key) + key)
+    h.update(b"-" if value is None else b"v" + value)
+    return h.hexdigest()
+
+
+def snapshot_processor(proc: Processor, meta: dict) -> bytes:
+    """The state of ``proc`` (engine and clock guard) as snapshot bytes."""
+    return snap.pack({"engine": proc.engine, "guard": proc.guard}, processor_fingerprint(proc), meta)
+
+
+def load_processor(data: bytes, config: CoreConfig | None = None) -> tuple[dict, Processor]:
+    """(metadata, processor) of snapshot bytes; ``SnapshotError`` unless they
+    are a snapshot of this code and configuration."""
+    ref = Processor(Engine(config))
+    meta, state = snap.unpack(data, processor_fingerprint(ref))
+    if type(state) is not dict or not isinstance(state.get("engine"), Engine) \
+            or type(state.get("guard")) is not type(ref.guard):
+        raise snap.SnapshotError("not a processor's state")
+    proc = Processor(state["engine"])
+    proc.guard = state["guard"]
+    return meta, proc
+
+
+def refs_onto_snapshot(proc: Processor, refs: Iterable[bytes]) -> None:
+    """Apply the references seen to a processor loaded from a snapshot, so
+    that it holds what a fresh one given the same references and records
+    would. The federation's words it holds are repeats (the core ignores
+    them; the new ones sort in after them, as they arrived). lapstream's own
+    claims from other venues are taken from the references alone: applied
+    over the snapshot's, a claim changed and changed back, or withdrawn and
+    set again, would keep an older time or place."""
+    foreign = getattr(proc.engine, "foreign", None)
+    if isinstance(foreign, dict):
+        foreign.clear()
+    for raw in refs:
+        proc.handle(raw)
+
+
+def fork_packer(make: Callable[[], bytes]) -> tuple[int, int]:
+    """Run ``make`` in a forked child: a copy-on-write image of this process
+    at this instant, so the state is serialised as it is now while the
+    parent goes on handling records (a big state takes seconds: on the event
+    loop that would stall records, health and the group's heartbeats). Returns
+    (child pid, the read end of a pipe the bytes come through); ``collect``
+    reads them."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:      # the child: never returns
+        code = 1
+        try:
+            os.close(r)
+            try:
+                signal.set_wakeup_fd(-1)       # (the parent's event loop's, not ours)
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_DFL)
+            except (ValueError, OSError):
+                pass
+            view = memoryview(make())
+            while view:
+                view = view[os.write(w, view):]
+            code = 0
+        except BaseException as exc:
+            try:
+                os.write(2, f"lapstream: snapshot child failed: {exc!r}\n".encode())
+            except BaseException:
+                pass
+        finally:
+            os._exit(code)
+    os.close(w)
+    return pid, r
+
+
+def _read_all(fd: int) -> bytes:
+    parts = []
+    try:
+        while True:
+            b = os.read(fd, 1 << 20)
+            if not b:
+                return b"".join(parts)
+            parts.append(b)
+    finally:
+        os.close(fd)
+
+
+async def collect(pid: int, fd: int) -> bytes:
+    """The bytes a ``fork_packer`` child wrote (raises if it failed)."""
+    loop = asyncio.get_running_loop()
+    try:
+        data = await loop.run_in_executor(None, _read_all, fd)
+    finally:
+        _, status = await loop.run_in_executor(None, os.waitpid, pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"snapshot child {pid} exited with {code}")
+    return data
 
 
 MAX_VENUE_LABELS = 256     # venues with series of their own on one worker; beyond: "other"
@@ -153,14 +369,19 @@ class LiveAdapter:
     def __init__(self, send: Send, rebuild_source: RebuildSource | None = None, metrics=None,
                  config: CoreConfig | None = None, clock: Callable[[], float] = time.time,
                  perf: Callable[[], float] = time.perf_counter,
-                 max_record_bytes: int = MAX_RECORD_BYTES) -> None:
+                 max_record_bytes: int = MAX_RECORD_BYTES,
+                 snapshots: SnapshotStore | None = None,
+                 committed_now: Callable[[int], Optional[int]] | None = None,
+                 snapshot_every: int = SNAPSHOT_EVERY, snapshot_every_us: int = SNAPSHOT_EVERY_US,
+                 snapshot_min: int = SNAPSHOT_MIN, snapshot_fork: bool = False,
+                 snapshot_min_wall_s: float = 0.0) -> None:
         self.send = send
         self.max_record_bytes = max_record_bytes
         self.rebuild_source = rebuild_source
         self.metrics = metrics
         self.config = config
         self.procs: dict[int, Processor] = {}
-        self.refs: list[bytes] = []          # record references seen, in order
+        self.refs = RefLog()                 # record references seen (one per key)
         self.rebuilding = 0
         self.wall = clock
         self.perf = perf
@@ -175,6 +396,23 @@ class LiveAdapter:
         self.truncations = 0                            # data losses of the broker detected
         self._raw_child: dict = {}       # labelled metric children, looked up once
         self._derived_child: dict = {}
+        # snapshots: the store, and the group's committed offset per partition
+        # (a snapshot at o is saved once o is committed; None: never)
+        self.snapshots = snapshots
+        self.committed_now = committed_now
+        self.snapshot_every = snapshot_every
+        self.snapshot_every_us = snapshot_every_us
+        self.snapshot_min = snapshot_min
+        self.snapshot_fork = snapshot_fork and hasattr(os, "fork")   # serialise in a forked child
+        self.snapshot_min_wall_s = snapshot_min_wall_s     # and not more often than this (worker clock)
+        self.snap_wall: dict[int, float] = {}              # partition -> worker clock of its last snapshot
+        self.forking: asyncio.Future | None = None         # the child's snapshot being collected
+        self.snap_at: dict[int, tuple[int, int]] = {}      # partition -> (offset, event time) of the last
+        self.unsaved: dict[int, tuple[int, bytes]] = {}    # partition -> (offset, bytes) awaiting the commit
+        self.snapshots_taken = 0
+        self.snapshots_saved = 0
+        self.snapshot_loads: collections.Counter = collections.Counter()   # loaded / rejected / none
+        self.snapshot_offset: dict[int, int] = {}          # partition -> offset its state was loaded at
 
     # -- partitions ------------------------------------------------------------
 
@@ -185,22 +423,44 @@ class LiveAdapter:
             proc.handle(raw)
         return proc
 
-    async def _replay(self, proc: Processor, partition: int, start: int, end: int) -> int:
+    async def _replay(self, proc: Processor, partition: int, start: int, end: int,
+                      seen_from: int | None = None, check: str | None = None) -> int:
         """Feed records [start, end) of the partition into ``proc``, emitting
-        nothing. Returns the last offset fed (``start - 1``: none)."""
+        nothing. Returns the last offset fed (``start - 1``: none). With
+        ``seen_from``, records [seen_from, start) are read into the redelivery
+        digests only, and ``check`` is the digest the record at ``start - 1``
+        must have: if it has another (or is missing), nothing is fed and
+        ``None`` is returned."""
         last = start - 1
-        if end <= start or self.rebuild_source is None:
+        read_from = start if seen_from is None else seen_from
+        if end <= read_from or self.rebuild_source is None:
             return last
         self.rebuilding += 1
         recent = self.recent[partition] = Recent()
+        verified = check is None
+        source = self.rebuild_source(partition, read_from, end)
         try:
-            async for off, key, raw in self.rebuild_source(partition, start, end):
+            async for off, key, raw in source:
+                if off < start:
+                    recent.add(off, key, raw)
+                    if off == start - 1 and not verified:
+                        verified = record_digest(key, raw) == check
+                        if not verified:
+                            return None
+                    continue
+                if not verified:
+                    return None      # the record the snapshot ends with is not in the log
                 proc.handle(raw, (off, key))   # (a message held now may be refused later, live)
                 recent.add(off, key, raw)
                 self.rebuilt_messages += 1
                 last = off
         finally:
             self.rebuilding -= 1
+            aclose = getattr(source, "aclose", None)
+            if aclose is not None:
+                await aclose()       # (stopped early: its consumer is stopped now)
+        if not verified:
+            return None
         return last
 
     def assign(self, partitions: Iterable[int], committed: Callable[[int], Awaitable[int]]) -> None:
@@ -216,13 +476,199 @@ class LiveAdapter:
 
     async def _fresh(self, partition: int, upto: int) -> tuple[Processor, int]:
         """A processor holding the state of records [0, upto) of the partition,
-        and the last offset the log had of them."""
+        and the last offset the log had of them: from the newest usable
+        snapshot and the records after it, else from the whole log."""
+        got = await self._from_snapshot(partition, upto)
+        if got is not None:
+            return got
         proc = self._new_processor()
         try:
             last = await self._replay(proc, partition, 0, upto)
         finally:
             self.building.discard(proc)
+        self.snap_at[partition] = (0, -1)
         return proc, last
+
+    async def _from_snapshot(self, partition: int, upto: int) -> tuple[Processor, int] | None:
+        store = self.snapshots
+        if store is None or upto <= 0 or self.rebuild_source is None:
+            return None
+        found = store.candidates(partition, upto)
+        try:
+            async for data in found:
+                try:
+                    meta, proc = load_processor(data, self.config)
+                    off = meta.get("offset")
+                    if meta.get("partition") != partition or type(off) is not int or not 0 < off <= upto:
+                        raise snap.SnapshotError(f"made for partition {meta.get('partition')} offset {off}, "
+                                                 f"not partition {partition} at or below {upto}")
+                except snap.SnapshotError as exc:
+                    self._count_load("rejected")
+                    log.warning("timing.raw[%s]: snapshot ignored: %s", partition, exc)
+                    continue
+                # references that arrived since the snapshot (or while this is
+                # built) reach it too
+                self.building.add(proc)
+                try:
+                    refs_onto_snapshot(proc, self.refs)
+                    last = await self._replay(proc, partition, off, upto,
+                                              seen_from=max(0, off - RECENT_RECORDS), check=meta.get("last"))
+                finally:
+                    self.building.discard(proc)
+                if last is None:
+                    self._count_load("rejected")
+                    log.warning("timing.raw[%s]: snapshot at offset %s ignored: the log no longer holds "
+                                "the record it ends with (the broker lost or reused offsets)", partition, off)
+                    continue
+                log.info("timing.raw[%s]: state loaded from the snapshot at offset %s, %s records replayed",
+                         partition, off, max(0, upto - off))
+                self._count_load("loaded")
+                self.snapshot_offset[partition] = off
+                self.snap_at[partition] = (off, self._event_time(proc))
+                return proc, (last if last >= off else off - 1)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:   # the store failed: the log is still there
+            self._count_load("rejected")
+            log.warning("timing.raw[%s]: snapshots unreadable (%r): rebuilding from the log", partition, exc)
+        finally:
+            aclose = getattr(found, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception:
+                    log.exception("closing the snapshot reader")
+        self._count_load("none")
+        return None
+
+    def _count_load(self, result: str) -> None:
+        self.snapshot_loads[result] += 1
+        if self.metrics is not None:
+            try:
+                self.metrics.snapshot_loads.labels(result).inc()
+            except Exception:
+                log.exception("metrics")
+
+    @staticmethod
+    def _event_time(proc: Processor) -> int:
+        t = -1
+        for v in proc.engine.venues.values():
+            if v.clock > t:
+                t = v.clock
+        return t
+
+    # -- taking snapshots ----------------------------------------------------------
+
+    def _maybe_snapshot(self, partition: int, proc: Processor, nxt: int) -> None:
+        """After the record at ``nxt - 1``: a snapshot if ``snapshot_every``
+        records, or ``snapshot_every_us`` of event time after at least
+        ``snapshot_min`` records, have passed since the last one, and (when
+        catching up: a replay, a backlog) not within ``snapshot_min_wall_s``
+        of the worker's clock of the last one. Clocks are read once every 256
+        records."""
+        at = self.snap_at.get(partition)
+        if at is None:
+            at = self.snap_at[partition] = (nxt - 1, self._event_time(proc))
+        n = nxt - at[0]
+        if n < self.snapshot_min:
+            return
+        by_count = n >= self.snapshot_every
+        if n % 256 and not (by_count and self.snapshot_min_wall_s <= 0):
+            return
+        if self.snapshot_min_wall_s > 0:
+            w = self.snap_wall.get(partition)
+            if w is not None and self.wall() - w < self.snapshot_min_wall_s:
+                return
+        if not by_count:
+            t = self._event_time(proc)
+            if at[1] < 0:
+                self.snap_at[partition] = (at[0], t)
+                return
+            if t < 0 or t - at[1] < self.snapshot_every_us:
+                return
+        self.take_snapshot(partition, proc, nxt)
+
+    def take_snapshot(self, partition: int, proc: Processor, nxt: int) -> bytes | None:
+        recent = self.recent.get(partition)
+        rec = recent.last if recent is not None else None
+        if rec is None or rec[0] != nxt - 1:
+            return None          # (the record it ends with is not known: no check possible)
+        last = record_digest(rec[1], rec[2])
+        meta = {"partition": partition, "offset": nxt, "last": last}
+        c0 = self.perf()
+        if self.snapshot_fork and self.forking is not None and not self.forking.done():
+            return None          # one child at a time: tried again at the next record
+        self.snap_at[partition] = (nxt, self._event_time(proc))
+        self.snap_wall[partition] = self.wall()
+        if self.snapshot_fork:
+            try:
+                pid, fd = fork_packer(lambda: snapshot_processor(proc, meta))
+            except OSError as exc:
+                log.error("timing.raw[%s]: no snapshot at offset %s: cannot fork: %s", partition, nxt, exc)
+                return None
+            self.forking = asyncio.ensure_future(self._collect(partition, nxt, pid, fd, c0))
+            return None
+        try:
+            data = snapshot_processor(proc, meta)
+        except Exception as exc:   # a state this code cannot save: say so, carry on without
+            log.error("timing.raw[%s]: no snapshot at offset %s: %s", partition, nxt, exc)
+            return None
+        self._taken(partition, nxt, data, self.perf() - c0)
+        return data
+
+    async def _collect(self, partition: int, nxt: int, pid: int, fd: int, c0: float) -> None:
+        try:
+            data = await collect(pid, fd)
+        except Exception as exc:
+            log.error("timing.raw[%s]: no snapshot at offset %s: %s (see the worker's log for the "
+                      "child's error)", partition, nxt, exc)
+            return
+        if partition not in self.procs and partition not in self.pending:
+            return               # revoked meanwhile
+        have = self.unsaved.get(partition)
+        if have is None or have[0] < nxt:
+            self._taken(partition, nxt, data, self.perf() - c0)
+
+    def _taken(self, partition: int, nxt: int, data: bytes, took: float) -> None:
+        self.unsaved[partition] = (nxt, data)
+        self.snapshots_taken += 1
+        m = self.metrics
+        if m is not None:
+            try:
+                m.snapshot_duration.observe(took)
+                m.snapshot_bytes.set(len(data))
+            except Exception:
+                log.exception("metrics")
+
+    async def save_snapshots(self) -> int:
+        """Hand the snapshots whose offset the group has committed to the
+        store (called by a timer: never from the record path). Returns how
+        many were saved."""
+        store = self.snapshots
+        if store is None or not self.unsaved:
+            return 0
+        saved = 0
+        for p, (off, data) in list(self.unsaved.items()):
+            c = self.committed_now(p) if self.committed_now is not None else None
+            if c is None or c < off:
+                continue          # not yet: its records' events may not all be out
+            if self.unsaved.get(p, (None,))[0] == off:
+                del self.unsaved[p]
+            try:
+                await store.save(p, off, data)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("timing.raw[%s]: snapshot at offset %s not saved: %r", p, off, exc)
+                continue
+            saved += 1
+            self.snapshots_saved += 1
+            if self.metrics is not None:
+                try:
+                    self.metrics.snapshots_written.inc()
+                except Exception:
+                    log.exception("metrics")
+        return saved
 
     async def _build(self, partition: int, committed: Callable[[int], Awaitable[int]]) -> None:
         upto = max(0, await committed(partition))
@@ -271,6 +717,9 @@ class LiveAdapter:
                 task.cancel()
             self.next.pop(p, None)
             self.recent.pop(p, None)
+            self.unsaved.pop(p, None)
+            self.snap_at.pop(p, None)
+            self.snap_wall.pop(p, None)
             proc = self.procs.pop(p, None)
             if proc is not None:
                 # venues of a lost partition are another worker's now: drop their series
@@ -312,7 +761,10 @@ class LiveAdapter:
             return rej
         except Exception as exc:   # (decode raises only Rejected; belt and braces)
             return internal(exc)
-        self.refs.append(raw)
+        try:
+            self.refs.add(raw, msg)
+        except Exception as exc:   # (a decoded record_ref has what add reads; belt and braces)
+            return internal(exc)
         bad = None
         for proc in list(self.procs.values()) + list(self.building):
             _, why = proc.handle(raw)
@@ -379,6 +831,11 @@ class LiveAdapter:
             # handled while the partition was being taken away: its events are out
             # (the new owner may repeat them, same ids), its state is not ours
             self.revoke([partition])
+        elif self.snapshots is not None and self.procs.get(partition) is proc:
+            try:
+                self._maybe_snapshot(partition, proc, offset + 1)
+            except Exception:
+                log.exception("snapshot of timing.raw[%s]", partition)
         return events
 
     def _truncated(self, partition: int, offset: int, nxt: int, why: str) -> None:

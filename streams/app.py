@@ -17,7 +17,7 @@ from time import monotonic
 import faust
 from faust.sensors import Monitor
 from faust.worker import Worker
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.live import LiveAdapter
@@ -45,6 +45,11 @@ class Settings:
     batch_max: int = 1             # >1: the agent takes up to this many records at once ...
     batch_wait_s: float = 0.002    # ... or what arrived within this time
     broker_down_s: float = 15.0    # /readyz fails once the broker is unreachable this long
+    snapshot_every: int = 100_000  # raw records of a partition between snapshots (0: no snapshots)
+    snapshot_every_s: float = 600.0   # ... or this much of its event time ...
+    snapshot_min: int = 2_000      # ... after at least this many records
+    snapshot_fork: bool = True     # serialise in a forked child (False: on the event loop)
+    snapshot_min_wall_s: float = 60.0   # not more often than this per partition (catching up)
     extra: dict = field(default_factory=dict)
     security: object = None       # streams.kafka_security.KafkaSecurity (None: from LAPSTREAM_KAFKA_*)
 
@@ -59,6 +64,11 @@ class Settings:
             batch_wait_s=float(os.environ.get("LAPSTREAM_BATCH_WAIT_MS", "2")) / 1000,
             worker_id=os.environ.get("LAPSTREAM_WORKER_ID", D.WORKER_ID),
             broker_down_s=float(os.environ.get("LAPSTREAM_BROKER_DOWN_S", "15")),
+            snapshot_every=int(os.environ.get("LAPSTREAM_SNAPSHOT_EVERY", "100000")),
+            snapshot_every_s=float(os.environ.get("LAPSTREAM_SNAPSHOT_EVERY_S", "600")),
+            snapshot_min=int(os.environ.get("LAPSTREAM_SNAPSHOT_MIN", "2000")),
+            snapshot_fork=os.environ.get("LAPSTREAM_SNAPSHOT_FORK", "1") not in ("0", "false", "no"),
+            snapshot_min_wall_s=float(os.environ.get("LAPSTREAM_SNAPSHOT_MIN_WALL_S", "60")),
         )
         extra = os.environ.get("LAPSTREAM_FAUST_SETTINGS")
         if extra:   # expert tuning: a JSON object of Faust settings
@@ -218,7 +228,14 @@ def _tuned_consumer(app: faust.App, fetch_max_wait_ms: int) -> None:
             if guard is not None and guard.failed is not None:
                 await self.crash(guard.failed)
                 return False
-            return await super()._commit(offsets)
+            ok = await super()._commit(offsets)
+            if ok:   # what the group has really committed (snapshots wait for it)
+                done = getattr(self.app, "lapstream_committed", None)
+                if done is not None:
+                    for tp, off in offsets.items():
+                        if tp.topic == T.RAW.name:
+                            done[tp.partition] = off
+            return ok
 
         async def wait_first(self, *coros, timeout=None):
             first = coros[0] if coros else None
@@ -272,6 +289,146 @@ class SendGuard:
         if self.failed is None:
             self.failed = exc
             log.error("a derived event may be lost (%r): no further offset commit", exc)
+
+
+class KafkaSnapshots:
+    """``timing.snapshots`` as the adapter's snapshot store (agents.live.SnapshotStore).
+
+    Partition p of the topic holds the snapshots of timing.raw partition p. A
+    snapshot is written as chunks (key ``p:slot:i``, at most ``CHUNK`` bytes:
+    a producer refuses records over ~1 MB) and then a manifest (key ``p``, JSON:
+    the raw offset, the chunks' offsets and sizes, the whole's size and
+    blake2b). Two slots alternate, so that a snapshot being written never
+    overwrites (under compaction) the chunks of the one in force. A reader
+    looks for manifests from the end of the partition backwards, newest
+    first, and reads the chunks a manifest names by their offsets."""
+
+    CHUNK = 900_000
+    MAX_SCAN = 4096           # records looked at, from the end, for manifests
+
+    def __init__(self, bootstrap: str, kafka_kw: dict) -> None:
+        self.bootstrap = bootstrap
+        self.kafka_kw = kafka_kw
+        self.producer: AIOKafkaProducer | None = None
+        self.slot: dict[int, int] = {}
+
+    async def save(self, partition: int, offset: int, data: bytes) -> None:
+        import hashlib
+
+        import orjson
+
+        if self.producer is None:
+            prod = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=0,
+                                    max_request_size=2 * self.CHUNK, **self.kafka_kw)
+            await prod.start()
+            self.producer = prod
+        prod = self.producer
+        slot = 1 - self.slot.get(partition, 1)
+        chunks = []
+        for i, at in enumerate(range(0, max(1, len(data)), self.CHUNK)):
+            piece = data[at:at + self.CHUNK]
+            md = await prod.send_and_wait(T.SNAPSHOTS.name, value=piece, partition=partition,
+                                          key=f"{partition}:{slot}:{i}".encode())
+            chunks.append([md.offset, len(piece)])
+        manifest = {"snapshot": 1, "partition": partition, "offset": offset, "slot": slot, "chunks": chunks,
+                    "size": len(data), "sum": hashlib.blake2b(data, digest_size=16).hexdigest()}
+        await prod.send_and_wait(T.SNAPSHOTS.name, value=orjson.dumps(manifest), partition=partition,
+                                 key=str(partition).encode())
+        self.slot[partition] = slot
+
+    async def close(self) -> None:
+        if self.producer is not None:
+            prod, self.producer = self.producer, None
+            await prod.stop()
+
+    @staticmethod
+    async def _read(consumer, tp, lo: int, hi: int):
+        """Records lo <= offset < hi of ``tp`` (those the log still has)."""
+        if hi <= lo:
+            return
+        consumer.seek(tp, lo)
+        empty = 0
+        while True:
+            batch = await consumer.getmany(tp, timeout_ms=500, max_records=64)
+            recs = batch.get(tp, ())
+            for rec in recs:
+                if rec.offset >= hi:
+                    return
+                if rec.offset >= lo:
+                    yield rec
+            if recs:
+                empty = 0
+                if recs[-1].offset >= hi - 1:
+                    return
+                continue
+            if await consumer.position(tp) >= hi:
+                return
+            empty += 1
+            if empty >= 3:
+                return
+
+    async def _assemble(self, consumer, tp, m: dict) -> bytes | None:
+        """The bytes of a manifest's snapshot, or None if a chunk is gone or damaged."""
+        import hashlib
+
+        parts = []
+        try:
+            for c_off, size in m["chunks"]:
+                got = None
+                async for rec in self._read(consumer, tp, c_off, c_off + 1):
+                    got = rec
+                if got is None or got.offset != c_off or got.value is None or len(got.value) != size:
+                    raise ValueError(f"chunk at {c_off} gone")
+                parts.append(got.value)
+        except (ValueError, TypeError) as exc:
+            log.warning("%s[%s]: snapshot at offset %s incomplete (%s)", tp.topic, tp.partition, m["offset"], exc)
+            return None
+        data = b"".join(parts)
+        if len(data) != m.get("size") or hashlib.blake2b(data, digest_size=16).hexdigest() != m.get("sum"):
+            log.warning("%s[%s]: snapshot at offset %s damaged", tp.topic, tp.partition, m["offset"])
+            return None
+        return data
+
+    async def candidates(self, partition: int, upto: int):
+        import orjson
+
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None,
+                                    auto_offset_reset="earliest", max_partition_fetch_bytes=4 * self.CHUNK,
+                                    **self.kafka_kw)
+        await consumer.start()
+        try:
+            tp = TopicPartition(T.SNAPSHOTS.name, partition)
+            consumer.assign([tp])
+            begin = (await consumer.beginning_offsets([tp])).get(tp, 0)
+            end = (await consumer.end_offsets([tp])).get(tp, 0)
+            hi, window = end, 4
+            seen: set = set()
+            # backwards from the end, a window at a time (a reader stops at
+            # the first snapshot it can use: usually the last record)
+            while hi > begin and end - hi < self.MAX_SCAN:
+                lo = max(begin, hi - window)
+                manifests: list[dict] = []
+                async for rec in self._read(consumer, tp, lo, hi):
+                    if rec.key is not None and b":" not in rec.key and rec.value:
+                        try:
+                            m = orjson.loads(rec.value)
+                        except orjson.JSONDecodeError:
+                            continue
+                        if type(m) is dict and m.get("partition") == partition \
+                                and type(m.get("offset")) is int and type(m.get("chunks")) is list:
+                            manifests.append(m)
+                hi, window = lo, window * 4
+                manifests.sort(key=lambda m: -m["offset"])
+                for m in manifests:
+                    if m["offset"] > upto or m["offset"] in seen:
+                        continue
+                    seen.add(m["offset"])
+                    data = await self._assemble(consumer, tp, m)
+                    if data is not None:
+                        self.slot.setdefault(partition, m.get("slot") if m.get("slot") in (0, 1) else 1)
+                        yield data
+        finally:
+            await consumer.stop()
 
 
 class Health:
@@ -393,8 +550,17 @@ def create_app(settings: Settings) -> faust.App:
         finally:
             await consumer.stop()
 
+    committed_now: dict[int, int] = {}    # timing.raw partition -> offset this worker committed
+    app.lapstream_committed = committed_now
+    snapshots = KafkaSnapshots(bootstrap, kafka_kw) if settings.snapshot_every > 0 else None
     adapter = LiveAdapter(send, rebuild_source, metrics,
-                          max_record_bytes=int(app.conf.producer_max_request_size))
+                          max_record_bytes=int(app.conf.producer_max_request_size),
+                          snapshots=snapshots, committed_now=committed_now.get,
+                          snapshot_every=max(1, settings.snapshot_every),
+                          snapshot_every_us=int(settings.snapshot_every_s * 1e6),
+                          snapshot_min=max(1, min(settings.snapshot_min, settings.snapshot_every or 1)),
+                          snapshot_fork=settings.snapshot_fork,
+                          snapshot_min_wall_s=settings.snapshot_min_wall_s)
     app.lapstream = adapter          # for tests and the demo
     app.lapstream_metrics = metrics
     app.lapstream_health = health
@@ -518,6 +684,23 @@ def create_app(settings: Settings) -> faust.App:
             metrics.broker_unreachable.set(health.broker.unreachable_s())
             await asyncio.sleep(2.0)
 
+    @app.task
+    async def snapshot_producer() -> None:
+        """Closes the snapshot store's producer when the worker stops."""
+        if snapshots is None:
+            return
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await snapshots.close()
+
+    @app.timer(interval=2.0)
+    async def save_snapshots() -> None:
+        """Snapshots taken on the record path are written here, once the group
+        has committed their offset (never after a lost send: no commit then)."""
+        if snapshots is not None and sends.failed is None:
+            await adapter.save_snapshots()
+
     @app.timer(interval=5.0)
     async def state_size() -> None:
         metrics.state_size.set(adapter.state_size())
@@ -537,7 +720,13 @@ def create_app(settings: Settings) -> faust.App:
                 "rebuilding": adapter.rebuilding + sum(1 for t in adapter.pending.values() if not t.done()),
                 "partitions": sorted(set(adapter.procs) | set(adapter.pending)),
                 "broker_unreachable_s": round(health.broker.unreachable_s(), 1),
-                "rebuilt_messages": adapter.rebuilt_messages}
+                "rebuilt_messages": adapter.rebuilt_messages,
+                "snapshots": {"loaded": adapter.snapshot_loads["loaded"],
+                              "rejected": adapter.snapshot_loads["rejected"],
+                              "none": adapter.snapshot_loads["none"],
+                              "taken": adapter.snapshots_taken, "saved": adapter.snapshots_saved,
+                              "unsaved": len(adapter.unsaved),
+                              "in_child": adapter.forking is not None and not adapter.forking.done()}}
         return web.json(body, status=200 if ok else 503)
 
     return app

@@ -146,6 +146,21 @@ CATALOGUE: tuple[MetricSpec, ...] = (
                "broker lost acknowledged records) or its log ended before the committed offset."),
     MetricSpec("lapstream_broker_unreachable_seconds", "gauge",
                "Seconds the broker has not answered this worker's metadata probe (0: reachable)."),
+    # -- partition snapshots (issue 7: a rebuild without re-reading the season; agents/live.py) --
+    MetricSpec("lapstream_snapshots_written_total", "counter",
+               "Snapshots of a partition's core state written to timing.snapshots."),
+    MetricSpec("lapstream_snapshot_loads_total", "counter",
+               "Snapshots at a rebuild of a partition: loaded (the rebuild started from it), "
+               "rejected (unusable: corrupt, another version or configuration, beyond the log or not "
+               "what the log holds; the next older is tried), none (a rebuild without a usable "
+               "snapshot: the whole log is read).",
+               ("result",)),
+    MetricSpec("lapstream_snapshot_bytes", "gauge",
+               "Size of the last snapshot this worker wrote (compressed)."),
+    MetricSpec("lapstream_snapshot_duration_seconds", "histogram",
+               "Time to serialise one partition's state into a snapshot (in a forked child by "
+               "default, LAPSTREAM_SNAPSHOT_FORK=0: on the event loop, records waiting).", (),
+               (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)),
 )
 
 # -- gateway (``lapstream serve``, streams/gateway.py): its own process, so its
@@ -252,3 +267,7 @@ class Metrics:
     build = property(lambda s: s._m["lapstream_build"])
     log_truncations = property(lambda s: s._m["lapstream_log_truncations_total"])
     broker_unreachable = property(lambda s: s._m["lapstream_broker_unreachable_seconds"])
+    snapshots_written = property(lambda s: s._m["lapstream_snapshots_written_total"])
+    snapshot_loads = property(lambda s: s._m["lapstream_snapshot_loads_total"])
+    snapshot_bytes = property(lambda s: s._m["lapstream_snapshot_bytes"])
+    snapshot_duration = property(lambda s: s._m["lapstream_snapshot_duration_seconds"])

@@ -39,8 +39,18 @@ RESULTS = TopicSpec("timing.results", 12, "race_id", compacted=True,
 STANDINGS = TopicSpec("timing.standings", 12, "group (standings) / event (classification)",
                       compacted=True, configs=(("min.compaction.lag.ms", str(DAY_MS)),))
 DEADLETTER = TopicSpec("timing.deadletter", 3, "source key")
+# Snapshots of the workers' state (agents/live.py; issue 7: a rebuild without
+# re-reading the season). Partition p holds the snapshots of timing.raw
+# partition p: chunks (key "p:slot:i", the two slots alternate so a snapshot
+# being written never overwrites the one in force) then a manifest (key "p")
+# naming their offsets. Compacted: the latest manifest and its chunks stay.
+# Internal to the workers; a snapshot of another version or configuration is
+# ignored (the partition is rebuilt from timing.raw).
+SNAPSHOTS = TopicSpec("timing.snapshots", RAW.partitions, "timing.raw partition (manifest) / partition:slot:chunk",
+                      compacted=True, configs=(("max.message.bytes", "2097152"),
+                                               ("segment.ms", str(3600 * 1000))))
 
-ALL = (RAW, RECORDS_REF, SPLITS, FINISHES, INCIDENTS, RECORDS, RESULTS, STANDINGS, DEADLETTER)
+ALL = (RAW, RECORDS_REF, SPLITS, FINISHES, INCIDENTS, RECORDS, RESULTS, STANDINGS, DEADLETTER, SNAPSHOTS)
 DERIVED = (SPLITS, FINISHES, INCIDENTS, RECORDS, RESULTS, STANDINGS)
 STATE = (RESULTS, STANDINGS)   # compacted: the latest record per key is the current state
 

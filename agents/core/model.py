@@ -108,7 +108,7 @@ class Venue:
     hb: dict[str, int]
     seqs: dict[str, dict[int, int]]
     transponders: dict[str, SkaterRun]
-    pending: dict[tuple[int, str], Pending]    # (id of the SkaterRun, loop) -> the open crossing
+    pending: dict[tuple[SkaterRun, str], Pending]   # (the SkaterRun, loop) -> the open crossing
     races: list[Race]                          # started races (current attempts) on the timeline
     next_due: float
     seq_pruned: int

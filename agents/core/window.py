@@ -111,7 +111,7 @@ def passing(eng: Engine, msg: dict, out: list) -> None:
     if t < v.clock - eng.reorder_us:
         eng.outcome = IGNORED_LATE
         return
-    key = (id(run), loop)
+    key = (run, loop)        # (the run itself: hashed by identity, and kept by a snapshot)
     p = v.pending.get(key)
     if p is None:
         v.pending[key] = Pending(t, run, loop, at_m)
@@ -173,7 +173,7 @@ def timeline(eng: Engine, v: Venue, horizon: float, out: list) -> None:
                         dl_run = s
         if best is not None and best_t <= dl_t and best_t < horizon:
             run = best.run
-            del pending[(id(run), best.loop)]
+            del pending[(run, best.loop)]
             # placed at its first read, for this time and the skater's same last crossing: known
             crossing(eng, run, best.loop, best.at_m, best_t, out,
                      best.d if best.sig == (best_t, run.last_t) else UNPLACED)
