@@ -157,11 +157,11 @@ class RefLog:
         th = parse_record_time(msg["time"])
         items = self.items
         if msg.get("origin") != "lapstream":
-            key = ("book", ident, msg["t_us"], th, msg["holder"])
-            if key not in items:
-                items[key] = (raw, False, th)
+            book: tuple = ("book", ident, msg["t_us"], th, msg["holder"])
+            if book not in items:
+                items[book] = (raw, False, th)
             return
-        key = ("own", ident, msg.get("race_id"), msg["holder"])
+        key: tuple = ("own", ident, msg.get("race_id"), msg["holder"])
         withdrawn = bool(msg.get("withdrawn"))
         cur = items.get(key)
         if withdrawn or (cur is not None and not cur[1]):
@@ -298,7 +298,7 @@ def fork_packer(make: Callable[[], bytes]) -> tuple[int, int]:
 
 
 def _read_all(fd: int) -> bytes:
-    parts = []
+    parts: list[bytes] = []
     try:
         while True:
             b = os.read(fd, 1 << 20)
@@ -424,7 +424,7 @@ class LiveAdapter:
         return proc
 
     async def _replay(self, proc: Processor, partition: int, start: int, end: int,
-                      seen_from: int | None = None, check: str | None = None) -> int:
+                      seen_from: int | None = None, check: str | None = None) -> int | None:
         """Feed records [start, end) of the partition into ``proc``, emitting
         nothing. Returns the last offset fed (``start - 1``: none). With
         ``seen_from``, records [seen_from, start) are read into the redelivery
@@ -483,7 +483,8 @@ class LiveAdapter:
             return got
         proc = self._new_processor()
         try:
-            last = await self._replay(proc, partition, 0, upto)
+            full = await self._replay(proc, partition, 0, upto)
+            last = upto - 1 if full is None else full   # (None only when a check fails; none here)
         finally:
             self.building.discard(proc)
         self.snap_at[partition] = (0, -1)
