@@ -50,6 +50,10 @@ from agents.core import snapshot as snap
 from agents.core.engine import CoreConfig, Engine, own_record_key, record_ref_of
 from agents.core.statesize import approx_state_bytes
 from schemas.decode import Rejected, decode, parse_record_time
+# the dead letter that fits the producer (cut, headers say so): one definition,
+# shared with replay and record (DEADLETTER_KEY_MAX, RECORD_OVERHEAD re-exported)
+from streams.deadletter import (DEADLETTER_KEY_MAX, MAX_RECORD_BYTES, RECORD_OVERHEAD,  # noqa: F401
+                                deadletter_record, record_size)
 from streams.process import Processor, internal
 from streams.topics import DEADLETTER, RECORDS_REF, TOPIC_OF_KIND, key_of
 
@@ -57,41 +61,6 @@ Send = Callable[[str, Optional[bytes], bytes, Optional[list]], Awaitable[None]]
 RebuildSource = Callable[[int, int, int], AsyncIterator[tuple]]   # (partition, start, end) -> (offset, key, value)
 
 log = logging.getLogger("lapstream")
-
-# A Kafka producer refuses a record larger than its max request size (Faust's
-# default: 1,000,000 bytes): a dead letter that large is cut (headers say so),
-# a derived event that large is not sent (its record is dead-lettered).
-MAX_RECORD_BYTES = 1_000_000
-DEADLETTER_KEY_MAX = 1024          # a dead letter's key is cut beyond this
-RECORD_OVERHEAD = 512              # batch and record framing, generously
-
-
-def record_size(key: bytes | None, value: bytes | None, headers) -> int:
-    """An upper bound of a record's size as a producer counts it."""
-    n = RECORD_OVERHEAD + (len(key) if key else 0) + (len(value) if value else 0)
-    for h, v in headers or ():
-        n += len(h) + len(v) + 10
-    return n
-
-
-def deadletter_record(key: bytes | None, value: bytes | None, headers: list,
-                      limit: int = MAX_RECORD_BYTES) -> tuple:
-    """(key, value, headers) of a dead letter that fits the producer: the
-    original bytes, or their first bytes with ``truncated: true`` and
-    ``original-size`` (and ``original-key-size``) headers."""
-    headers = list(headers)
-    if value is None:    # a record without a value: a dead letter always has one
-        headers.append(("null-value", b"true"))
-        value = b""
-    if key is not None and len(key) > DEADLETTER_KEY_MAX:
-        headers.append(("original-key-size", str(len(key)).encode()))
-        key = key[:DEADLETTER_KEY_MAX]
-    if value is not None and record_size(key, value, headers) > limit:
-        headers.append(("truncated", b"true"))
-        headers.append(("original-size", str(len(value)).encode()))
-        value = value[:max(0, limit - record_size(key, b"", headers))]
-    return key, value, headers
-
 
 RECENT_RECORDS = 2048      # per partition: digests kept to tell a redelivery from a reused offset
 
