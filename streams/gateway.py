@@ -750,7 +750,7 @@ async def serve(settings: GatewaySettings, on_started=None, stop: Optional[async
         try:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
-            pass
+            pass   # not the main thread (tests run serve in one) or no signals here: stop comes from ``stop``
     try:
         await stop.wait()
     finally:

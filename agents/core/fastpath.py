@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .clockguard import MAX_SOURCES
 from .falls import OUTAGE_GAP_US
 from .retention import sweep
 
@@ -52,19 +51,7 @@ def beat(guard: ClockGuard, eng: Engine, msg: dict) -> list[dict] | None:
     if t > clock and (t - clock > OUTAGE_GAP_US or t - reorder > v.next_due
                       or t > clock + eng.max_jump_us):
         return None
-    # (srcs.applied(source, t), inline)
-    by = srcs.by
-    c = by.get(source)
-    if c is None and len(by) < MAX_SOURCES or c is not None and t > c:
-        by[source] = t
-        if source == srcs.top_src:
-            srcs.top = t
-        elif t > srcs.top:
-            srcs.second = srcs.top
-            srcs.top_src = source
-            srcs.top = t
-        elif t > srcs.second:
-            srcs.second = t
+    srcs.applied(source, t)
     hb = v.hb
     if t > hb.get(source, -1):
         hb[source] = t
