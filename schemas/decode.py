@@ -19,7 +19,9 @@ LEVELS = frozenset(("OWG", "WCH", "WC", "CC", "NAT", "OTHER"))
 DECISION_CODES = frozenset(("DQ", "DNF", "DNS", "WDR", "FALL", "OFFICIAL", "VOID"))
 RECORD_TYPES = frozenset(("WR", "OR", "TR", "NR", "PB", "SB"))
 IRM_CODES = frozenset(("DQ", "DNF", "DNS", "WDR"))
-_TIME_RE = re.compile(r"^(?:(\d+):([0-5]\d)|(\d{1,2}))\.(\d{2})$")
+# the contract's hundredths (schemas/json: $defs/time), ASCII digits only and
+# no trailing newline (``\d`` and ``$`` would accept "\u0663\u0664.00" and "34.32\n")
+_TIME_RE = re.compile(r"(?:([1-9][0-9]*):([0-5][0-9])|([1-5]?[0-9]))\.([0-9]{2})\Z", re.ASCII)
 
 
 class Rejected(Exception):
@@ -35,7 +37,7 @@ class Rejected(Exception):
 
 def parse_record_time(text: str) -> int:
     """'2:53.89' -> 17389 (hundredths); '34.41' -> 3441."""
-    m = _TIME_RE.match(text)
+    m = _TIME_RE.match(text) if type(text) is str else None
     if m is None:
         raise ValueError(f"not a record time: {text!r}")
     mins, secs, secs_only, hund = m.groups()
@@ -268,10 +270,16 @@ def _record_ref(msg: dict) -> None:
     if "scope" not in msg:
         raise Rejected("missing_field", "record_ref: missing required field 'scope'")
     _check(msg, "record_ref", "scope", STR_OR_NULL)
-    _check(msg, "record_ref", "set_on", STR_OR_NULL, required=False)
-    _check(msg, "record_ref", "venue", STR_OR_NULL, required=False)
+    _check(msg, "record_ref", "set_on", STR)
+    _check(msg, "record_ref", "venue", STR)
     if msg["format"] not in FORMATS:
         raise Rejected("bad_value", f"record_ref: unknown format {msg['format']!r}")
+    if not msg["gender"]:
+        raise Rejected("bad_value", "record_ref: gender must not be empty")
+    if msg["distance_m"] <= 0:
+        raise Rejected("bad_value", "record_ref: distance_m must be > 0")
+    if msg["scope"] == "":
+        raise Rejected("bad_value", "record_ref: scope must not be empty")
     rec, scope = msg["record"], msg["scope"]
     if (rec == "WR") != (scope is None):
         raise Rejected("bad_value", f"record_ref: a {rec} has {'no' if rec == 'WR' else 'a'} scope")
@@ -280,9 +288,11 @@ def _record_ref(msg: dict) -> None:
     if rec in ("PB", "SB") and msg["format"] != "individual":
         raise Rejected("bad_value", f"record_ref: {rec} applies to individual distances only")
     try:
-        parse_record_time(msg["time"])
+        hund = parse_record_time(msg["time"])
     except ValueError:
         raise Rejected("bad_value", f"record_ref: time {msg['time']!r} is not S.hh or M:SS.hh") from None
+    if hund <= 0:
+        raise Rejected("bad_value", f"record_ref: time {msg['time']!r} must be > 0")
 
 
 _DEEP = {

@@ -477,7 +477,9 @@ def test_mass_start_points_then_finishing_order():
     (b'{"kind":"decision","v":1,"t_us":1,"race_id":"NOPE","code":"OFFICIAL"}', "never set up"),
     (b'{"kind":"decision","v":1,"t_us":1,"race_id":"R1","code":"MAYBE"}', "unknown code"),
     (b'{"kind":"record_ref","v":1,"t_us":1,"record":"WR","format":"individual","gender":"M",'
-     b'"distance_m":500,"scope":null,"time":"fast","holder":"X"}', "time"),
+     b'"distance_m":500,"scope":null,"time":"fast","holder":"X","set_on":"2020-01-01","venue":"V"}', "time"),
+    (b'{"kind":"record_ref","v":1,"t_us":1,"record":"WR","format":"individual","gender":"M",'
+     b'"distance_m":500,"scope":null,"time":"34.00","holder":"X"}', "set_on"),
     (b"x" * 300_000, "exceeds"),
 ])
 def test_bad_lines_become_dead_letters_and_the_race_goes_on(line, reason):
