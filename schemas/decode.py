@@ -71,7 +71,10 @@ def _check(msg: dict, kind: str, name: str, want: str, required: bool = True):
     else:  # STR_OR_NULL
         ok = t is str or val is None
     if not ok:
-        raise Rejected("wrong_type", f"{kind}: field {name!r} must be {want}, got {type(val).__name__}")
+        got = type(val).__name__
+        if want is INT and t is float:   # (orjson reads an integer beyond 64 bits as a float)
+            got = "a number with a fraction or an exponent, or an integer beyond 64 bits"
+        raise Rejected("wrong_type", f"{kind}: field {name!r} must be {want}, got {got}")
     return val
 
 
@@ -105,7 +108,7 @@ def decode(raw: bytes | str) -> dict:
     try:
         msg = _loads(raw)
     except _JSONDecodeError as exc:
-        raise Rejected("not_json", f"not valid JSON: {exc}") from None
+        raise Rejected("not_json", _not_json(raw, exc)) from None
     # fast paths for the two kinds that are 99% of a feed; anything odd falls
     # through to the full check, which says what is wrong
     if type(msg) is dict:
@@ -129,6 +132,17 @@ def decode(raw: bytes | str) -> dict:
         except KeyError:
             pass   # the full check below names the missing field
     return _decode_slow(msg)
+
+
+def _not_json(raw: bytes | str, exc: Exception) -> str:
+    """Why a message is not JSON, in words a producer can act on (orjson says
+    "surrogates not allowed" for any invalid UTF-8)."""
+    if type(raw) is not str:
+        try:
+            bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as bad:
+            return f"not valid JSON: not UTF-8 (byte {bad.start}: {bytes(raw)[bad.start:bad.start + 1]!r})"
+    return f"not valid JSON: {exc}"
 
 
 def _decode_slow(msg) -> dict:

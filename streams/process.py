@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import io
+from base64 import b64encode
 from typing import Iterable, Iterator
 
 from agents.core import CoreConfig, Engine
@@ -157,8 +158,11 @@ def _loads_or_none(raw):
 
 
 def deadletter_line(line_no: int, error: str, raw: bytes) -> dict:
+    """An offline dead letter: ``raw`` the line for reading (invalid UTF-8 as
+    ``\\xNN``), ``raw_b64`` its bytes exactly (without the line's ending)."""
     return {"kind": "deadletter", "v": 1, "line": line_no, "error": error,
-            "raw": raw.decode("utf-8", errors="backslashreplace")}
+            "raw": raw.decode("utf-8", errors="backslashreplace"),
+            "raw_b64": b64encode(raw).decode("ascii")}
 
 
 def process_lines(lines: Iterable[bytes], processor: Processor | None = None,

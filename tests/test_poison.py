@@ -10,6 +10,7 @@ broker.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 
 import orjson
@@ -134,6 +135,7 @@ def test_offline_any_bytes_apply_or_become_a_dead_letter(bad):
     for d in (e for e in out if e["kind"] == "deadletter"):
         assert d["error"] and "\n" not in d["error"] and "\r" not in d["error"]
         assert lines[d["line"] - 1].decode("utf-8", "backslashreplace") == d["raw"]
+        assert base64.b64decode(d["raw_b64"], validate=True) == lines[d["line"] - 1]   # the bytes exactly
     # only the inserted lines may be dead-lettered (a valid line of the feed
     # is never refused because junk came before it, except records a junk
     # message legitimately changed: not asserted for arbitrary valid values)
