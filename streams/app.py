@@ -489,7 +489,7 @@ def create_app(settings: Settings) -> faust.App:
     app.lapstream_sends = sends
     producer = app.producer
 
-    async def send(topic: str, key, value: bytes, headers) -> None:
+    async def send(topic: str, key, value: bytes | None, headers) -> None:
         # straight to Faust's producer (the one it flushes before every commit):
         # Faust's Topic.send adds a codec pass and a FutureMessage per event
         fut = await producer.send(topic, key, value, None, None, headers)
