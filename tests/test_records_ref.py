@@ -31,7 +31,7 @@ from tests.msgs import S, T0
 PROFILE = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # any text, with the characters the key uses weighted in
-texts = st.text(alphabet=st.one_of(st.sampled_from("|\\e"), st.characters()), max_size=12)
+texts = st.text(alphabet=st.one_of(st.sampled_from("|\\e"), st.characters(codec="utf-8")), max_size=12)
 fields = st.tuples(texts, texts, texts, st.integers(min_value=-10**12, max_value=10**12),
                    st.none() | texts, st.none() | texts, texts)
 
