@@ -26,7 +26,8 @@ from . import falls, provisional, records, referee, results, retention, window
 from .config import CoreConfig
 from .falls import OUTAGE_GAP_US
 from .model import CompRun, Kept, Outcome, Race, RaceDef, Ref, SkaterRun, Venue
-from .records import encode_own_key, own_record_key, own_ref_update, parse_own_record_key, record_key, record_ref_of
+from .records import (encode_own_key, own_record_key, own_ref_update, parse_own_record_key, record_key,
+                      record_ref_of)
 
 __all__ = ["CoreConfig", "Engine", "Outcome", "encode_own_key", "own_record_key", "own_ref_update",
            "parse_own_record_key", "record_key", "record_ref_of"]
