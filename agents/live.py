@@ -47,7 +47,7 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable, Optional, Proto
 import orjson
 
 from agents.core import snapshot as snap
-from agents.core.engine import CoreConfig, Engine, own_record_key, record_ref_of
+from agents.core.engine import CoreConfig, Engine, own_ref_update
 from agents.core.statesize import approx_state_bytes
 from schemas.decode import Rejected, decode, parse_record_time
 # the dead letter that fits the producer (cut, headers say so): one definition,
@@ -55,9 +55,10 @@ from schemas.decode import Rejected, decode, parse_record_time
 from streams.deadletter import (DEADLETTER_KEY_MAX, MAX_RECORD_BYTES, RECORD_OVERHEAD,  # noqa: F401
                                 deadletter_record, record_size)
 from streams.process import Processor, internal
+from streams.tombstones import withdrawal_of_tombstone
 from streams.topics import DEADLETTER, RECORDS_REF, TOPIC_OF_KIND, key_of
 
-Send = Callable[[str, Optional[bytes], bytes, Optional[list]], Awaitable[None]]
+Send = Callable[[str, Optional[bytes], Optional[bytes], Optional[list]], Awaitable[None]]   # value None: a tombstone
 RebuildSource = Callable[[int, int, int], AsyncIterator[tuple]]   # (partition, start, end) -> (offset, key, value)
 
 log = logging.getLogger("lapstream")
@@ -114,35 +115,41 @@ class RefLog:
     - lapstream's own (``foreign``, key: identity, race, holder): the latest,
       placed as the core's dict places it (a new time replaces in place, the
       same time keeps the older, a set after a withdrawal goes last); a
-      withdrawal is kept (it takes the claim out of a snapshot's state)."""
+      withdrawal (a tombstone, or an older version's ``withdrawn: true``)
+      deletes the key, as compaction does: a processor built later never
+      holds the claim (one loaded from a snapshot has its claims cleared and
+      given again from here: ``refs_onto_snapshot``)."""
 
     __slots__ = ("items",)
 
     def __init__(self) -> None:
-        self.items: dict[tuple, tuple[bytes, bool, int]] = {}   # key -> (raw, withdrawn, hundredths)
+        self.items: dict[tuple, tuple[bytes, int]] = {}   # key -> (raw, hundredths)
 
     def add(self, raw: bytes, msg: dict) -> None:
         ident = (msg["record"], msg["format"], msg["gender"], msg["distance_m"], msg.get("scope"))
-        th = parse_record_time(msg["time"])
         items = self.items
         if msg.get("origin") != "lapstream":
+            th = parse_record_time(msg["time"])
             book: tuple = ("book", ident, msg["t_us"], th, msg["holder"])
             if book not in items:
-                items[book] = (raw, False, th)
+                items[book] = (raw, th)
             return
+        if msg.get("withdrawn"):
+            self.forget(ident, msg.get("race_id"), msg["holder"])
+            return
+        th = parse_record_time(msg["time"])
         key: tuple = ("own", ident, msg.get("race_id"), msg["holder"])
-        withdrawn = bool(msg.get("withdrawn"))
         cur = items.get(key)
-        if withdrawn or (cur is not None and not cur[1]):
-            if cur is not None and not cur[1] and not withdrawn and cur[2] == th:
-                return                         # the core keeps the older: a repeat
-            items[key] = (raw, withdrawn, th)  # in place
-        else:
-            items.pop(key, None)               # new, or after a withdrawal: last
-            items[key] = (raw, False, th)
+        if cur is not None and cur[1] == th:
+            return                 # the core keeps the older: a repeat
+        items[key] = (raw, th)     # in place, or new: last
+
+    def forget(self, ident: tuple, race_id: str | None, holder: str) -> None:
+        """A record lapstream set, taken back."""
+        self.items.pop(("own", ident, race_id, holder), None)
 
     def __iter__(self):
-        return (raw for raw, _, _ in self.items.values())
+        return (raw for raw, _ in self.items.values())
 
     def __len__(self) -> int:
         return len(self.items)
@@ -742,13 +749,32 @@ class LiveAdapter:
                 bad = why
         return bad
 
+    def on_ref_tombstone(self, key: bytes | None) -> Rejected | None:
+        """A tombstone on ``timing.records.ref``: a record lapstream set, taken
+        back (its key says which: ``streams.tombstones``). Every processor lets
+        the claim go (the core gets a withdrawal ``record_ref`` built from the
+        key) and the reference log forgets it. A key that is not one of ours
+        is rejected (the caller dead-letters the key and the null value)."""
+        try:
+            msg = withdrawal_of_tombstone(key)
+        except Rejected as rej:
+            return rej
+        self.refs.forget((msg["record"], msg["format"], msg["gender"], msg["distance_m"], msg["scope"]),
+                         msg["race_id"], msg["holder"])
+        bad = None
+        for proc in list(self.procs.values()) + list(self.building):
+            _, why = proc.handle_msg(msg)
+            if why is not None and bad is None:
+                bad = why
+        return bad
+
     async def on_ref_record(self, partition: int, offset: int, key: bytes | None, value: bytes | None,
                             source_topic: str = RECORDS_REF.name) -> Rejected | None:
         """``on_ref`` for a record of the topic: a bad one is dead-lettered
         (by every worker that reads it: each reads the whole topic; the
         source headers tell repeats apart)."""
         try:
-            rej = self.on_ref(value if value is not None else b"")   # a tombstone: not JSON
+            rej = self.on_ref(value) if value is not None else self.on_ref_tombstone(key)
         except Exception as exc:
             rej = internal(exc)
         if rej is not None:
@@ -881,9 +907,10 @@ class LiveAdapter:
                 continue
             out.append((TOPIC_OF_KIND[kind], k, v, trace))
             if kind == "record":
-                ref = record_ref_of(ev)
-                if ref is not None:
-                    out.append((RECORDS_REF.name, own_record_key(ref).encode(), dumps(ref), None))
+                upd = own_ref_update(ev)
+                if upd is not None:   # a record in force, or a tombstone: taken back
+                    rk, ref = upd
+                    out.append((RECORDS_REF.name, rk.encode(), None if ref is None else dumps(ref), None))
         if too_large:
             out.append(None)
         return out

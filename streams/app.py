@@ -435,6 +435,7 @@ class Health:
     def __init__(self, broker_down_s: float = 15.0) -> None:
         self.assigned = False
         self.refs_loaded = False
+        self.refs_next: dict[int, int] = {}   # timing.records.ref partition -> next offset to apply
         self.started = False
         self.refs_event = asyncio.Event()
         self.broker = BrokerWatch(broker_down_s)
@@ -489,7 +490,7 @@ def create_app(settings: Settings) -> faust.App:
     app.lapstream_sends = sends
     producer = app.producer
 
-    async def send(topic: str, key, value: bytes, headers) -> None:
+    async def send(topic: str, key, value: bytes | None, headers) -> None:
         # straight to Faust's producer (the one it flushes before every commit):
         # Faust's Topic.send adds a codec pass and a FutureMessage per event
         fut = await producer.send(topic, key, value, None, None, headers)
@@ -619,8 +620,10 @@ def create_app(settings: Settings) -> faust.App:
                 batch = await consumer.getmany(*tps, timeout_ms=200)
                 for tp, recs in batch.items():
                     for rec in recs:
-                        # a bad reference is dead-lettered, never raised
+                        # a bad reference is dead-lettered, never raised; a tombstone
+                        # (null value) takes back a record lapstream set
                         await adapter.on_ref_record(tp.partition, rec.offset, rec.key, rec.value)
+                        health.refs_next[tp.partition] = rec.offset + 1
                 # loaded = at the end offsets AND a fetch came back empty (an end
                 # offset can be low on a broker with tansu's ListOffsets answer)
                 if not health.refs_loaded and not batch:
@@ -717,6 +720,8 @@ def create_app(settings: Settings) -> faust.App:
     async def readyz(web, request):
         ok = health.ready(adapter)
         body = {"ready": ok, "assigned": health.assigned, "refs_loaded": health.refs_loaded,
+                # the references applied: timing.records.ref partition -> next offset
+                "refs_next_offset": {str(p): o for p, o in sorted(health.refs_next.items())},
                 "rebuilding": adapter.rebuilding + sum(1 for t in adapter.pending.values() if not t.done()),
                 "partitions": sorted(set(adapter.procs) | set(adapter.pending)),
                 "broker_unreachable_s": round(health.broker.unreachable_s(), 1),

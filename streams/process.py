@@ -88,6 +88,24 @@ class Processor:
         self._kind = kind
         return self._act(acts, raw)
 
+    def handle_msg(self, msg: dict) -> tuple[list[dict], Rejected | None]:
+        """A message the adapter built, not decoded from bytes (the withdrawal
+        of a tombstone on ``timing.records.ref``: ``streams.tombstones``):
+        applied as ``handle`` applies a decoded ``record_ref`` (which the clock
+        guard never holds)."""
+        if self.late:
+            self.late = []
+        try:
+            events = self.engine.apply(msg)
+        except Rejected as rej:
+            self.rejected(b"", msg)
+            return [], rej
+        except Exception as exc:  # a bug must not stop the pipeline
+            self.rejected(b"", msg)
+            return [], internal(exc)
+        self.msg = msg
+        return events, None
+
     def _act(self, acts: list, raw: bytes) -> tuple[list[dict], Rejected | None]:
         """Apply or refuse what the clock guard released, in order."""
         events: list[dict] = []
@@ -157,6 +175,27 @@ def _loads_or_none(raw):
         return None
 
 
+def _tombstone(line: bytes):
+    """A recorded tombstone of ``timing.records.ref`` (``lapstream record``
+    writes one for a record taken back): the withdrawal the live adapter gives
+    the core for it, or ([], the rejection) of a key that is not ours; None
+    for any other line."""
+    import orjson
+
+    from streams.tombstones import tombstone_of_line, withdrawal_of_tombstone
+
+    try:
+        tomb = tombstone_of_line(orjson.loads(line))
+    except orjson.JSONDecodeError:
+        return None
+    if tomb is None:
+        return None
+    try:
+        return withdrawal_of_tombstone(tomb[1])
+    except Rejected as rej:
+        return [], rej
+
+
 def deadletter_line(line_no: int, error: str, raw: bytes) -> dict:
     """An offline dead letter: ``raw`` the line for reading (invalid UTF-8 as
     ``\\xNN``), ``raw_b64`` its bytes exactly (without the line's ending)."""
@@ -175,7 +214,14 @@ def process_lines(lines: Iterable[bytes], processor: Processor | None = None,
             line = line.rstrip(b"\r\n")
         if not line or (line[0] != 123 and line.isspace()):   # 123: "{"
             continue
-        events, rej = handle(line, n)
+        if b'"tombstone"' in line and (tomb := _tombstone(line)) is not None:
+            if isinstance(tomb, tuple):   # a key that is not ours: a dead letter
+                proc.rejected(line)
+                events, rej = tomb
+            else:
+                events, rej = proc.handle_msg(tomb)
+        else:
+            events, rej = handle(line, n)
         if proc.late:
             for tag, raw, why in proc.late:
                 yield deadletter_line(tag, str(why), raw)

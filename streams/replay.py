@@ -8,17 +8,21 @@ from typing import Callable, Iterable, Optional
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from agents.core.engine import record_key
+from agents.core.engine import own_record_key, record_key
 from streams import topics as T
 from streams.deadletter import recorded_deadletter
+from streams.tombstones import tombstone_line, tombstone_of_line
 
 
 def route(line: bytes, race_venue: dict[str, str], last_venue: Optional[str]) -> tuple[str, Optional[bytes], Optional[int]]:
     """(topic, key, t_us) of one feed line: record refs to ``timing.records.ref``
-    keyed by identity, the rest to ``timing.raw`` keyed by venue. Photos and
+    keyed by identity (one lapstream set: by its own key, as the worker
+    published it), the rest to ``timing.raw`` keyed by venue. Photos and
     decisions carry no venue; they are keyed by their race's venue. A line
     that is not a message still goes to ``timing.raw`` (the worker
-    dead-letters it), keyed by the last venue seen so it stays in order."""
+    dead-letters it), keyed by the last venue seen so it stays in order.
+    A recorded tombstone line (``streams.tombstones``) is routed by
+    ``tombstone_of_line``, not here."""
     try:
         msg = orjson.loads(line)
     except orjson.JSONDecodeError:
@@ -29,8 +33,11 @@ def route(line: bytes, race_venue: dict[str, str], last_venue: Optional[str]) ->
     kind = msg.get("kind")
     if kind == "record_ref":
         try:
-            key = record_key(msg["record"], msg["format"], msg["gender"], msg["distance_m"], msg.get("scope"))
-        except (KeyError, TypeError):
+            if msg.get("origin") == "lapstream":
+                key = own_record_key(msg)
+            else:
+                key = record_key(msg["record"], msg["format"], msg["gender"], msg["distance_m"], msg.get("scope"))
+        except (KeyError, TypeError, AttributeError):
             key = "invalid"
         return T.RECORDS_REF.name, key.encode(), t_us
     venue = msg.get("venue") if isinstance(msg.get("venue"), str) else None
@@ -40,6 +47,13 @@ def route(line: bytes, race_venue: dict[str, str], last_venue: Optional[str]) ->
         venue = race_venue.get(msg["race_id"])
     venue = venue or last_venue
     return T.RAW.name, venue.encode() if venue else None, t_us
+
+
+def _tombstone(line: bytes) -> tuple[str, bytes] | None:
+    try:
+        return tombstone_of_line(orjson.loads(line))
+    except orjson.JSONDecodeError:
+        return None
 
 
 def idle_windows(lines: list[bytes], lead_us: int = 5_000_000) -> list[tuple[int, int]]:
@@ -105,7 +119,12 @@ async def replay(bootstrap: str, lines: Iterable[bytes], speed: Optional[float] 
             line = line.rstrip(b"\r\n")
             if not line.strip():
                 continue
-            topic, key, t_us = route(line, race_venue, last_venue)
+            value: bytes | None = line
+            tomb = _tombstone(line) if b'"tombstone"' in line else None
+            if tomb is not None:   # a recorded tombstone: produced again as one, same key
+                (topic, key), t_us, value = tomb, None, None
+            else:
+                topic, key, t_us = route(line, race_venue, last_venue)
             if topic == T.RAW.name and key is not None:
                 last_venue = key.decode()
             if speed is not None and t_us is not None:
@@ -131,9 +150,9 @@ async def replay(bootstrap: str, lines: Iterable[bytes], speed: Optional[float] 
                 # one record per batch: brokers whose ListOffsets answers the last
                 # batch's base offset (tansu 0.6) then still report the true end,
                 # which workers use to know they have read every reference
-                await producer.send_and_wait(topic, value=line, key=key)
+                await producer.send_and_wait(topic, value=value, key=key)
             else:
-                await producer.send(topic, value=line, key=key)
+                await producer.send(topic, value=value, key=key)
             if on_sent is not None:
                 on_sent(line, topic, time.perf_counter())
             counts[topic] += 1
@@ -159,7 +178,9 @@ async def record(bootstrap: str, out, topics: Iterable[str], idle_exit_s: Option
     """Write what arrives on ``topics`` as JSON Lines (the shape ``process`` prints).
     A null value (a tombstone) on a derived topic is no event and is not
     written; one on the dead-letter topic is written with ``"raw": ""`` and
-    ``"null_value": true``."""
+    ``"null_value": true``; one on ``timing.records.ref`` (a record lapstream
+    set, taken back) as a ``tombstone`` line with its key, which ``replay``
+    produces again as a tombstone under that key (``on_record`` gets None)."""
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None,
                                 enable_auto_commit=False,
                                 auto_offset_reset="earliest" if from_beginning else "latest",
@@ -180,6 +201,8 @@ async def record(bootstrap: str, out, topics: Iterable[str], idle_exit_s: Option
                     got = True
                     if tp.topic == T.DEADLETTER.name:
                         line = orjson.dumps(recorded_deadletter(rec.value, rec.headers, rec.key))
+                    elif rec.value is None and tp.topic == T.RECORDS_REF.name:
+                        line = tombstone_line(tp.topic, rec.key)
                     elif rec.value is None:
                         continue
                     else:

@@ -26,9 +26,11 @@ from . import falls, provisional, records, referee, results, retention, window
 from .config import CoreConfig
 from .falls import OUTAGE_GAP_US
 from .model import CompRun, Kept, Outcome, Race, RaceDef, Ref, SkaterRun, Venue
-from .records import own_record_key, record_key, record_ref_of
+from .records import (encode_own_key, own_record_key, own_ref_update, parse_own_record_key, record_key,
+                      record_ref_of)
 
-__all__ = ["CoreConfig", "Engine", "Outcome", "own_record_key", "record_key", "record_ref_of"]
+__all__ = ["CoreConfig", "Engine", "Outcome", "encode_own_key", "own_record_key", "own_ref_update",
+           "parse_own_record_key", "record_key", "record_ref_of"]
 
 Handler = Callable[["Engine", dict, list], None]
 # Engine.outcome holds the plain string of an Outcome (equal to the member, and the
