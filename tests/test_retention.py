@@ -12,7 +12,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from agents.core import CoreConfig, Engine
-from agents.core.model import GroupState
+from agents.core.model_kept import GroupState
 from bench.feeds import tiled_feed
 from schemas.decode import Rejected, decode
 from streams import beijing

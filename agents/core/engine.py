@@ -25,7 +25,9 @@ from schemas.decode import Rejected
 from . import falls, provisional, records, referee, results, retention, window
 from .config import CoreConfig
 from .falls import OUTAGE_GAP_US
-from .model import CompRun, Kept, Outcome, Race, RaceDef, Ref, SkaterRun, Venue
+from .model import CompRun, Outcome, Race, RaceDef, SkaterRun, Venue
+from .model_kept import Kept
+from .model_records import Ref
 from .records import own_record_key, record_key, record_ref_of
 
 __all__ = ["CoreConfig", "Engine", "Outcome", "own_record_key", "record_key", "record_ref_of"]

@@ -15,7 +15,8 @@ from schemas.decode import Rejected
 
 from . import events, mass_start, records
 from .config import INF, TEAM_SIZE
-from .model import CompRun, GroupState, Race
+from .model import CompRun, Race
+from .model_kept import GroupState
 from .timefmt import elapsed_ms, event_id, fmt_time
 
 if TYPE_CHECKING:   # pragma: no cover

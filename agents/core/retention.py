@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING
 from schemas.decode import IRM_CODES, Rejected
 
 from .config import INF, US_PER_S
-from .model import Outcome, Race, RaceSummary
+from .model import Outcome, Race
+from .model_kept import RaceSummary
 from .results import compact_group, ranking
 
 if TYPE_CHECKING:   # pragma: no cover
