@@ -9,11 +9,12 @@ The ``Engine`` holds the state and dispatches; each rule family has its
 module: ``window`` (reads, the reordering window, the event-time timeline),
 ``tracking`` (a closed crossing placed on the race distance: splits, a
 finish, a team caught), ``falls``, ``mass_start``, ``records``, ``results``
-(finishes, rankings, results, standings, classifications), ``provisional``
-and ``live_finish`` (what an open crossing says at its first read),
-``events`` (event builders), ``referee`` (the referee's decisions: IRM,
-FALL, OFFICIAL, VOID), ``model`` (the state) and ``config``. The engine
-itself orchestrates what touches several: start lists, a start (and a
+(finishes, rankings, results), ``standings`` (standings, classifications),
+``provisional`` and ``live_finish`` (what an open crossing says at its first
+read), ``events`` (event builders), ``referee`` (the referee's decisions:
+IRM, FALL, OFFICIAL, VOID), ``model`` (the state; ``model_records``,
+``model_kept``) and ``config``. The engine itself orchestrates what touches
+several: start lists, a start (and a
 restart), a race retired from the timeline.
 """
 from __future__ import annotations

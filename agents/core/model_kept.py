@@ -25,7 +25,7 @@ class RaceSummary:
 
 @dataclass(slots=True, eq=False)
 class GroupState:
-    """A group's standings, kept up to date one race at a time (results.py):
+    """A group's standings, kept up to date one race at a time (standings.py):
     each member's entries, and every ranked entry sorted with its key
     (time, or points then time; then set-up order of its race, then its
     place in the race's ranking)."""
