@@ -19,36 +19,19 @@ import sys
 import time
 from pathlib import Path
 
-import orjson
-
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.feeds import tiled_feed  # noqa: E402
-from streams import topics as T  # noqa: E402
 from tests import livekit as L  # noqa: E402
 
 
-def readyz(w) -> dict:
-    return orjson.loads(w.get("/readyz"))
-
-
-def timed_start(broker, tmp, wid: str, env: dict) -> tuple:
+def timed_start(worker, wid: str, env: dict) -> tuple:
     t0 = time.monotonic()
-    w = L.Worker(broker.bootstrap, tmp, wid, env=env).start()
+    w = worker(wid, env)
     w.wait_ready(timeout=1800)
     return w, time.monotonic() - t0
-
-
-def wait_for(cond, what: str, timeout: float = 1800.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(1.0)
-    raise SystemExit(f"not seen in {timeout} s: {what}")
 
 
 def main(argv=None) -> int:
@@ -57,43 +40,30 @@ def main(argv=None) -> int:
     ap.add_argument("--every", type=int, default=None, help="raw records between snapshots")
     args = ap.parse_args(argv)
     lines = tiled_feed(args.races)
-    raw = sum(1 for ln in lines if b'"record_ref"' not in ln)
+    raw = L.raw_count(lines)
     env = {} if args.every is None else {"LAPSTREAM_SNAPSHOT_EVERY": str(args.every)}
-    tmp = L.tmpdir()
-    broker = L.start_broker(tmp)
-    workers = []
-    try:
-        w1, floor = timed_start(broker, tmp, "w1", env)
-        workers.append(w1)
+    with L.live_stack() as (broker, worker, _):
+        w1, floor = timed_start(worker, "w1", env)
         t0 = time.monotonic()
         L.replay_lines(broker.bootstrap, lines, speed=None)
-
-        def committed() -> int:
-            return sum(L.committed(broker.bootstrap, p) or 0 for p in range(T.RAW.partitions))
-        wait_for(lambda: committed() >= raw, "every record committed")
+        L.wait_for(lambda: L.committed_total(broker.bootstrap) >= raw, "every record committed",
+                   timeout=1800, every=1.0)
         live_s = time.monotonic() - t0
-        st = wait_for(lambda: (lambda s: s if s["saved"] >= 1 and not s["unsaved"] and not s["in_child"] else None)(
-            readyz(w1)["snapshots"]), "the last snapshot saved")
+        st = L.wait_for(w1.snapshots_settled, "the last snapshot saved", timeout=1800, every=1.0)
         print(f"{args.races} races, {raw:,d} raw records (replayed and handled live in {live_s:.1f} s); "
               f"snapshots taken {st['taken']}, saved {st['saved']}", flush=True)
         w1.kill9()
-        w2, with_s = timed_start(broker, tmp, "w2", env)
-        workers.append(w2)
-        r2 = readyz(w2)
+        w2, with_s = timed_start(worker, "w2", env)
+        r2 = w2.readyz()
         w2.kill9()
-        w3, without_s = timed_start(broker, tmp, "w3", {"LAPSTREAM_SNAPSHOT_EVERY": "0"})
-        workers.append(w3)
-        r3 = readyz(w3)
+        w3, without_s = timed_start(worker, "w3", {"LAPSTREAM_SNAPSHOT_EVERY": "0"})
+        r3 = w3.readyz()
         print(f"floor (empty topic):  ready in {floor:6.1f} s")
         print(f"with snapshots:       ready in {with_s:6.1f} s  raw records re-read {r2['rebuilt_messages']:9,d}"
               f"  snapshots {r2['snapshots']}")
         print(f"without snapshots:    ready in {without_s:6.1f} s  raw records re-read {r3['rebuilt_messages']:9,d}")
         print(f"ratio (without / with): {without_s / with_s:.2f}x; "
               f"above the floor: {(without_s - floor) / max(0.1, with_s - floor):.2f}x")
-    finally:
-        for w in workers:
-            w.stop()
-        broker.stop()
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import signal
@@ -71,6 +72,18 @@ class Worker:
         with urllib.request.urlopen(self.url(path), timeout=5) as r:
             return r.read().decode()
 
+    def readyz(self) -> dict:
+        return orjson.loads(self.get("/readyz"))
+
+    def snapshots_settled(self, taken: int = 0) -> dict | None:
+        """The worker's snapshot counters once one at least is saved, ``taken``
+        at least taken, and none is being written or waiting for its commit
+        (else None: for ``wait_for``)."""
+        s = self.readyz()["snapshots"]
+        if s["saved"] >= 1 and s["taken"] >= taken and not s["unsaved"] and not s["in_child"]:
+            return s
+        return None
+
     def kill9(self) -> None:
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
@@ -78,6 +91,38 @@ class Worker:
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc, timeout=20)
+
+
+@contextlib.contextmanager
+def live_stack():
+    """(broker, worker, tmp): a broker on loopback and ``worker(wid="w1",
+    env=None)`` starting a worker on it; all stopped at the end."""
+    tmp = tmpdir()
+    broker = start_broker(tmp)
+    workers: list[Worker] = []
+
+    def worker(wid: str = "w1", env: dict | None = None) -> Worker:
+        w = Worker(broker.bootstrap, tmp, wid, env=env).start()
+        workers.append(w)
+        return w
+
+    try:
+        yield broker, worker, tmp
+    finally:
+        for w in workers:
+            w.stop()
+        broker.stop()
+
+
+def wait_for(cond, what: str, timeout: float = 120.0, every: float = 0.3):
+    """``cond()`` once it is true (polled every ``every`` s), or AssertionError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"not seen in {timeout} s: {what}")
 
 
 def committed(bootstrap: str, partition: int, group: str = "lapstream"):
@@ -91,6 +136,16 @@ def committed(bootstrap: str, partition: int, group: str = "lapstream"):
             await c.stop()
 
     return asyncio.run(go())
+
+
+def committed_total(bootstrap: str) -> int:
+    """The group's committed offsets of every timing.raw partition, summed."""
+    return sum(committed(bootstrap, p) or 0 for p in range(T.RAW.partitions))
+
+
+def raw_count(lines) -> int:
+    """The lines of a feed that go to timing.raw (record references do not)."""
+    return sum(1 for ln in lines if b'"record_ref"' not in ln)
 
 
 def replay_lines(bootstrap: str, lines, speed=None) -> dict:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import time
 
-import orjson
 import pytest
 
 from streams import beijing
@@ -21,19 +20,8 @@ pytestmark = [pytest.mark.timeout(600), pytest.mark.live]
 
 @pytest.fixture
 def stack():
-    tmp = L.tmpdir()
-    broker = L.start_broker(tmp)
-    workers = []
-
-    def worker(wid="w1", env=None):
-        w = L.Worker(broker.bootstrap, tmp, wid, env=env).start()
-        workers.append(w)
-        return w
-
-    yield broker, worker, tmp
-    for w in workers:
-        w.stop()
-    broker.stop()
+    with L.live_stack() as s:
+        yield s
 
 
 def feed_lines(name):
@@ -80,7 +68,7 @@ def test_live_equals_offline_whatever_the_worker_settings(stack, env):
     assert L.per_key_sequences(got) == L.per_key_sequences(want)
     metrics = w.get("/metrics")
     consumed = sum(float(v) for v in re.findall(r"^lapstream_raw_messages_total\{[^}]*\} (\S+)$", metrics, re.M))
-    assert consumed == sum(1 for ln in lines if b'"record_ref"' not in ln)
+    assert consumed == L.raw_count(lines)
 
 
 def test_kill_9_mid_race_loses_and_changes_nothing(stack):
@@ -137,7 +125,7 @@ def test_a_second_worker_joining_mid_stream_shares_the_work_and_changes_nothing(
     assert L.per_key_sequences(M.first_of_each(got)) == L.per_key_sequences(want)
     # both kept running through the rebalance, and both own partitions now
     assert w1.proc.poll() is None and w2.proc.poll() is None
-    parts = [set(orjson.loads(w.get("/readyz"))["partitions"]) for w in (w1, w2)]
+    parts = [set(w.readyz()["partitions"]) for w in (w1, w2)]
     assert parts[0] and parts[1] and not parts[0] & parts[1]
 
 
@@ -198,7 +186,7 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_race_goes_on(stack):
     # the worker counted what it consumed and dead-lettered
     text = w.get("/metrics")
     total = sum(float(v) for v in re.findall(r'^lapstream_raw_messages_total\{[^}]*\} (\S+)$', text, re.M))
-    raw_lines = sum(1 for ln in mixed if b'"record_ref"' not in ln)
+    raw_lines = L.raw_count(mixed)
     assert total == raw_lines
     dead = sum(float(v) for v in re.findall(r'^lapstream_deadletters_total\{[^}]*\} (\S+)$', text, re.M))
     assert dead == len(BAD)

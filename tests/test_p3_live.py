@@ -41,19 +41,8 @@ MAP = DATA / "p3-map.json"
 
 @pytest.fixture
 def stack():
-    tmp = L.tmpdir()
-    broker = L.start_broker(tmp)
-    workers = []
-
-    def worker():
-        w = L.Worker(broker.bootstrap, tmp, "w1").start()
-        workers.append(w)
-        return w
-
-    yield broker, worker
-    for w in workers:
-        w.stop()
-    broker.stop()
+    with L.live_stack() as (broker, worker, _):
+        yield broker, worker
 
 
 def feed_lines():

@@ -1,5 +1,5 @@
 """Bounded state (agents/core/retention.py) and standings kept incrementally
-(agents/core/results.py): a finished race's state is released once it can no
+(agents/core/standings.py): a finished race's state is released once it can no
 longer change (official or void + ``release_us`` of venue time), what later
 races need is kept compact, a later message about a released race is a
 duplicate or a dead letter (``race_released``), never a crash and never a
@@ -12,7 +12,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from agents.core import CoreConfig, Engine
-from agents.core.model import GroupState
+from agents.core.model_kept import GroupState
 from bench.feeds import tiled_feed
 from schemas.decode import Rejected, decode
 from streams import beijing

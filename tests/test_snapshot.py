@@ -211,7 +211,8 @@ def test_a_state_holding_something_unknown_is_not_saved():
 
 
 def test_round_trip_of_the_value_kinds():
-    from agents.core.model import Outcome, RecordStatus
+    from agents.core.model import Outcome
+    from agents.core.model_records import RecordStatus
     from agents.core.timefmt import id_prefix, split_id
     import collections
 

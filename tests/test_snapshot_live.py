@@ -24,41 +24,8 @@ SNAP_ENV = {"LAPSTREAM_SNAPSHOT_EVERY": "1500", "LAPSTREAM_SNAPSHOT_MIN": "500",
 
 @pytest.fixture
 def stack():
-    tmp = L.tmpdir()
-    broker = L.start_broker(tmp)
-    workers = []
-
-    def worker(wid="w1", env=None):
-        w = L.Worker(broker.bootstrap, tmp, wid, env=env).start()
-        workers.append(w)
-        return w
-
-    yield broker, worker, tmp
-    for w in workers:
-        w.stop()
-    broker.stop()
-
-
-def readyz(w) -> dict:
-    return orjson.loads(w.get("/readyz"))
-
-
-def wait_for(cond, what: str, timeout: float = 120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.3)
-    raise AssertionError(f"not seen in {timeout} s: {what}")
-
-
-def committed_total(broker) -> int:
-    return sum(L.committed(broker.bootstrap, p) or 0 for p in range(T.RAW.partitions))
-
-
-def raw_count(lines) -> int:
-    return sum(1 for ln in lines if b'"record_ref"' not in ln)
+    with L.live_stack() as s:
+        yield s
 
 
 def test_a_restarted_worker_loads_a_snapshot_and_reads_few_records(stack):
@@ -69,19 +36,18 @@ def test_a_restarted_worker_loads_a_snapshot_and_reads_few_records(stack):
     w1 = worker("w1", SNAP_ENV)
     w1.wait_ready()
     L.replay_lines(broker.bootstrap, lines[:cut], speed=None)
-    before = raw_count(lines[:cut])
+    before = L.raw_count(lines[:cut])
     # every record handled and committed; snapshots are saved once the group
     # has committed their offset (one waits per partition: a newer one replaces it)
-    wait_for(lambda: committed_total(broker) >= before, "every record committed")
-    st = wait_for(lambda: (lambda s: s if s["taken"] >= before // 1500 and not s["unsaved"]
-                           and not s["in_child"] else None)(readyz(w1)["snapshots"]), "snapshots taken and saved")
+    L.wait_for(lambda: L.committed_total(broker.bootstrap) >= before, "every record committed")
+    st = L.wait_for(lambda: w1.snapshots_settled(taken=before // 1500), "snapshots taken and saved")
     assert st["saved"] >= 1
     w1.stop()
     # the rest of the tournament arrives while no worker runs
     L.replay_lines(broker.bootstrap, lines[cut:], speed=None)
     w2 = worker("w2", SNAP_ENV)
     w2.wait_ready()
-    r = readyz(w2)
+    r = w2.readyz()
     assert r["snapshots"]["loaded"] == 1 and r["snapshots"]["rejected"] == 0, r
     # it read the records after the newest snapshot only, not the 70 %
     assert 0 <= r["rebuilt_messages"] <= 1500 + 50, r
@@ -96,9 +62,9 @@ def test_a_restarted_worker_loads_a_snapshot_and_reads_few_records(stack):
     w2.stop()
     w3 = worker("w3", {"LAPSTREAM_SNAPSHOT_EVERY": "0"})
     w3.wait_ready()
-    committed = committed_total(broker)
-    assert committed >= raw_count(lines) - 5
-    r3 = readyz(w3)
+    committed = L.committed_total(broker.bootstrap)
+    assert committed >= L.raw_count(lines) - 5
+    r3 = w3.readyz()
     assert r3["rebuilt_messages"] == committed and r3["snapshots"]["loaded"] == 0, r3
 
 
@@ -111,8 +77,7 @@ def test_kill_9_mid_race_with_snapshots_loses_and_changes_nothing(stack):
     w1.wait_ready()
     cut = int(len(lines) * 0.5)
     L.replay_lines(broker.bootstrap, lines[:cut], speed=None)
-    wait_for(lambda: (lambda s: s["saved"] >= 1 and not s["unsaved"] and not s["in_child"])(readyz(w1)["snapshots"]),
-             "snapshots saved")
+    L.wait_for(w1.snapshots_settled, "snapshots saved")
     # the rest arrives (paced, so snapshots are being taken and saved) while w1 is killed
     t = threading.Thread(target=L.replay_lines, args=(broker.bootstrap, lines[cut:], 400.0))
     t.start()
@@ -121,7 +86,7 @@ def test_kill_9_mid_race_with_snapshots_loses_and_changes_nothing(stack):
     t.join()
     w2 = worker("w2", env)
     w2.wait_ready()
-    r = readyz(w2)
+    r = w2.readyz()
     assert r["snapshots"]["loaded"] == 1, r
     got = L.record_all(broker.bootstrap, expect=len(want), timeout=180)
     seen, want_ids = M.by_id(got), M.by_id(want)

@@ -9,11 +9,12 @@ The ``Engine`` holds the state and dispatches; each rule family has its
 module: ``window`` (reads, the reordering window, the event-time timeline),
 ``tracking`` (a closed crossing placed on the race distance: splits, a
 finish, a team caught), ``falls``, ``mass_start``, ``records``, ``results``
-(finishes, rankings, results, standings, classifications), ``provisional``
-and ``live_finish`` (what an open crossing says at its first read),
-``events`` (event builders), ``referee`` (the referee's decisions: IRM,
-FALL, OFFICIAL, VOID), ``model`` (the state) and ``config``. The engine
-itself orchestrates what touches several: start lists, a start (and a
+(finishes, rankings, results), ``standings`` (standings, classifications),
+``provisional`` and ``live_finish`` (what an open crossing says at its first
+read), ``events`` (event builders), ``referee`` (the referee's decisions:
+IRM, FALL, OFFICIAL, VOID), ``model`` (the state; ``model_records``,
+``model_kept``) and ``config``. The engine itself orchestrates what touches
+several: start lists, a start (and a
 restart), a race retired from the timeline.
 """
 from __future__ import annotations
@@ -25,7 +26,9 @@ from schemas.decode import Rejected
 from . import falls, provisional, records, referee, results, retention, window
 from .config import CoreConfig
 from .falls import OUTAGE_GAP_US
-from .model import CompRun, Kept, Outcome, Race, RaceDef, Ref, SkaterRun, Venue
+from .model import CompRun, Outcome, Race, RaceDef, SkaterRun, Venue
+from .model_kept import Kept
+from .model_records import Ref
 from .records import (encode_own_key, own_record_key, own_ref_update, parse_own_record_key, record_key,
                       record_ref_of)
 

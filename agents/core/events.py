@@ -6,8 +6,13 @@ from typing import Any
 
 from . import falls
 from .model import CompRun, Pub, Race, SkaterRun
-from .timefmt import elapsed_ms, event_id, fmt_time, split_id
+from .timefmt import event_id, fmt_time, split_id
 
+
+def lap_ms(ms: int, prev: int | None, gun: int) -> int | None:
+    """A split's lap time: its time ``ms`` less the time of the crossing one
+    lap before (``prev``, t_us; None: no lap before, no lap time)."""
+    return ms - (prev - gun) // 1000 if prev is not None else None
 
 
 def split_event(race: Race, cid: str, sid: str | None, d: int, t: int, ms: int, lap_ms: int | None,
@@ -55,7 +60,7 @@ def split(race: Race, comp: CompRun, run: SkaterRun | None, d: int, t: int,
     else:
         sid = None
         prev = comp.team_split.get(d - lap)
-    lap_ms = ms - (prev - gun) // 1000 if prev is not None else None
+    lap_time = lap_ms(ms, prev, gun)
     split_idx = race.split_idx
     idx = split_idx.get((level, d))
     if idx is None:
@@ -66,9 +71,9 @@ def split(race: Race, comp: CompRun, run: SkaterRun | None, d: int, t: int,
     pubs = race.pub
     pub = pubs.get(key)
     behind = ms - idx[0]
-    val = (ms, lap_ms, rank, behind)
+    val = (ms, lap_time, rank, behind)
     if pub is None:
-        ev = split_event(race, comp.id, sid, d, t, ms, lap_ms, rank, behind, loop, 0, True)
+        ev = split_event(race, comp.id, sid, d, t, ms, lap_time, rank, behind, loop, 0, True)
         pubs[key] = Pub(0, val, True, ev)
         return ev
     rev = pub.rev + 1
@@ -80,7 +85,7 @@ def split(race: Race, comp: CompRun, run: SkaterRun | None, d: int, t: int,
         ev["revision"] = rev
         ev["final"] = True
     else:
-        ev = split_event(race, comp.id, sid, d, t, ms, lap_ms, rank, behind, loop, rev, True)
+        ev = split_event(race, comp.id, sid, d, t, ms, lap_time, rank, behind, loop, rev, True)
     pub.rev, pub.val, pub.final, pub.ev = rev, val, True, ev
     race.open.pop(key, None)
     return ev

@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import events, records, results
-from .model import CompRun, Race, RecordState, RecordStatus, Ref
+from .model import CompRun, Race
+from .model_records import RecordState, RecordStatus, Ref
 from .timefmt import elapsed_ms, event_id, fmt_hundredths
 
 if TYPE_CHECKING:   # pragma: no cover

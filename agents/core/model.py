@@ -1,14 +1,22 @@
-"""The state of the timing core: venues, race definitions, attempts, runs."""
+"""The state of the timing core: venues, race definitions, attempts, runs.
+
+Record judgements are in ``model_records``, the bounded (retention) state in
+``model_kept``; both are re-exported here."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum, StrEnum
+from enum import StrEnum
 from typing import Any
 
 from schemas.decode import Rejected
 
 from .config import DEFAULT_FINAL, DEFAULT_SPRINTS, INF
+from .model_kept import GroupState, Kept, RaceSummary
+from .model_records import RecordState, RecordStatus, Ref
 from .timefmt import IdPrefix, id_prefix
+
+__all__ = ["CompRun", "GroupState", "Kept", "Outcome", "Pending", "ProvSuspicion", "Pub", "Race", "RaceDef",
+           "RaceSummary", "RecordState", "RecordStatus", "Ref", "SkaterRun", "Venue"]
 
 
 class Outcome(StrEnum):
@@ -24,14 +32,6 @@ class Outcome(StrEnum):
     # hashed as its string (Enum hashes the name), so a label looked up as a
     # plain string finds it: ("passing", "applied") in Engine.stats
     __hash__ = str.__hash__
-
-
-class RecordStatus(Enum):
-    """A finish judged for one record identity."""
-
-    BROKEN = "broken"
-    EQUALLED = "equalled"
-    NONE = "none"          # no record (or no longer: withdrawn)
 
 
 @dataclass(slots=True, eq=False)
@@ -67,35 +67,6 @@ class ProvSuspicion:
     rev: int
     ev: dict[str, Any]
     at: tuple[int, int]
-
-
-@dataclass(slots=True, eq=False)
-class RecordState:
-    """A finish judged for one record identity: against ``prev`` (its time in
-    hundredths ``prev_h``), the finish's hundredths ``th``, the event revision."""
-
-    prev: Ref | None
-    prev_h: int | None
-    status: RecordStatus
-    th: int
-    rev: int
-
-    @property
-    def holds(self) -> bool:
-        return self.status is not RecordStatus.NONE
-
-
-@dataclass(slots=True, eq=False)
-class Ref:
-    """A record reference: from a record_ref message, or a record set in a race."""
-
-    time_h: int
-    time: str
-    holder: str
-    set_on: str | None
-    venue: str | None
-    race_id: str | None
-    t_us: int                    # event time: of the reference message, or of the finish that set it
 
 
 @dataclass(slots=True, eq=False, init=False)
@@ -332,52 +303,3 @@ class Race:
     @property
     def ended(self) -> bool:
         return self.status in ("official", "void")
-
-
-# -- bounded state (agents/core/retention.py, results.py) ---------------------
-
-
-@dataclass(slots=True, eq=False)
-class RaceSummary:
-    """A released race: what later messages about it and later ids need. Its
-    ranking lives on in its group's standings (``GroupState``) and, if it
-    awards places, in ``Engine.cls_kept``."""
-
-    status: str
-    attempt: int
-    result_rev: int
-    group: str
-    irms: dict[str, str]          # competitor -> IRM in force (a repeated IRM decision is a duplicate)
-    released_t: int               # the venue's clock when it was released
-
-
-@dataclass(slots=True, eq=False)
-class GroupState:
-    """A group's standings, kept up to date one race at a time (results.py):
-    each member's entries, and every ranked entry sorted with its key
-    (time, or points then time; then set-up order of its race, then its
-    place in the race's ranking)."""
-
-    order: list[str]                          # the members as last seen (Engine.groups)
-    pos: dict[str, int]                       # member -> set-up order number
-    n: int                                    # next set-up order number
-    mass: bool                                # ranked by points first
-    status: dict[str, str | None]             # member -> its status (None: not started)
-    ranked: dict[str, list[Any]]              # member -> its ranked entries (race_id added; compact: tuples)
-    irms: dict[str, list[Any]]                # member -> its entries with an IRM
-    keys: dict[str, list[tuple]]              # member -> the sort keys of its ranked entries
-    rows: list[tuple]                         # (key, entry) of every ranked entry, sorted
-    last: tuple | None                        # (complete, ranking) last emitted
-
-
-@dataclass(slots=True, eq=False)
-class Kept:
-    """The engine's retention state (``Engine.kept``): released races, the
-    release queue, standings and classification state."""
-
-    released: dict[str, RaceSummary] = field(default_factory=dict)   # race id -> what is kept of it
-    releases: dict[str, list[tuple]] = field(default_factory=dict)   # venue -> heap of (due, race id, attempt)
-    release_at: float = INF                                           # the earliest due of all (INF: none)
-    gstate: dict[str, GroupState] = field(default_factory=dict)       # group -> its standings state
-    cls_kept: dict[str, tuple] = field(default_factory=dict)          # released race with places -> (places, status, ranking)
-    cls_last: dict[str, tuple] = field(default_factory=dict)          # event -> (complete, ranking) last emitted

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import falls, live_finish, tracking
-from .model import Race, SkaterRun
+from .model import Pending, Race, SkaterRun
 from .provisional_splits import Want, publish_splits, team_splits, withdraw_splits, withdrawn_split
 
 if TYPE_CHECKING:   # pragma: no cover
@@ -152,13 +152,7 @@ def _place_open(eng: Engine, race: Race, touched: set[SkaterRun], one: SkaterRun
         run = p.run
         if run.finished or run.lost or run.comp.irm is not None:
             return []
-        sig = (p.t, run.last_t)
-        if p.sig == sig:
-            d = p.d
-        else:
-            d = tracking.place(eng, run, p.at_m, p.t, run.last_d, run.last_t, bool(run.hist), tracking.pace(eng, run))
-            p.sig = sig
-            p.d = d
+        d = _placed(eng, p, run)
         if d is None or d > distance:
             return []
         return [(p.t, run, d, p.loop)]
@@ -171,13 +165,7 @@ def _place_open(eng: Engine, race: Race, touched: set[SkaterRun], one: SkaterRun
             continue
         st = chain.get(id(run))
         if st is None:
-            sig = (p.t, run.last_t)
-            if p.sig == sig:
-                d = p.d
-            else:
-                d = tracking.place(eng, run, p.at_m, p.t, run.last_d, run.last_t, bool(run.hist), tracking.pace(eng, run))
-                p.sig = sig
-                p.d = d
+            d = _placed(eng, p, run)
             st = (run.last_d, run.last_t, bool(run.hist), tracking.pace(eng, run))
         elif st[0] >= distance:
             continue   # provisionally finished already
@@ -189,3 +177,15 @@ def _place_open(eng: Engine, race: Race, touched: set[SkaterRun], one: SkaterRun
         chain[id(run)] = (d, p.t, True, pace)
         placed.append((p.t, run, d, p.loop))
     return placed
+
+
+def _placed(eng: Engine, p: Pending, run: SkaterRun) -> int | None:
+    """The race distance of the open crossing ``p`` after the skater's last
+    closed one, kept on ``p`` for its (time, the skater's last crossing time)."""
+    sig = (p.t, run.last_t)
+    if p.sig == sig:
+        return p.d
+    d = tracking.place(eng, run, p.at_m, p.t, run.last_d, run.last_t, bool(run.hist), tracking.pace(eng, run))
+    p.sig = sig
+    p.d = d
+    return d

@@ -11,7 +11,7 @@ from bisect import bisect_left
 from operator import itemgetter
 
 from .config import TEAM_SIZE
-from .events import split_event, withdrawn
+from .events import lap_ms, split_event, withdrawn
 from .model import CompRun, Pub, Race, SkaterRun
 from .timefmt import split_id
 
@@ -139,13 +139,13 @@ def publish_splits(race: Race, want: Want, changed: list[tuple], gone: list[tupl
         if prev is None:
             w_prev = want.get((comp.id, sid, d - lap))
             prev = w_prev[0] if w_prev is not None else None
-        lap_ms = ms - (prev - gun) // 1000 if prev is not None else None
-        val = (ms, lap_ms, rank, ms - best)   # what a subscriber sees (t_us aside)
+        lap_time = lap_ms(ms, prev, gun)
+        val = (ms, lap_time, rank, ms - best)   # what a subscriber sees (t_us aside)
         opened[key] = w
         if pub is not None and pub.val == val:
             continue
         rev = 0 if pub is None else pub.rev + 1
-        ev = split_event(race, comp.id, sid, d, t, ms, lap_ms, rank, ms - best, loop, rev, False)
+        ev = split_event(race, comp.id, sid, d, t, ms, lap_time, rank, ms - best, loop, rev, False)
         if pub is None:
             pubs[key] = Pub(rev, val, False, ev)
         else:

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Iterator
 from schemas.decode import parse_record_time
 
 from . import results
-from .model import CompRun, Outcome, Race, RecordState, RecordStatus, Ref
+from .model import CompRun, Outcome, Race
+from .model_records import RecordState, RecordStatus, Ref
 from .timefmt import event_id, fmt_hundredths, utc_date
 
 if TYPE_CHECKING:   # pragma: no cover

@@ -36,8 +36,10 @@ from typing import TYPE_CHECKING
 from schemas.decode import IRM_CODES, Rejected
 
 from .config import INF, US_PER_S
-from .model import Outcome, Race, RaceSummary
-from .results import compact_group, ranking
+from .model import Outcome, Race
+from .model_kept import RaceSummary
+from .results import ranking
+from .standings import compact_group
 
 if TYPE_CHECKING:   # pragma: no cover
     from .engine import Engine

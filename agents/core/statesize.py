@@ -22,7 +22,7 @@ PER_CROSSING = 31       # a closed crossing in a skater's history
 PER_FINISH = 40
 PER_PUB = 225           # the last version of a split published (Race.pub), kept for revisions
 PER_RELEASED = 150      # a released race's summary (agents/core/retention.py)
-PER_STANDING = 200      # an entry of a group's standings state (results.GroupState)
+PER_STANDING = 200      # an entry of a group's standings state (model_kept.GroupState)
 
 
 def _len(obj, name: str) -> int:

@@ -46,12 +46,7 @@ def heartbeat(eng: Engine, msg: dict, out: list) -> None:
     if t > hb.get(src, -1):
         hb[src] = t
     if t > clock:
-        if t - clock > OUTAGE_GAP_US and clock >= 0:
-            falls.venue_dark(v, clock, t, eng.cfg.reorder_us)
-        v.clock = t
-        horizon = t - eng.cfg.reorder_us
-        if horizon > v.next_due:
-            timeline(eng, v, horizon, out)
+        advance(eng, v, clock, t, out)
 
 
 def passing(eng: Engine, msg: dict, out: list) -> None:
@@ -81,13 +76,8 @@ def passing(eng: Engine, msg: dict, out: list) -> None:
             prune_seqs(eng, v, sq)
     if t > clock:
         # close what this read proves final first: a read at t can only
-        # belong to a crossing later than t - reorder_us (``advance``, inlined)
-        if t - clock > OUTAGE_GAP_US and clock >= 0:
-            falls.venue_dark(v, clock, t, eng.cfg.reorder_us)
-        v.clock = t
-        horizon = t - eng.cfg.reorder_us
-        if horizon > v.next_due:
-            timeline(eng, v, horizon, out)
+        # belong to a crossing later than t - reorder_us
+        advance(eng, v, clock, t, out)
     # the read itself (inline: every passing)
     run = v.transponders.get(msg["transponder"])
     if run is None:
@@ -128,6 +118,17 @@ def passing(eng: Engine, msg: dict, out: list) -> None:
         p.t = t
         if t < v.next_due:
             v.next_due = t
+
+
+def advance(eng: Engine, v: Venue, clock: int, t: int, out: list) -> None:
+    """The venue's clock moves from ``clock`` to ``t`` (later): after a long
+    silence the venue was dark, and what the new horizon closes is processed."""
+    if t - clock > OUTAGE_GAP_US and clock >= 0:
+        falls.venue_dark(v, clock, t, eng.cfg.reorder_us)
+    v.clock = t
+    horizon = t - eng.cfg.reorder_us
+    if horizon > v.next_due:
+        timeline(eng, v, horizon, out)
 
 
 def check_jump(eng: Engine, v: Venue, t: int, kind: str) -> None:
