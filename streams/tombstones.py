@@ -1,7 +1,7 @@
 """Tombstones on ``timing.records.ref``: a record lapstream set, taken back.
 
 A record lapstream published there (a ``record_ref`` under its own key,
-``agents.core.records.own_record_key``) is withdrawn by a tombstone (a null
+``agents.core.record_keys.own_record_key``) is withdrawn by a tombstone (a null
 value) under that key: a consumer of the compacted topic sees the key
 deleted, and compaction removes it. The ``record`` event with
 ``"withdrawn": true`` on ``timing.records`` is the fact for subscribers.
@@ -23,7 +23,7 @@ import binascii
 
 import orjson
 
-from agents.core.records import parse_own_record_key
+from agents.core.record_keys import parse_own_record_key
 from schemas.decode import FORMATS, RECORD_TYPES, Rejected
 from streams.topics import RECORDS_REF
 

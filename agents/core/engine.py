@@ -29,7 +29,7 @@ from .falls import OUTAGE_GAP_US
 from .model import CompRun, Outcome, Race, RaceDef, SkaterRun, Venue
 from .model_kept import Kept
 from .model_records import Ref
-from .records import (encode_own_key, own_record_key, own_ref_update, parse_own_record_key, record_key,
+from .record_keys import (encode_own_key, own_record_key, own_ref_update, parse_own_record_key, record_key,
                       record_ref_of)
 
 __all__ = ["CoreConfig", "Engine", "Outcome", "encode_own_key", "own_record_key", "own_ref_update",
