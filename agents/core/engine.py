@@ -257,6 +257,7 @@ class Engine:
             falls.clear_all(old, t, "attempt discarded by a restart", out)
             for c in old.comps:
                 records.withdraw_records(self, old, c, t, out)
+            race.continue_revisions(old)
             results.after_change(self, race, t, out)
 
     def _retire(self, race: Race) -> None:

@@ -303,3 +303,31 @@ class Race:
     @property
     def ended(self) -> bool:
         return self.status in ("official", "void")
+
+    def continue_revisions(self, old: Race) -> None:
+        """A restart: a fact's key (a split per race, competitor, skater and
+        distance; a finish per race and competitor; a record per race,
+        competitor and record) does not name the attempt, so its revisions go
+        on from where the recalled attempt left them, and a subscriber keeping
+        the highest revision per key keeps this attempt's values, not the
+        recalled attempt's withdrawals. Incidents go on being numbered."""
+        self.inc_rev = dict(old.inc_rev)
+        pub = self.pub
+        for key, p in old.pub.items():   # (all withdrawn by now: provisional.withdraw_attempt)
+            pub[key] = Pub(p.rev, None, True, p.ev)
+        for c in self.comps:
+            o = old.by_comp.get(c.id)
+            if o is None:
+                continue
+            c.finish_rev = o.finish_rev
+            c.team_incidents = o.team_incidents
+            base = dict(o.rec_base)
+            for states in (o.record_evals, o.prov_rec):
+                for key, st in states.items():
+                    if st.rev + 1 > base.get(key, 0):
+                        base[key] = st.rev + 1
+            c.rec_base = base
+            for s in c.skaters:
+                os_ = old.by_skater.get(s.id)
+                if os_ is not None:
+                    s.incident_n = os_.incident_n
