@@ -124,7 +124,12 @@ def _records(eng: Engine, race: Race, comp: CompRun, t: int, ms: int, claims: di
         if pr is not None and pr.status is status and pr.th == th and _same(pr.prev, prev):
             continue
         rev = comp.rec_base.get(key, 0) if pr is None else pr.rev + 1
-        st = comp.prov_rec[key] = RecordState(prev, prev_h, status, th, rev)
+        if status is RecordStatus.NONE:   # (pr is not None): a claim taken back
+            if not pr.holds:
+                continue   # taken back already: nothing new to say
+            st = comp.prov_rec[key] = pr.taken_back(rev)
+        else:
+            st = comp.prov_rec[key] = RecordState(prev, prev_h, status, th, rev)
         ev = records.record_event(race, comp, key, st, t, final=False)
         ev["time_ms"] = ms
         out.append(ev)
@@ -141,7 +146,7 @@ def _withdraw_records(race: Race, comp: CompRun, out: list[dict]) -> None:
     for key, pr in comp.prov_rec.items():
         if not pr.holds:
             continue
-        st = comp.prov_rec[key] = RecordState(pr.prev, pr.prev_h, RecordStatus.NONE, pr.th, pr.rev + 1)
+        st = comp.prov_rec[key] = pr.taken_back(pr.rev + 1)
         ev = records.record_event(race, comp, key, st, race.venue.clock, final=False)
         ev["time_ms"] = st.th * 10
         out.append(ev)

@@ -142,10 +142,15 @@ def judge(eng: Engine, race: Race, comp: CompRun, key: tuple, t: int, out: list)
     status = status_of(th, prev_h)
     if ev_state is None and status is RecordStatus.NONE:
         return drop_provisional_record(eng, race, comp, key, pr, t, out)
-    if ev_state is not None and ev_state.status is status and ev_state.th == th:
-        return False
+    if ev_state is not None and (ev_state.status is status and ev_state.th == th
+                                 or not ev_state.holds and status is RecordStatus.NONE):
+        return False   # (no record before, none now: nothing new to say)
     rev = comp.rec_base.get(key, 0) if ev_state is None else ev_state.rev + 1
-    new_state = RecordState(prev, prev_h, status, th, rev)
+    if status is RecordStatus.NONE:   # (ev_state holds): a revised finish takes the claim back
+        assert ev_state is not None
+        new_state = ev_state.taken_back(rev)
+    else:
+        new_state = RecordState(prev, prev_h, status, th, rev)
     comp.record_evals[key] = new_state
     claim(eng, key, me, race, comp, th, status, t)
     out.append(record_event(race, comp, key, new_state, t))
@@ -164,7 +169,7 @@ def drop_provisional_record(eng: Engine, race: Race, comp: CompRun, key: tuple, 
     """The final judgement found no record where a provisional one was published."""
     if pr is None:
         return False
-    st = RecordState(pr.prev, pr.prev_h, RecordStatus.NONE, pr.th, pr.rev + 1)
+    st = pr.taken_back(pr.rev + 1)
     comp.rec_base[key] = st.rev + 1
     ev = record_event(race, comp, key, st, t)
     ev["time_ms"] = comp.finish_ms
@@ -213,7 +218,7 @@ def record_event(race: Race, comp: CompRun, key: tuple, st: RecordState, t: int,
     ev = {"kind": "record", "v": 1,
           "event_id": event_id("record", race.d.id, race.attempt, comp.id, rec, st.rev),
           "race_id": race.d.id, "t_us": t, "attempt": race.attempt,
-          "competitor_id": comp.id, "record": rec, "equalled": st.status is RecordStatus.EQUALLED,
+          "competitor_id": comp.id, "record": rec, "equalled": (st.status if st.holds else st.taken) is RecordStatus.EQUALLED,
           "time": fmt_hundredths(st.th), "previous_time": prev.time if prev else None,
           "previous_holder": prev.holder if prev else None,
           "time_ms": comp.finish_ms, "scope": scope, "format": fmt, "gender": gender,
@@ -230,7 +235,7 @@ def withdraw_records(eng: Engine, race: Race, comp: CompRun, t: int, out: list) 
             continue
         if st.status is RecordStatus.BROKEN:
             lost.append((key, comp.finish_t_us))
-        st = RecordState(st.prev, st.prev_h, RecordStatus.NONE, st.th, st.rev + 1)
+        st = st.taken_back(st.rev + 1)
         comp.record_evals[key] = st
         claim(eng, key, me, race, comp, st.th, st.status, t)
         out.append(record_event(race, comp, key, st, t))
