@@ -142,3 +142,13 @@ def test_ingest_registers_the_p3_block_with_its_decoders_at_zero():
     assert got[("lapstream_p3_connected", dec)] == 0.0
     assert got[("lapstream_p3_connects_total", dec)] == 0.0
     assert got[("lapstream_p3_frames_total", dec)] == 0.0
+
+
+def test_a_fresh_gateway_registry_has_its_transports_and_topics_at_zero():
+    from streams.gateway_state import TOPIC_NAMES
+
+    got = samples(fresh_gateway_registry())
+    for tr in ("sse", "ws"):
+        assert got[("lapstream_gateway_slow_clients_dropped_total", frozenset({("transport", tr)}))] == 0.0
+    for name in TOPIC_NAMES:
+        assert got[("lapstream_gateway_events_consumed_total", frozenset({("topic", name)}))] == 0.0
