@@ -13,11 +13,16 @@
 #   kafka-ssl.properties           key.password=... for those keys (read by Kafka's
 #                                  FileConfigProvider, so no password is in the environment)
 #   kafka_server_jaas.conf         SASL PLAIN users: broker (inter-broker), admin
-#                                  (topic init job, health checks), lapstream (workers)
+#                                  (topic/ACL init job, health checks): the super users;
+#                                  lapstream (workers), gateway (lapstream serve),
+#                                  ingest (lapstream ingest p3): ACLs from kafka-init
 #   kafka-client.properties        admin's client settings for Kafka's CLI tools
 #   lapstream-kafka-password       the workers' SASL password
+#   gateway-kafka-password         the gateway's SASL password
+#   ingest-kafka-password          P3 ingest's SASL password
 #   grafana-admin-password         Grafana's admin password
-# Passwords are 32 random hex characters. Directory 0700; files 0644 so that
+# Passwords are 32 random hex characters, a different one per user, never
+# printed. Directory 0700; files 0644 so that
 # the containers' own users (kafka, lapstream, grafana) can read their bind
 # mounts; the directory keeps other host users out.
 set -eu
@@ -53,7 +58,7 @@ for n in 1 2 3; do
 done
 rm -f .key-password ca.srl
 
-BROKER=$(pw); ADMIN=$(pw); LAPSTREAM=$(pw)
+BROKER=$(pw); ADMIN=$(pw); LAPSTREAM=$(pw); GATEWAY=$(pw); INGEST=$(pw)
 cat > kafka_server_jaas.conf <<EOF
 KafkaServer {
     org.apache.kafka.common.security.plain.PlainLoginModule required
@@ -61,7 +66,9 @@ KafkaServer {
     password="$BROKER"
     user_broker="$BROKER"
     user_admin="$ADMIN"
-    user_lapstream="$LAPSTREAM";
+    user_lapstream="$LAPSTREAM"
+    user_gateway="$GATEWAY"
+    user_ingest="$INGEST";
 };
 EOF
 cat > kafka-client.properties <<EOF
@@ -72,8 +79,10 @@ ssl.truststore.type=PEM
 ssl.truststore.location=/run/secrets/kafka-ca
 EOF
 printf '%s\n' "$LAPSTREAM" > lapstream-kafka-password
+printf '%s\n' "$GATEWAY" > gateway-kafka-password
+printf '%s\n' "$INGEST" > ingest-kafka-password
 pw > grafana-admin-password
 chmod 644 ca.pem kafka-*.keystore.pem kafka-ssl.properties kafka_server_jaas.conf kafka-client.properties \
-  lapstream-kafka-password grafana-admin-password
+  lapstream-kafka-password gateway-kafka-password ingest-kafka-password grafana-admin-password
 chmod 600 ca.key
 echo "gen_secrets: secrets in $DIR (Grafana admin password: $DIR/grafana-admin-password)" >&2

@@ -246,6 +246,8 @@ class Gateway:
             self._m_clients.labels(tr).set(0)
             self._m_fanned.labels(tr)
             self._m_dropped.labels(tr)
+        for name in TOPIC_NAMES:        # at 0 from the start, like the transports (rate/increase)
+            self._m_consumed.labels(name)
         self._m_ready.set(0)
 
     # -- lifecycle ----------------------------------------------------------------

@@ -192,6 +192,28 @@ GATEWAY_CATALOGUE: tuple[MetricSpec, ...] = (
 
 BY_NAME = {m.name: m for m in CATALOGUE + GATEWAY_CATALOGUE}
 
+# -- ops: which process registers what ------------------------------------------
+# The P3 block of CATALOGUE belongs to ``lapstream ingest p3`` only (its own
+# process, ``Metrics(specs=P3_CATALOGUE)``, scraped as job lapstream-ingest); a
+# worker (``Metrics()``) registers WORKER_CATALOGUE, so it no longer shows P3
+# series that are always 0 (a misleading lapstream_p3_produce_errors_total 0).
+P3_CATALOGUE: tuple[MetricSpec, ...] = tuple(m for m in CATALOGUE if m.name.startswith("lapstream_p3_"))
+WORKER_CATALOGUE: tuple[MetricSpec, ...] = tuple(m for m in CATALOGUE if m not in P3_CATALOGUE)
+
+# Labelled counters whose children are created (at 0) when the registry is
+# made, for every label value the code can produce: a child made at the first
+# event appears already at N, and ``increase(x[5m]) > 0`` / ``rate`` see no
+# increase from a series that has no earlier sample (so LapstreamStaleFeedRefused
+# missed a first burst). Names not in a process's specs are skipped.
+PRECREATED: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = (
+    ("lapstream_deadletters_total", tuple((r,) for r in DEADLETTER_REASONS + ("other",))),
+    ("lapstream_raw_messages_total",
+     tuple((k, "deadlettered") for k in _RAW_KINDS_LABELS + ("other",))),
+    ("lapstream_snapshot_loads_total", (("loaded",), ("rejected",), ("none",))),
+    # the dashboard's "Falls" annotation: increase(...{type="fall"}[30s]) > 0
+    ("lapstream_incidents_total", (("fall", "suspected"),)),
+)
+
 
 def exposed_names(spec: MetricSpec) -> list[str]:
     """Sample names Prometheus will see for one catalogue entry."""
@@ -218,7 +240,7 @@ class Metrics:
                  specs: Iterable[MetricSpec] | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._m: dict[str, object] = {}
-        for spec in (CATALOGUE if specs is None else specs):
+        for spec in (WORKER_CATALOGUE if specs is None else specs):
             kw = dict(name=spec.name, documentation=spec.help, labelnames=spec.labels,
                       registry=self.registry)
             if spec.type == "counter":
@@ -235,6 +257,10 @@ class Metrics:
             else:  # pragma: no cover - catalogue is static
                 raise ValueError(spec.type)
             self._m[spec.name] = obj
+        for name, label_sets in PRECREATED:   # ops: series at 0 from the start (see PRECREATED)
+            if name in self._m:
+                for values in label_sets:
+                    self._m[name].labels(*values)
 
     def __getitem__(self, name: str):
         return self._m[name]

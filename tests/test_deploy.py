@@ -261,6 +261,8 @@ EXPECTED_ALERTS = {
     "LapstreamDecoderUnheardSinceTakeover",
     "LapstreamGatewayDown", "LapstreamGatewaysAllDown", "LapstreamGatewayNotReady",
     "LapstreamGatewaySlowClientDrops", "LapstreamGatewayFanoutP99High",
+    "LapstreamStaleFeedRefused", "LapstreamClockLeapRefused",
+    "LapstreamIngestDown", "LapstreamP3DecoderDisconnected",
 }
 
 
@@ -294,7 +296,14 @@ def test_alert_rules_are_complete():
     assert "lapstream_gateway_fanout_latency_seconds_bucket" in fanout and "> 0.05" in fanout
     assert 0.05 in metrics.BY_NAME["lapstream_gateway_fanout_latency_seconds"].buckets
     gateway_names = metrics.all_exposed_names(metrics.GATEWAY_CATALOGUE)
+    p3_names = metrics.all_exposed_names(metrics.P3_CATALOGUE)
     for name, rule in rules.items():
+        # P3 ingest's alerts: its metrics and job only, and no other alert reads them
+        ingest = name in ("LapstreamIngestDown", "LapstreamP3DecoderDisconnected")
+        assert ingest == bool(lapstream_identifiers(rule["expr"]) & p3_names or "lapstream-ingest" in rule["expr"]), name
+        if ingest:
+            assert lapstream_identifiers(rule["expr"]) <= p3_names, name
+            continue
         if name.startswith("LapstreamGateway"):
             assert lapstream_identifiers(rule["expr"]) <= gateway_names or "up{" in rule["expr"], name
         else:
@@ -697,6 +706,11 @@ def _selected_component(obj: dict):
     return sel.get("app.kubernetes.io/component")
 
 
+def config_map(name: str = "lapstream-config") -> dict:
+    (cm,) = [o for o in k8s_by_kind("ConfigMap") if o["metadata"]["name"] == name]
+    return cm
+
+
 def resolve_port(port, container: dict) -> int:
     if isinstance(port, int):
         return port
@@ -706,7 +720,7 @@ def resolve_port(port, container: dict) -> int:
 
 
 def test_k8s_deployment_probes_resources_and_config():
-    assert len(k8s_by_kind("Deployment")) == 2   # the workers and the gateways
+    assert len(k8s_by_kind("Deployment")) == 3   # the workers, the gateways, P3 ingest
     (deploy,) = k8s_by_kind("Deployment", "worker")
     spec = deploy["spec"]
     assert spec["replicas"] >= 2
@@ -722,7 +736,7 @@ def test_k8s_deployment_probes_resources_and_config():
         assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
     for kind in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(container["resources"][kind])
-    (cm,) = k8s_by_kind("ConfigMap")
+    cm = config_map()
     refs = [e["configMapRef"]["name"] for e in container.get("envFrom", []) if "configMapRef" in e]
     assert cm["metadata"]["name"] in refs
     assert cm["data"]["LAPSTREAM_HTTP_PORT"] == str(HTTP_PORT)
@@ -901,24 +915,32 @@ def test_gen_secrets_makes_what_compose_reads_and_it_fits_together(tmp_path):
         assert not errors, errors
 
 
-@pytest.mark.parametrize("component", ["worker", "gateway"])
-def test_k8s_workers_and_gateways_use_sasl_ssl_with_a_mounted_secret(component):
+@pytest.mark.parametrize("component,user,secret", [("worker", "lapstream", "lapstream-kafka"),
+                                                    ("gateway", "gateway", "lapstream-kafka-gateway"),
+                                                    ("ingest", "ingest", "lapstream-kafka-ingest")])
+def test_k8s_workers_and_gateways_use_sasl_ssl_with_a_mounted_secret(component, user, secret):
+    """Each component is a Kafka user of its own (the ACLs of gen_topics.py),
+    with its own Secret; the shared ConfigMap names no user."""
     (deploy,) = k8s_by_kind("Deployment", component)
-    (cm,) = k8s_by_kind("ConfigMap")
+    cm = config_map()
     data = cm["data"]
     assert data["LAPSTREAM_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
     assert "LAPSTREAM_KAFKA_SASL_PASSWORD" not in data
+    assert "LAPSTREAM_KAFKA_SASL_USERNAME" not in data
     pod = deploy["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert cm["metadata"]["name"] in [e["configMapRef"]["name"] for e in container["envFrom"]]
-    assert not any(e["name"].startswith("LAPSTREAM_KAFKA_") for e in container.get("env", []))
+    kafka_env = {e["name"]: e.get("value") for e in container.get("env", []) if e["name"].startswith("LAPSTREAM_KAFKA_")}
+    assert kafka_env == {"LAPSTREAM_KAFKA_SASL_USERNAME": user}
+    gen = load_module("gen_topics", DEPLOY / "gen_topics.py")
+    assert user in {principal for principal, *_ in gen.ACLS}
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
     for key in ("LAPSTREAM_KAFKA_SASL_PASSWORD_FILE", "LAPSTREAM_KAFKA_SSL_CAFILE"):
         folder = data[key].rsplit("/", 1)[0]
         (vol,) = [n for n, m in mounts.items() if m["mountPath"] == folder]
         assert vol in secrets and mounts[vol]["readOnly"] is True
-        assert secrets[vol] == "lapstream-kafka"
+        assert secrets[vol] == secret
 
 
 def test_k8s_gateway_deployment_services_and_pdb():
@@ -971,3 +993,221 @@ def test_k8s_gateway_deployment_services_and_pdb():
     sel = monitors["lapstream-gateway"]["spec"]["selector"]["matchLabels"]
     assert set(sel.items()) <= set(metrics_svc["metadata"]["labels"].items())
     assert not set(sel.items()) <= set(lb["metadata"]["labels"].items())
+
+
+# ------------------------------------------------------- P3 ingest (ops)
+INGEST_PORT = 9310   # lapstream ingest p3 --http-port default (LAPSTREAM_P3_HTTP_PORT)
+
+
+def ingest_services() -> dict:
+    return {n: s for n, s in compose()["services"].items() if s.get("command", [])[:2] == ["ingest", "p3"]}
+
+
+def test_compose_ingest(monkeypatch):
+    """lapstream ingest p3 from the workers' image, after the topics and ACLs
+    exist, its HTTP on 9310 in the container (what the CLI reads from its env),
+    published on loopback only, its decoders and map from the env and a
+    read-only mount of deploy/p3/, scraped as job lapstream-ingest."""
+    from streams.cli import build_parser
+    from streams.p3.ingest import parse_address
+    from streams.p3.mapping import DecoderMap
+
+    services = ingest_services()
+    assert list(services) == ["ingest-p3"]
+    svc = services["ingest-p3"]
+    assert svc["build"] == compose()["services"]["worker-1"]["build"]
+    assert svc["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
+    env = {k: str(v) for k, v in svc["environment"].items()}
+    assert svc["ports"] == [f"127.0.0.1:{INGEST_PORT}:{INGEST_PORT}"]
+    assert svc["healthcheck"]["test"][-2:] == ["/healthz", str(INGEST_PORT)]
+    for k in ("LAPSTREAM_HTTP_HOST", "LAPSTREAM_P3_HTTP_PORT", "LAPSTREAM_P3_MAP"):
+        monkeypatch.setenv(k, env[k])
+    args = build_parser().parse_args(["ingest", "p3"])
+    assert (args.http_host, args.http_port) == ("0.0.0.0", INGEST_PORT)
+    assert args.map == env["LAPSTREAM_P3_MAP"]
+    folder, name = env["LAPSTREAM_P3_MAP"].rsplit("/", 1)
+    source = [v.split(":")[0] for v in svc["volumes"] if v.split(":")[1] == folder]
+    assert source == ["./p3"] and svc["volumes"][0].endswith(":ro")
+    dmap = DecoderMap.load(DEPLOY / "p3" / name)
+    decoders = env["LAPSTREAM_P3_DECODERS"].split(",")
+    assert decoders
+    for d in decoders:
+        parse_address(d)
+        assert dmap.resolve(None, d) is not None, f"{d} is not in deploy/p3/{name}"
+    cfg = load_yaml(PROM_DIR / "prometheus.yml")
+    jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
+    targets = {t for sc in jobs["lapstream-ingest"]["static_configs"] for t in sc["targets"]}
+    assert targets == {f"{n}:{INGEST_PORT}" for n in services}
+
+
+def test_ingest_takes_its_decoders_from_the_env(monkeypatch, tmp_path):
+    """LAPSTREAM_P3_DECODERS (the deploy files' setting) is what --decoder
+    gives: a bad address there is refused with exit 2 like a bad flag."""
+    from streams.cli import build_parser
+
+    monkeypatch.setenv("LAPSTREAM_P3_MAP", str(DEPLOY / "p3" / "decoders.json"))
+    monkeypatch.setenv("LAPSTREAM_P3_DECODERS", "192.0.2.11:5403, not-an-address")
+    args = build_parser().parse_args(["ingest", "p3"])
+    assert args.func(args) == 2
+    assert args.decoder == ["192.0.2.11:5403", "not-an-address"]
+
+
+def test_compose_kafka_authorizer_super_users_and_controller_mtls():
+    services = compose()["services"]
+    for node in KAFKA_NODES:
+        env = kafka_env(services[node])
+        assert env["KAFKA_AUTHORIZER_CLASS_NAME"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+        assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+        supers = set(env["KAFKA_SUPER_USERS"].split(";"))
+        assert supers == {"User:broker", "User:admin"} | {f"User:CN={n}" for n in KAFKA_NODES}
+        proto = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+        controller = env["KAFKA_CONTROLLER_LISTENER_NAMES"]
+        assert proto[controller] == "SSL"
+        assert "PLAINTEXT" not in proto.values() and "SASL_PLAINTEXT" not in proto.values()
+        assert env[f"KAFKA_LISTENER_NAME_{controller}_SSL_CLIENT_AUTH"] == "required"
+
+
+def acl_lines() -> list[list[str]]:
+    return [shlex.split(line) for line in init_script().splitlines() if "kafka-acls.sh" in line and "--add" in line]
+
+
+def test_compose_acls_are_least_privilege_per_principal():
+    """kafka-init adds exactly the ACLs gen_topics.py prints: the workers read
+    timing.raw / records.ref / snapshots and their group, write the derived
+    topics, dead letters, records.ref and snapshots; the gateway reads the
+    derived topics and timing.raw (what it subscribes to), nothing else; P3
+    ingest writes timing.raw, nothing else. No wildcard, no super user."""
+    from streams.app import Settings
+    from streams.gateway_state import TOPIC_NAMES
+
+    gen = load_module("gen_topics", DEPLOY / "gen_topics.py")
+    assert gen.compose_block(COMPOSE_FILE.read_text(), gen.ACL_BEGIN, gen.ACL_END) == gen.acl_commands()
+    grants: dict[str, set] = {}
+    for args in acl_lines():
+        principal = args[args.index("--allow-principal") + 1]
+        ops = {args[i + 1] for i, a in enumerate(args) if a == "--operation"}
+        ((rtype, name),) = [(a[2:], args[i + 1]) for i, a in enumerate(args) if a in ("--topic", "--group",
+                                                                                        "--cluster",
+                                                                                        "--transactional-id")]
+        assert "--resource-pattern-type" not in args and name != "*", args
+        for op in ops:
+            grants.setdefault(principal, set()).add((op, rtype, name))
+    assert set(grants) == {"User:lapstream", "User:gateway", "User:ingest"}
+    derived = {t.name for t in topics.DERIVED}
+    assert grants["User:ingest"] == {("Write", "topic", topics.RAW.name)}
+    assert grants["User:gateway"] == {("Read", "topic", n) for n in TOPIC_NAMES}
+    assert set(TOPIC_NAMES) == derived | {topics.RAW.name}
+    worker = grants["User:lapstream"]
+    group = Settings.app_id if isinstance(Settings.app_id, str) else Settings().app_id
+    assert ("Read", "group", group) in worker
+    assert {(op, n) for op, kind, n in worker if kind == "topic"} == (
+        {("Read", n) for n in (topics.RAW.name, topics.RECORDS_REF.name, topics.SNAPSHOTS.name)}
+        | {("Write", n) for n in derived | {topics.DEADLETTER.name, topics.RECORDS_REF.name,
+                                             topics.SNAPSHOTS.name}})
+    assert not any(op == "Write" and n == topics.RAW.name for op, _, n in worker)
+    # every client service logs in as a principal that has ACLs, and not as a super user
+    users = {}
+    for name, svc in compose()["services"].items():
+        env = svc.get("environment") or {}
+        if "LAPSTREAM_KAFKA_SASL_USERNAME" in env:
+            users[name] = env["LAPSTREAM_KAFKA_SASL_USERNAME"]
+    assert users["gateway"] == "gateway" and users["ingest-p3"] == "ingest"
+    assert {users[n] for n in users if n.startswith("worker-")} == {"lapstream"}
+    assert {f"User:{u}" for u in users.values()} == set(grants)
+
+
+def test_gen_secrets_gives_every_principal_its_own_password_and_the_nodes_mutual_tls(tmp_path):
+    """Every Kafka client service of the compose file logs in with a password
+    file that gen_secrets.sh made for its own user (in the JAAS file, distinct
+    passwords, none printed); the brokers' certificates carry the CN the super
+    users name, and a node's key store opens a mutual-TLS session with another
+    node's (what the controller listener requires)."""
+    import socket
+    import ssl
+
+    out = tmp_path / "secrets"
+    r = subprocess.run(["sh", str(DEPLOY / "gen_secrets.sh"), str(out)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    doc = compose()
+    files = {name: out / Path(s["file"]).name for name, s in doc["secrets"].items()}
+    jaas = files["kafka-jaas"].read_text()
+    passwords = {}
+    for name, svc in doc["services"].items():
+        env = {k: str(v) for k, v in (svc.get("environment") or {}).items()}
+        if "LAPSTREAM_KAFKA_SASL_USERNAME" not in env:
+            continue
+        user = env["LAPSTREAM_KAFKA_SASL_USERNAME"]
+        secret = env["LAPSTREAM_KAFKA_SASL_PASSWORD_FILE"].removeprefix("/run/secrets/")
+        assert secret in svc["secrets"], name
+        pw = files[secret].read_text().strip()
+        assert f'user_{user}="{pw}"' in jaas, name
+        assert passwords.setdefault(user, pw) == pw
+        assert pw not in r.stdout + r.stderr, "a password was printed"
+    assert set(passwords) == {"lapstream", "gateway", "ingest"}
+    all_pw = re.findall(r'user_\w+="([^"]+)"', jaas)
+    assert len(all_pw) == len(set(all_pw)) == 5        # broker, admin, lapstream, gateway, ingest
+    key_password = re.search(r"^key\.password=(.+)$", files["kafka-ssl-properties"].read_text(), re.M).group(1)
+    ca = str(files["kafka-ca"])
+    for node in KAFKA_NODES:
+        cert = ssl._ssl._test_decode_cert(str(files[f"{node}-keystore"]))
+        assert dict(x[0] for x in cert["subject"]) == {"commonName": node}
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(files["kafka-1-keystore"], password=key_password)
+    server.load_verify_locations(ca)
+    server.verify_mode = ssl.CERT_REQUIRED
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_cert_chain(files["kafka-2-keystore"], password=key_password)
+    client.load_verify_locations(ca)
+    a, b = socket.socketpair()
+    peer = {}
+
+    def serve():
+        try:
+            with server.wrap_socket(a, server_side=True) as s:
+                peer["cert"] = s.getpeercert()
+                s.recv(1)
+        except Exception as exc:
+            peer["error"] = exc
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        with client.wrap_socket(b, server_hostname="kafka-1") as c:
+            c.sendall(b"x")
+    finally:
+        t.join(10)
+    assert "error" not in peer, peer
+    assert dict(x[0] for x in peer["cert"]["subject"]) == {"commonName": "kafka-2"}
+
+
+def test_k8s_ingest_deployment_and_metrics_service():
+    (deploy,) = k8s_by_kind("Deployment", "ingest")
+    spec = deploy["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+    template = spec["template"]
+    pod_labels = set(template["metadata"]["labels"].items())
+    (container,) = template["spec"]["containers"]
+    assert container["args"] == ["ingest", "p3"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["LAPSTREAM_P3_HTTP_PORT"] == str(INGEST_PORT)
+    assert config_map()["data"]["LAPSTREAM_HTTP_HOST"] == "0.0.0.0"
+    live, ready = container["livenessProbe"]["httpGet"], container["readinessProbe"]["httpGet"]
+    assert (live["path"], ready["path"]) == ("/healthz", "/readyz")
+    assert resolve_port(live["port"], container) == INGEST_PORT
+    assert template["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # the map: a ConfigMap mounted where LAPSTREAM_P3_MAP points
+    folder, name = env["LAPSTREAM_P3_MAP"].rsplit("/", 1)
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == folder]
+    (vol,) = [v for v in template["spec"]["volumes"] if v["name"] == mount["name"]]
+    data = config_map(vol["configMap"]["name"])["data"]
+    assert json.loads(data[name])["decoders"]
+    (svc,) = k8s_by_kind("Service", "ingest")
+    assert set(svc["spec"]["selector"].items()) <= pod_labels
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"]
+    ann = svc["metadata"]["annotations"]
+    assert (ann["prometheus.io/scrape"], ann["prometheus.io/port"]) == ("true", str(INGEST_PORT))
+    monitors = {m["metadata"]["name"]: m for m in k8s_by_kind("ServiceMonitor")}
+    sel = monitors["lapstream-ingest"]["spec"]["selector"]["matchLabels"]
+    assert set(sel.items()) <= set(svc["metadata"]["labels"].items())

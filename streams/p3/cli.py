@@ -48,6 +48,8 @@ def _cmd_ingest_p3(args) -> int:
         for (who, what), c in sorted(conv.stats.items()):
             print(f"  {who}\t{what}\t{c}", file=sys.stderr)
         return 0
+    if not args.decoder:   # a container's setting (deploy/): LAPSTREAM_P3_DECODERS=HOST:PORT,HOST:PORT
+        args.decoder = [d.strip() for d in os.environ.get("LAPSTREAM_P3_DECODERS", "").split(",") if d.strip()]
     if not args.decoder:
         print("lapstream ingest p3: give --decoder HOST:PORT (live) or --file CAPTURE (offline)", file=sys.stderr)
         return 2
@@ -151,8 +153,11 @@ def add_commands(sub, broker_arg) -> None:
     isub = p.add_subparsers(dest="protocol", required=True, help="the decoders' protocol (p3: MYLAPS P3)")
     p = isub.add_parser("p3", help="MYLAPS / AMB P3 decoders over TCP (or a byte capture) -> v1 passings and heartbeats")
     p.add_argument("--decoder", action="append", default=[], metavar="HOST:PORT",
-                   help="a decoder to connect to (repeatable; P3 decoders listen on 5403)")
-    p.add_argument("--map", help="JSON (or YAML) mapping decoder id / address -> venue, source, loop")
+                   help="a decoder to connect to (repeatable; P3 decoders listen on 5403; default: "
+                        "$LAPSTREAM_P3_DECODERS, comma-separated)")
+    p.add_argument("--map", default=os.environ.get("LAPSTREAM_P3_MAP") or None,
+                   help="JSON (or YAML) mapping decoder id / address -> venue, source, loop "
+                        "(default: $LAPSTREAM_P3_MAP)")
     broker_arg(p)
     p.add_argument("--file", help="offline: a raw byte capture of a decoder's TCP stream")
     p.add_argument("--out", default="-", help="offline: the v1 feed to write (default stdout)")

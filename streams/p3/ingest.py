@@ -50,7 +50,7 @@ from typing import Any, Callable, Optional
 import orjson
 
 from streams import topics as T
-from streams.metrics import Metrics
+from streams.metrics import P3_CATALOGUE, Metrics
 
 from .codec import COUNTERS, FrameDecoder
 from .mapping import Converter, DecoderMap
@@ -146,7 +146,8 @@ class P3Ingest:
                  wall_us: Optional[Callable[[], int]] = None, producer=None) -> None:
         self.s = settings
         self.conv = Converter(dmap, clock_step_us=settings.clock_step_us)
-        self.metrics = metrics or Metrics()
+        # its own catalogue: a worker's series (lapstream_worker_ready 0...) have no place here
+        self.metrics = metrics or Metrics(specs=P3_CATALOGUE)
         self.wall_us = wall_us or (lambda: time.time_ns() // 1000)
         self.producer = producer
         self.own_producer = producer is None
@@ -164,6 +165,8 @@ class P3Ingest:
         for a in self.links:
             parse_address(a)
             self.metrics["lapstream_p3_connected"].labels(a).set(0)
+            for name in ("lapstream_p3_connects_total", "lapstream_p3_frames_total"):
+                self.metrics[name].labels(a)      # at 0 before the first connection (rate/increase)
         if self.producer is None:
             self.producer, self.idempotent = await start_producer(self.s.bootstrap, self.s.idempotence,
                                                                    security=self.s.security)
