@@ -125,9 +125,10 @@ class Board:
                 return None   # delivered again (at-least-once): the same id, the same content
             self.ids.add(eid)
         ident = fact(ev)
-        before = self.seen.get(ident[0]) if ident is not None else None
-        if ident is not None:
-            self.seen[ident[0]] = ident[1]
+        if ident is None:
+            return NEW   # a kind this board does not draw (added to the contract later): a line only
+        before = self.seen.get(ident[0])
+        self.seen[ident[0]] = ident[1]
         if before is None:
             change = NEW
         elif before == ident[1]:

@@ -102,6 +102,13 @@ def test_an_event_delivered_twice_is_news_once():
     assert board.current.rows["CAN"].finish == "2:53.47"
 
 
+def test_a_kind_the_board_does_not_draw_is_a_line_not_a_crash():
+    board = Board()
+    assert board.apply({"kind": "lap_chart", "v": 1, "event_id": "x1", "t_us": 1}) == NEW
+    assert board.current is None and board.events == 1
+    assert _line({"kind": "lap_chart"}, NEW).startswith("lap_chart")
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["2:53.44", "2:53.45", "2:54.00"]), st.integers(1, 3),
                           st.sampled_from(["transponder", "photo"]), st.booleans()), min_size=1, max_size=12))
