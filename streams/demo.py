@@ -265,7 +265,12 @@ async def _live(console, boot: str, path: Path, args, metrics_url: str, security
         if topic == T.DEADLETTER.name:
             ev = {"kind": "deadletter", "error": "bad input"}
         else:
-            ev = orjson.loads(value)
+            try:
+                ev = orjson.loads(value)
+            except orjson.JSONDecodeError:   # not from a lapstream worker: say so, go on
+                ev = {"kind": "unreadable", "error": f"{topic}: not JSON"}
+            if not isinstance(ev, dict):
+                ev = {"kind": "unreadable", "error": f"{topic}: not a JSON object"}
         if order is None:
             show(ev)
         else:
