@@ -68,8 +68,8 @@ def fact(ev: dict) -> tuple[tuple, tuple] | None:
                 (bool(ev.get("withdrawn")), ev["equalled"], ev["time"], ev["previous_time"], ev["previous_holder"]))
     if k == "result":
         return ((k, ev["race_id"]),
-                (ev.get("attempt"), ev["status"], tuple(
-                    (e["rank"], e["competitor_id"], e["time"], e.get("behind_ms"), e["irm"],
+                (ev.get("attempt"), ev["status"], tuple(   # as drawn: no behind_ms (the splits' is)
+                    (e["rank"], e["competitor_id"], e["time"], e["irm"],
                      tuple(e["records"]), e.get("points")) for e in ev["ranking"])))
     if k == "standings":
         return ((k, ev["group"]),

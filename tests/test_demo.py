@@ -102,6 +102,22 @@ def test_an_event_delivered_twice_is_news_once():
     assert board.current.rows["CAN"].finish == "2:53.47"
 
 
+def test_a_result_is_news_when_its_status_or_ranking_changes_not_its_revision():
+    def result(rev, status, behind):
+        return {"kind": "result", "v": 1, "event_id": f"res{rev}", "race_id": "R1", "t_us": 1, "attempt": 1,
+                "status": status, "revision": rev, "final": rev > 0,
+                "ranking": [{"rank": 1, "competitor_id": "POL", "time_ms": 182050, "time": "3:02.05",
+                             "behind_ms": 0, "irm": None, "records": []},
+                            {"rank": 2, "competitor_id": "BLR", "time_ms": 182890, "time": "3:02.89",
+                             "behind_ms": behind, "irm": None, "records": []}]}
+    board = Board()
+    assert board.apply(result(0, "live", 834)) == NEW
+    assert board.apply(result(1, "live", 833)) is None       # a gap the board does not draw
+    assert board.apply(result(2, "official", 833)) == REVISED
+    assert board.current.status == "official"
+    assert _line(result(2, "official", 833), REVISED).startswith("result   R1 [official] 1. POL 3:02.05")
+
+
 def test_a_kind_the_board_does_not_draw_is_a_line_not_a_crash():
     board = Board()
     assert board.apply({"kind": "lap_chart", "v": 1, "event_id": "x1", "t_us": 1}) == NEW
