@@ -75,7 +75,7 @@ def run_demo(args) -> int:
     workdir = tempfile.mkdtemp(prefix="lapstream-demo-")
     try:
         if boot is None:
-            broker = EmbeddedBroker(kind, log_path=os.path.join(workdir, "broker.log"))
+            broker = EmbeddedBroker(kind, log_path=os.path.join(workdir, "broker.log"), tmp_parent=workdir)
             broker.start()
             boot = broker.bootstrap
             console.print(f"embedded {broker.kind} broker on [bold]{boot}[/bold]")
@@ -124,7 +124,12 @@ def exits_when_done(args) -> bool:
 
 def _cleanup(children, broker, workdir: str) -> None:
     """Stop what the demo started and remove its work directory; a second Ctrl-C or a
-    SIGTERM meanwhile does not cut this short (each stop is bounded by its timeout)."""
+    SIGTERM meanwhile does not cut this short (each stop is bounded by its timeout).
+
+    The directory goes first too: a supervisor's SIGKILL may follow its SIGTERM
+    within seconds (script(1): 2 s; docker stop: 10 s) while the worker still
+    shuts down; the children then get SIGTERM from the kernel (die_with_parent).
+    It goes again at the end, in case a process wrote there while stopping."""
     old = {}
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         try:
@@ -132,6 +137,13 @@ def _cleanup(children, broker, workdir: str) -> None:
         except (ValueError, OSError):   # pragma: no cover - not the main thread
             pass
     try:
+        for _, proc, _ in children:     # all at once: their shutdowns overlap
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        shutil.rmtree(workdir, ignore_errors=True)
         for _, proc, _ in reversed(children):
             try:
                 stop_process(proc)
