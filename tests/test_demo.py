@@ -322,3 +322,43 @@ def test_the_demo_asked_to_stay_prints_lines_as_they_come_and_cleans_up_on_sigte
     assert list(tmp.iterdir()) == []
     broker, worker = _ports(out)
     assert _closed(broker) and _closed(worker)
+
+
+@pytest.mark.live
+def test_a_sigkill_soon_after_sigterm_leaves_no_directory_and_no_process(tmp_path):
+    """A supervisor's SIGTERM, then its SIGKILL while the worker still shuts down
+    (script(1) waits 2 s): the directory is already gone, the children follow."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "demo", "--plain", "--stay", "--speed", "max",
+                             "--http-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp)})
+    seen = []
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline().decode()
+            assert line, "the demo ended: " + "".join(seen)
+            seen.append(line)
+            if line.startswith("replaying"):
+                break
+        assert len(list(tmp.iterdir())) == 1        # one directory: the demo's (the broker's is inside)
+        os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 120
+        while list(tmp.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(tmp.iterdir()) == []
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    broker, worker = _ports("".join(seen))
+    deadline = time.monotonic() + 120
+    while not (_closed(broker) and _closed(worker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _closed(broker) and _closed(worker)
+    assert list(tmp.iterdir()) == []
