@@ -3,6 +3,11 @@
 ``Board.apply(event)`` folds one derived event (from Kafka or from
 ``lapstream process``) into the view; ``Board.render()`` draws it with rich.
 Kept separate from the demo's plumbing so it can be tested offline.
+
+A fact is announced once. Its later revisions (docs/contract.md: a provisional
+value, then the final one ~3 s later, often the same) are news only when
+something a viewer sees changed (a time, a rank, a status...), never when only
+``final``, ``revision`` or ``event_id`` did. ``apply`` says which it was.
 """
 from __future__ import annotations
 
@@ -37,6 +42,45 @@ class RaceView:
     revision: int = -1
 
 
+NEW = "new"            # a fact not seen before (or given again after it was taken back)
+REVISED = "revised"    # a fact seen before, with a value a viewer sees changed
+WITHDRAWN = "withdrawn"  # a record taken back
+
+
+def fact(ev: dict) -> tuple[tuple, tuple] | None:
+    """(identity, what a viewer sees) of a derived event, or None for a dead letter.
+
+    The identity is the contract's "latest revision per fact" key; what a viewer
+    sees leaves out ``event_id``, ``revision``, ``final`` and ``t_us``.
+    """
+    k = ev.get("kind")
+    if k == "split":
+        return ((k, ev["race_id"], ev.get("attempt"), ev["competitor_id"], ev["skater_id"], ev["distance_m"]),
+                (ev["time"], ev["rank"], ev["behind_ms"], ev["lap_ms"]))
+    if k == "finish":
+        return ((k, ev["race_id"], ev.get("attempt"), ev["competitor_id"]),
+                (ev["time"], ev["rank"], ev["source"], ev.get("points")))
+    if k == "incident":
+        return ((k, ev["race_id"], ev.get("attempt"), ev["competitor_id"], ev["skater_id"], ev["type"]),
+                (ev["status"], ev["at_m"]))
+    if k == "record":
+        return ((k, ev["race_id"], ev["competitor_id"], ev["record"]),
+                (bool(ev.get("withdrawn")), ev["equalled"], ev["time"], ev["previous_time"], ev["previous_holder"]))
+    if k == "result":
+        return ((k, ev["race_id"]),
+                (ev.get("attempt"), ev["status"], tuple(   # as drawn: no behind_ms (the splits' is)
+                    (e["rank"], e["competitor_id"], e["time"], e["irm"],
+                     tuple(e["records"]), e.get("points")) for e in ev["ranking"])))
+    if k == "standings":
+        return ((k, ev["group"]),
+                (ev.get("complete"), tuple((e.get("rank"), e["competitor_id"], e.get("time"), e.get("irm"),
+                                            e.get("points")) for e in ev["ranking"])))
+    if k == "classification":
+        return ((k, ev["event"]),
+                (ev.get("complete"), tuple((r["place"], r["competitor_id"], r["race_id"]) for r in ev["ranking"])))
+    return None
+
+
 class Board:
     def __init__(self, max_alerts: int = 8) -> None:
         self.races: dict[str, RaceView] = {}
@@ -47,6 +91,8 @@ class Board:
         self.classification: dict | None = None
         self.events = 0
         self.deadletters = 0
+        self.seen: dict[tuple, tuple] = {}   # fact identity -> what a viewer last saw of it
+        self.ids: set[str] = set()           # event ids applied
 
     def race(self, rid: str) -> RaceView:
         rv = self.races.get(rid)
@@ -63,26 +109,50 @@ class Board:
         self.alerts.append(text)
         del self.alerts[:-self.max_alerts]
 
-    def apply(self, ev: dict) -> None:
+    def apply(self, ev: dict) -> str | None:
+        """Fold one event into the view. Returns what a viewer sees of it: ``NEW``,
+        ``REVISED``, ``WITHDRAWN``, or None when nothing they see changed (a
+        provisional value made final as it was, an event delivered twice)."""
         self.events += 1
         kind = ev.get("kind")
         if kind == "deadletter":
             self.deadletters += 1
             self._alert(f"dead letter: {ev.get('error', '')[:60]}")
-            return
+            return NEW
+        eid = ev.get("event_id")
+        if eid is not None:
+            if eid in self.ids:
+                return None   # delivered again (at-least-once): the same id, the same content
+            self.ids.add(eid)
+        ident = fact(ev)
+        if ident is None:
+            return NEW   # a kind this board does not draw (added to the contract later): a line only
+        before = self.seen.get(ident[0])
+        self.seen[ident[0]] = ident[1]
+        if before is None:
+            change = NEW
+        elif before == ident[1]:
+            change = None
+        else:
+            change = REVISED
+        if kind == "record":
+            if ev.get("withdrawn"):
+                change = WITHDRAWN if change is not None else None
+            elif change is not None and (before is None or before[0]):   # first seen, or given again
+                change = NEW
         if kind in ("standings",):
             self.standings[ev["group"]] = ev
-            return
+            return change
         if kind == "classification":
             self.classification = ev
-            return
+            return change
         rv = self.race(ev["race_id"])
         if kind == "split":
             if ev["skater_id"] is not None and rv.rows.get(ev["competitor_id"]) is not None \
                     and ev["competitor_id"] != ev["skater_id"]:
-                return  # team pursuit: the board follows the team (third skater)
+                return change  # team pursuit: the board follows the team (third skater)
             if ev["skater_id"] is not None and ev["competitor_id"] != ev["skater_id"]:
-                return
+                return change
             row = rv.rows.setdefault(ev["competitor_id"], Row(ev["competitor_id"]))
             row.distance_m = ev["distance_m"]
             row.time = ev["time"]
@@ -93,18 +163,25 @@ class Board:
             row = rv.rows.setdefault(ev["competitor_id"], Row(ev["competitor_id"]))
             row.finish = ev["time"]
             row.rank = ev["rank"]
-            if ev["revision"] > 0:
-                self._alert(f"{ev['race_id']}: {ev['competitor_id']} finish revised to {ev['time']} ({ev['source']})")
+            if change == REVISED:
+                old_time, old_rank = before[0], before[1]
+                what = [f"to {ev['time']}" + (f" (was {old_time})" if old_time != ev["time"] else "")]
+                if old_rank != ev["rank"]:
+                    what.append(f"rank {ev['rank'] or '-'} (was {old_rank or '-'})")
+                self._alert(f"{ev['race_id']}: {ev['competitor_id']} finish revised {', '.join(what)} "
+                            f"({ev['source']})")
         elif kind == "incident":
-            who = ev["skater_id"] or ev["competitor_id"]
-            self._alert(f"{ev['race_id']}: {ev['type'].upper()} {ev['status']} - {who} at {ev['at_m']} m")
+            if change is not None:
+                who = ev["skater_id"] or ev["competitor_id"]
+                self._alert(f"{ev['race_id']}: {ev['type'].upper()} {ev['status']} - {who} at {ev['at_m']} m")
         elif kind == "record":
-            if ev.get("withdrawn"):
-                self._alert(f"{ev['race_id']}: {ev['record']} by {ev['competitor_id']} withdrawn")
-            else:
+            if change == WITHDRAWN:
+                self._alert(f"{ev['race_id']}: {ev['record']} {ev['time']} by {ev['competitor_id']} taken back")
+            elif change is not None:
                 verb = "equalled" if ev["equalled"] else "NEW"
+                again = " (revised)" if change == REVISED else ""
                 self._alert(f"{ev['race_id']}: {verb} {ev['record']} {ev['time']} by {ev['competitor_id']} "
-                            f"(was {ev['previous_time']}, {ev['previous_holder']})")
+                            f"(was {ev['previous_time']}, {ev['previous_holder']}){again}")
         elif kind == "result":
             if ev["revision"] >= rv.revision:
                 rv.revision = ev["revision"]
@@ -117,6 +194,7 @@ class Board:
                     row.points = e.get("points")
                     if e["rank"] is not None:
                         row.rank = e["rank"]
+        return change
 
     # -- drawing ---------------------------------------------------------------
 

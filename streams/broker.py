@@ -355,6 +355,8 @@ class EmbeddedBroker:
     ``advertised_port`` (tansu only) is the port the broker names in its
     metadata instead of its own: that of a proxy in front of it (the TLS
     tests put stunnel there), so that clients come back through the proxy.
+    ``tmp_parent``: where the temporary work directory is made (default
+    ``$TMPDIR``; the demo puts it in its own, removed as a whole).
 
     The broker runs in its own process group; stop() ends the group. It is
     also stopped at interpreter exit and, on Linux, gets SIGTERM when the
@@ -372,6 +374,7 @@ class EmbeddedBroker:
         log_path: Optional[os.PathLike | str] = None,
         startup_timeout: float = 15.0,
         advertised_port: Optional[int] = None,
+        tmp_parent: Optional[os.PathLike | str] = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown broker kind {kind!r}: use one of {', '.join(KINDS)}")
@@ -390,6 +393,7 @@ class EmbeddedBroker:
         self._data_dir = Path(data_dir) if data_dir is not None else None
         self._log_path = Path(log_path) if log_path is not None else None
         self._workdir: Optional[Path] = None
+        self._tmp_parent = tmp_parent   # where the temporary work directory goes (default: $TMPDIR)
         self._proc: Optional[subprocess.Popen] = None
         self._log_file = None
         self.started_in: Optional[float] = None  # seconds from spawn to ready
@@ -461,7 +465,7 @@ class EmbeddedBroker:
             return self
         binary = broker_binary(self.kind)
         if self._workdir is None:
-            self._workdir = Path(tempfile.mkdtemp(prefix=f"lapstream-{self.kind}-"))
+            self._workdir = Path(tempfile.mkdtemp(prefix=f"lapstream-{self.kind}-", dir=self._tmp_parent))
         if self._log_path is None:
             self._log_path = self._workdir / "broker.log"
         if self.kind == "noida" and self._data_dir is None:

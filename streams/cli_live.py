@@ -292,7 +292,15 @@ def add_commands(sub) -> None:
                    help="stop after S seconds without a new message")
     p.set_defaults(func=_cmd_record)
 
-    p = sub.add_parser("demo", help="embedded broker + worker + replay of Beijing 2022, live in the terminal")
+    p = sub.add_parser("demo", help="embedded broker + worker + replay of Beijing 2022, live in the terminal",
+                       description="Start an embedded broker and a worker, replay a recorded feed into them and "
+                                   "show the derived events live. The demo ends by itself (exit 0) once the feed "
+                                   "is replayed, every race it makes official is shown so and nothing new came "
+                                   "for a few seconds; it then stops the broker and the worker it started. "
+                                   "--web keeps it running after that, serving the page, until Ctrl-C; "
+                                   "--stay does the same without it. The live view needs a terminal: when "
+                                   "stdout is a pipe or a file the demo prints one line per event as it comes "
+                                   "(as --plain does), then the final board.")
     p.add_argument("--feed", default=None,
                    help="a feed file, or 'women' / 'men' for a whole Beijing 2022 tournament "
                         "(default: the women's final A)")
@@ -301,13 +309,21 @@ def add_commands(sub) -> None:
     p.add_argument("--http-port", type=int, default=D.HTTP_PORT,
                    help="the worker's /metrics /healthz /readyz port on 127.0.0.1; 0 picks a free one "
                         "(default %(default)s)")
-    p.add_argument("--plain", action="store_true", help="print events as lines instead of the live view")
+    p.add_argument("--plain", action="store_true",
+                   help="print events as lines instead of the live view: a fact once, again only when "
+                        "a value shown changes (marked 'revised'); lines follow the events' t_us across "
+                        "topics as far as a 1 s hold allows (events of one race keep their order)")
     p.add_argument("--no-skip-idle", action="store_true",
                    help="replay the quiet time between races too (by default it is skipped)")
-    p.add_argument("--exit-when-done", action="store_true",
-                   help="stop once the feed is replayed and the last result is official")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--exit-when-done", action="store_true",
+                      help="end once the feed is replayed and its races are official, even with --web "
+                           "(without --web this is the default)")
+    when.add_argument("--stay", action="store_true",
+                      help="keep running (and showing) after the races are official, until Ctrl-C")
     p.add_argument("--web", action="store_true",
-                   help="also start the gateway (lapstream serve) and print the scoreboard page's URL")
+                   help="also start the gateway (lapstream serve) and print the scoreboard page's URL; "
+                        "the demo then keeps serving the page after the races are official, until Ctrl-C")
     p.add_argument("--web-port", type=int, default=None, help="the page's port (default: a free one)")
     p.set_defaults(func=_cmd_demo)
 

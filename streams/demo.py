@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import os
+import shutil
 import signal
+import sys
 import tempfile
 import time
+from collections import deque
 from importlib import resources
 from pathlib import Path
 
@@ -37,7 +41,11 @@ def run_demo(args) -> int:
     from streams.cli import FAILURE, USAGE, CliError
     from streams.cli_live import check_port_free
 
-    console = Console(stderr=False)
+    try:   # a pipe or a file: each line goes out when it is printed, not at the end
+        sys.stdout.reconfigure(line_buffering=True)
+    except (AttributeError, ValueError):
+        pass
+    console = Console(stderr=False, soft_wrap=True)   # in a pipe: a message is one line, not wrapped at 80
 
     def _interrupt(signum, frame):   # a closed terminal or a kill: clean up like Ctrl-C
         raise KeyboardInterrupt
@@ -62,47 +70,94 @@ def run_demo(args) -> int:
     http_port = args.http_port or free_port()
     check_port_free(D.HTTP_HOST, http_port)   # the worker's: say so now, not "not ready" later
     broker = None
-    worker = None
-    gateway = None
+    children: list[tuple[str, object]] = []   # (name, Popen) of what this demo started
+    # logs and the worker's data: removed on every way out (the end, Ctrl-C, SIGTERM/SIGHUP, an error)
     workdir = tempfile.mkdtemp(prefix="lapstream-demo-")
     try:
         if boot is None:
-            broker = EmbeddedBroker(kind, log_path=os.path.join(workdir, "broker.log"))
+            broker = EmbeddedBroker(kind, log_path=os.path.join(workdir, "broker.log"), tmp_parent=workdir)
             broker.start()
             boot = broker.bootstrap
             console.print(f"embedded {broker.kind} broker on [bold]{boot}[/bold]")
         asyncio.run(ensure_topics(boot, security=security))
-        worker = start_worker(boot, http_port, log_path=os.path.join(workdir, "worker.log"),
+        worker_log = os.path.join(workdir, "worker.log")
+        worker = start_worker(boot, http_port, log_path=worker_log,
                               session_timeout=2.0 if broker is not None and broker.kind == "tansu" else 6.0,
-                              env=plain_env)
+                              env=plain_env, data_dir=os.path.join(workdir, "worker-data"))
+        children.append(("worker", worker, worker_log))
         metrics_url = f"http://127.0.0.1:{http_port}/metrics"
         console.print(f"worker metrics: [bold]{metrics_url}[/bold]  (health: /healthz, /readyz)")
         if not wait_http(f"http://127.0.0.1:{http_port}/readyz", 90, worker):
-            log = os.path.join(workdir, "worker.log")
-            raise CliError(f"the worker did not become ready: {_last_line(log) or 'no output'} (log: {log})",
+            raise CliError(f"the worker did not become ready: {_last_line(worker_log) or 'no output'}",
                            FAILURE)
+        page = None
         if getattr(args, "web", False):
             web_port = args.web_port or free_port()
-            gateway = start_gateway(boot, web_port, log_path=os.path.join(workdir, "gateway.log"),
-                                    env=plain_env)
+            gateway_log = os.path.join(workdir, "gateway.log")
+            gateway = start_gateway(boot, web_port, log_path=gateway_log, env=plain_env)
+            children.append(("gateway", gateway, gateway_log))
             if not wait_http(f"http://127.0.0.1:{web_port}/readyz", 90, gateway):
-                log = os.path.join(workdir, "gateway.log")
-                raise CliError(f"the gateway did not become ready: {_last_line(log) or 'no output'} "
-                               f"(log: {log})", FAILURE)
-            console.print(f"scoreboard: [bold]http://127.0.0.1:{web_port}/[/bold]  "
+                raise CliError(f"the gateway did not become ready: {_last_line(gateway_log) or 'no output'}",
+                               FAILURE)
+            page = f"http://127.0.0.1:{web_port}/"
+            console.print(f"scoreboard: [bold]{page}[/bold]  "
                           f"(API /api/v1/races, stream /api/v1/stream, /openapi.yaml)")
-        console.print(f"replaying {path.name} {pace_text(args.speed)} (Ctrl-C stops)")
-        return asyncio.run(_live(console, boot, path, args, metrics_url, security))
+        ends = exits_when_done(args)
+        console.print(f"replaying {path.name} {pace_text(args.speed)} "
+                      f"({'ends once the races are official; ' if ends else ''}Ctrl-C stops)")
+        return asyncio.run(_live(console, boot, path, args, metrics_url, security,
+                                 children=children, broker=broker, page=page))
     except KeyboardInterrupt:
         console.print("stopped")
         return 130
     finally:
-        if gateway is not None:
-            stop_process(gateway)
-        if worker is not None:
-            stop_process(worker)
+        _cleanup(children, broker, workdir)
+
+
+def exits_when_done(args) -> bool:
+    """The demo ends by itself once the feed is replayed and its races are official,
+    unless asked to stay (--stay) or serving the page (--web, unless --exit-when-done)."""
+    if getattr(args, "stay", False):
+        return False
+    return bool(getattr(args, "exit_when_done", False)) or not getattr(args, "web", False)
+
+
+def _cleanup(children, broker, workdir: str) -> None:
+    """Stop what the demo started and remove its work directory; a second Ctrl-C or a
+    SIGTERM meanwhile does not cut this short (each stop is bounded by its timeout).
+
+    The directory goes first too: a supervisor's SIGKILL may follow its SIGTERM
+    within seconds (script(1): 2 s; docker stop: 10 s) while the worker still
+    shuts down; the children then get SIGTERM from the kernel (die_with_parent).
+    It goes again at the end, in case a process wrote there while stopping."""
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        try:
+            old[sig] = signal.signal(sig, signal.SIG_IGN)
+        except (ValueError, OSError):   # pragma: no cover - not the main thread
+            pass
+    try:
+        for _, proc, _ in children:     # all at once: their shutdowns overlap
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        shutil.rmtree(workdir, ignore_errors=True)
+        for _, proc, _ in reversed(children):
+            try:
+                stop_process(proc)
+            except Exception:   # pragma: no cover - keep stopping the rest
+                pass
         if broker is not None:
-            broker.stop()
+            try:
+                broker.stop()
+            except Exception:   # pragma: no cover
+                pass
+        shutil.rmtree(workdir, ignore_errors=True)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def pace_text(speed: float | None) -> str:
@@ -118,10 +173,77 @@ def _last_line(path: str) -> str:
     return lines[-1] if lines else ""
 
 
-async def _live(console, boot: str, path: Path, args, metrics_url: str, security=None) -> int:
-    from rich.live import Live
+QUIET_S = 3.0        # no new event for this long after the replay: the output has settled
+GIVE_UP_S = 20.0     # ... for this long, even if a race the feed made official is not (yet) shown so
+HOLD_S = 1.0         # line output: how long an event may wait for one with an earlier t_us
 
+
+def expected_official(lines: list[bytes]) -> set[str]:
+    """Races the feed makes official (or void): the demo is done when the board shows them so."""
+    races = set()
+    for ln in lines:
+        if b'"decision"' not in ln:
+            continue
+        try:
+            msg = orjson.loads(ln)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(msg, dict) and msg.get("kind") == "decision" and msg.get("code") in ("OFFICIAL", "VOID") \
+                and isinstance(msg.get("race_id"), str):
+            races.add(msg["race_id"])
+    return races
+
+
+class TimeOrder:
+    """Line output in the order of the events' ``t_us`` as far as their arrival allows.
+
+    The demo reads several topics; the consumer hands them over topic by topic
+    (at ``--speed max`` every split before any result). An event waits here up to
+    ``hold_s`` for one with an earlier ``t_us`` from another topic. Events of one
+    key (a race, a group, an event) keep the order they came in, whatever their
+    ``t_us`` (a revision may carry an earlier one): that order is the contract's.
+    """
+
+    def __init__(self, hold_s: float) -> None:
+        self.hold_s = hold_s
+        self.heap: list = []
+        self.arrived: deque = deque()      # (arrival, seq), in arrival order
+        self.released: set[int] = set()
+        self.floor: dict[tuple, int] = {}  # key -> the latest t given to an event of it
+        self.latest = 0                    # for events without t_us (dead letters): now
+        self.seq = 0
+
+    def __len__(self) -> int:
+        return len(self.heap)
+
+    def add(self, ev: dict, now: float) -> None:
+        key = (ev.get("kind"), ev.get("race_id") or ev.get("group") or ev.get("event"))
+        t = ev.get("t_us") if isinstance(ev.get("t_us"), int) else self.latest
+        t = max(t, self.floor.get(key, t))
+        self.floor[key] = t
+        self.latest = max(self.latest, t)
+        heapq.heappush(self.heap, (t, self.seq, ev))
+        self.arrived.append((now, self.seq))
+        self.seq += 1
+
+    def due(self, now: float, flush: bool = False) -> list[dict]:
+        """Events to print now: while one has waited ``hold_s``, the earliest in t order."""
+        out = []
+        while self.heap:
+            while self.arrived and self.arrived[0][1] in self.released:
+                self.released.discard(self.arrived.popleft()[1])
+            if not flush and (not self.arrived or now - self.arrived[0][0] < self.hold_s):
+                break
+            _, seq, ev = heapq.heappop(self.heap)
+            self.released.add(seq)
+            out.append(ev)
+        return out
+
+
+async def _live(console, boot: str, path: Path, args, metrics_url: str, security=None,
+                children=(), broker=None, page: str | None = None) -> int:
     from streams.board import Board
+    from streams.cli import FAILURE, CliError
     from streams.process import open_feed
     from streams.replay import record, replay
 
@@ -130,6 +252,12 @@ async def _live(console, boot: str, path: Path, args, metrics_url: str, security
     done = {"replayed": False, "last": time.monotonic()}
     with open_feed(str(path)) as f:     # gzip-compressed too, as process and replay
         lines = f.read().splitlines()
+    races = expected_official(lines)
+    ends = exits_when_done(args)
+    # the live view redraws a terminal; elsewhere (a pipe, a file, CI) it would show
+    # nothing until the end: print lines there, as --plain does, and the board at the end
+    live_view = not args.plain and console.is_terminal and not console.is_dumb_terminal
+    order = None if live_view else TimeOrder(HOLD_S)
 
     class Sink:
         def write(self, b: bytes) -> None:
@@ -138,65 +266,142 @@ async def _live(console, boot: str, path: Path, args, metrics_url: str, security
         def flush(self) -> None:
             pass
 
+    def show(ev: dict) -> None:
+        change = board.apply(ev)
+        if order is not None and change is not None:
+            # "[official]" is text, not markup; a long line is one line in a pipe
+            console.print(_line(ev, change), markup=False, highlight=False, soft_wrap=True)
+
     def on_record(topic: str, value: bytes) -> None:
         done["last"] = time.monotonic()
         if topic == T.DEADLETTER.name:
             ev = {"kind": "deadletter", "error": "bad input"}
         else:
-            ev = orjson.loads(value)
-        board.apply(ev)
-        if args.plain:
-            console.print(_line(ev), markup=False, highlight=False)   # "[official]" is text, not markup
+            try:
+                ev = orjson.loads(value)
+            except orjson.JSONDecodeError:   # not from a lapstream worker: say so, go on
+                ev = {"kind": "unreadable", "error": f"{topic}: not JSON"}
+            if not isinstance(ev, dict):
+                ev = {"kind": "unreadable", "error": f"{topic}: not a JSON object"}
+        if order is None:
+            show(ev)
+        else:
+            order.add(ev, done["last"])
 
     async def run_replay() -> None:
         await replay(boot, lines, speed=args.speed, skip_idle=not args.no_skip_idle, security=security)
         done["replayed"] = True
 
+    def check() -> None:
+        """A task or a process of the demo that ended before its time is an error, not a hang."""
+        for task in (rec_task, rep_task):
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()
+        if rec_task.done():
+            raise CliError("the demo stopped reading the derived topics", FAILURE)
+        for name, proc, log in children:
+            if proc.poll() is not None:
+                raise CliError(f"the {name} stopped (exit code {proc.returncode}): "
+                               f"{_last_line(log) or 'no output'}", FAILURE)
+        if broker is not None and not broker.is_running:
+            raise CliError("the embedded broker stopped", FAILURE)
+
     rec_task = asyncio.create_task(record(boot, Sink(), [t.name for t in T.DERIVED] + [T.DEADLETTER.name],
                                           stop=stop, on_record=on_record, security=security))
     rep_task = asyncio.create_task(run_replay())
+    said = False
+
+    def tick() -> bool:
+        """One look: print what is due; True when the demo should end."""
+        nonlocal said
+        if order is not None:
+            for ev in order.due(time.monotonic()):
+                show(ev)
+        check()
+        state = settled(board, done, races, time.monotonic())
+        if state is None:
+            return False
+        if ends:
+            return True
+        if not said:
+            said = True
+            where = f"; the scoreboard page stays up at {page}" if page else ""
+            console.print(f"the feed is replayed and the output has settled{where} (Ctrl-C stops)")
+        return False
+
     try:
-        if args.plain:
-            while not _finished(board, done, args):
-                await asyncio.sleep(0.25)
-        else:
+        if live_view:
+            from rich.live import Live
+
             with Live(board.render(), console=console, refresh_per_second=4) as live:
-                while not _finished(board, done, args):
+                while not tick():
                     live.update(board.render())
                     await asyncio.sleep(0.25)
                 live.update(board.render())
+        else:
+            while not tick():
+                await asyncio.sleep(0.25)
     finally:
         stop.set()
         rep_task.cancel()
         await asyncio.gather(rec_task, rep_task, return_exceptions=True)
+        if order is not None:
+            for ev in order.due(time.monotonic(), flush=True):
+                show(ev)
+    if order is not None and not args.plain:
+        console.print(board.render())   # the view a terminal would have shown, once
+    missing = sorted(r for r in races if not _is_over(board, r))
+    if missing:
+        console.print(f"not shown as official (nothing came for {GIVE_UP_S:g} s): {', '.join(missing)}")
     console.print(f"metrics were at {metrics_url}")
     return 0
 
 
-def _finished(board, done, args) -> bool:
-    if not args.exit_when_done or not done["replayed"]:
-        return False
-    quiet = time.monotonic() - done["last"] > 3.0
-    cur = board.current
-    return quiet and (cur is None or cur.status in ("official", "void"))
+def _is_over(board, race_id: str) -> bool:
+    rv = board.races.get(race_id)
+    return rv is not None and rv.status in ("official", "void")
 
 
-def _line(ev: dict) -> str:
+def settled(board, done, races: set[str], now: float) -> str | None:
+    """None while the demo has more to show; "official" once the feed is replayed, every
+    race it makes official (or void) is shown so and nothing came for QUIET_S; "quiet"
+    once nothing came for GIVE_UP_S after the replay (a feed without OFFICIAL)."""
+    if not done["replayed"]:
+        return None
+    quiet = now - done["last"]
+    if quiet >= QUIET_S and races and all(_is_over(board, r) for r in races):
+        return "official"
+    if quiet >= GIVE_UP_S:
+        return "quiet"
+    return None
+
+
+def _line(ev: dict, change: str | None = None) -> str:
+    """One line for an event ``Board.apply`` found news of: ``change`` is "new",
+    "revised" (a value a viewer sees changed) or "withdrawn" (a record taken back)."""
+    from streams.board import REVISED, WITHDRAWN
+
     k = ev["kind"]
+    rev = " (revised)" if change == REVISED else ""
     if k == "split":
         who = ev["skater_id"] or f"{ev['competitor_id']} (team)"
-        return f"split    {ev['race_id']} {who:<14} {ev['distance_m']:>5} m {ev['time']:>8} rank {ev['rank']} +{ev['behind_ms']} ms"
+        return (f"split    {ev['race_id']} {who:<14} {ev['distance_m']:>5} m {ev['time']:>8} rank {ev['rank']} "
+                f"+{ev['behind_ms']} ms{rev}")
     if k == "finish":
-        return f"FINISH   {ev['race_id']} {ev['competitor_id']:<14} {ev['time']:>8} rank {ev['rank']} ({ev['source']}, rev {ev['revision']})"
+        return f"FINISH   {ev['race_id']} {ev['competitor_id']:<14} {ev['time']:>8} rank {ev['rank']} ({ev['source']}){rev}"
     if k == "incident":
         return f"INCIDENT {ev['race_id']} {ev['type']} {ev['status']} {ev['skater_id'] or ev['competitor_id']} at {ev['at_m']} m"
     if k == "record":
-        return f"RECORD   {ev['race_id']} {ev['record']} {ev['time']} {ev['competitor_id']} (was {ev['previous_time']})"
+        if change == WITHDRAWN:
+            return f"RECORD   {ev['race_id']} {ev['record']} {ev['time']} {ev['competitor_id']} taken back"
+        return f"RECORD   {ev['race_id']} {ev['record']} {ev['time']} {ev['competitor_id']} (was {ev['previous_time']}){rev}"
     if k == "result":
         top = ", ".join(f"{e['rank'] or e['irm']}. {e['competitor_id']} {e['time'] or ''}" for e in ev["ranking"])
         return f"result   {ev['race_id']} [{ev['status']}] {top}"
     if k == "classification":
-        return "classification " + ", ".join(f"{r['place']}. {r['competitor_id']}" for r in ev["ranking"])
+        done = " (complete)" if ev.get("complete") else ""
+        return "classification " + ", ".join(f"{r['place']}. {r['competitor_id']}" for r in ev["ranking"]) + done
     if k == "standings":
-        return f"standings {ev['group']} ({len(ev['ranking'])} ranked)"
+        done = ", complete" if ev.get("complete") else ""
+        return f"standings {ev['group']} ({len(ev['ranking'])} ranked{done})"
     return f"{k} {ev.get('error', '')}"

@@ -26,15 +26,22 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) ->
 
 
 def start_worker(bootstrap: str, http_port: int, worker_id: str = "demo-1", log_path: str | None = None,
-                 session_timeout: float = 2.0, env: dict | None = None) -> subprocess.Popen:
+                 session_timeout: float = 2.0, env: dict | None = None,
+                 data_dir: str | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "streams.cli", "worker", "--broker", f"kafka://{bootstrap}",
            "--http-port", str(http_port), "--worker-id", worker_id, "--no-create-topics",
            "--session-timeout", str(session_timeout)]
+    if data_dir is not None:   # else Faust's $TMPDIR/lapstream-<worker id>, shared and never removed
+        cmd += ["--data-dir", data_dir]
     from streams.broker import die_with_parent
 
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=die_with_parent, env={**os.environ, **(env or {})})
+    try:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=die_with_parent, env={**os.environ, **(env or {})})
+    finally:
+        if log_path:
+            log.close()   # the child has its own copy
 
 
 def start_gateway(bootstrap: str, port: int, log_path: str | None = None,
@@ -45,8 +52,12 @@ def start_gateway(bootstrap: str, port: int, log_path: str | None = None,
     from streams.broker import die_with_parent
 
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=die_with_parent, env={**os.environ, **(env or {})})
+    try:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=die_with_parent, env={**os.environ, **(env or {})})
+    finally:
+        if log_path:
+            log.close()   # the child has its own copy
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:

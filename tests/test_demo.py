@@ -1,0 +1,364 @@
+"""``lapstream demo`` and its terminal board: a fact announced once, lines in event-time
+order, an end of its own, nothing left behind (processes, temporary directories)."""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams import beijing
+from streams.board import NEW, REVISED, WITHDRAWN, Board
+from streams.demo import GIVE_UP_S, QUIET_S, TimeOrder, _line, exits_when_done, expected_official, settled
+from streams.process import process_lines
+
+REPO = Path(__file__).resolve().parents[1]
+FINAL_A = beijing.FEEDS_DIR / beijing.FINAL_A_FILE
+
+
+def finish(rev: int, final: bool, time_s: str = "2:53.44", rank: int = 1, source: str = "transponder") -> dict:
+    return {"kind": "finish", "v": 1, "event_id": f"f{rev}", "race_id": "R1", "t_us": 1_000_000, "attempt": 1,
+            "competitor_id": "CAN", "time_ms": 173445, "time": time_s, "rank": rank, "source": source,
+            "revision": rev, "final": final}
+
+
+def record(rev: int, final: bool, withdrawn: bool = False, time_s: str = "2:53.44") -> dict:
+    return {"kind": "record", "v": 1, "event_id": f"r{rev}", "race_id": "R1", "t_us": 1_000_000, "attempt": 1,
+            "competitor_id": "CAN", "record": "OR", "equalled": False, "time": time_s, "previous_time": "2:53.61",
+            "previous_holder": "JPN", "revision": rev, "withdrawn": withdrawn, "final": final}
+
+
+def incident(rev: int, final: bool, status: str = "suspected", at_m: int = 2300) -> dict:
+    return {"kind": "incident", "v": 1, "event_id": f"i{rev}", "race_id": "R1", "t_us": 2_000_000, "attempt": 1,
+            "competitor_id": "JPN", "skater_id": "JPN-TAKAGI-N", "type": "fall", "status": status, "at_m": at_m,
+            "revision": rev, "final": final}
+
+
+# ---------------------------------------------------------------- the board: a fact once
+
+def test_a_provisional_finish_made_final_with_the_same_values_is_one_fact():
+    board = Board()
+    assert board.apply(finish(0, False)) == NEW
+    assert board.apply(finish(1, True)) is None      # only final / revision / event_id changed
+    assert board.alerts == []
+    assert board.current.rows["CAN"].finish == "2:53.44"
+
+
+def test_a_finish_whose_time_changed_is_revised():
+    board = Board()
+    board.apply(finish(0, False))
+    assert board.apply(finish(1, True, time_s="2:53.47", source="photo")) == REVISED
+    assert board.alerts == ["R1: CAN finish revised to 2:53.47 (was 2:53.44) (photo)"]
+    assert board.current.rows["CAN"].finish == "2:53.47"
+    assert "(revised)" in _line(finish(1, True, time_s="2:53.47"), REVISED)
+
+
+def test_a_finish_whose_rank_changed_is_revised():
+    board = Board()
+    board.apply(finish(0, False))
+    assert board.apply(finish(1, True, rank=2)) == REVISED
+    assert board.alerts == ["R1: CAN finish revised to 2:53.44, rank 2 (was 1) (transponder)"]
+
+
+def test_a_record_and_an_incident_are_announced_once():
+    board = Board()
+    assert board.apply(record(0, False)) == NEW
+    assert board.apply(record(1, True)) is None
+    assert board.apply(incident(0, False)) == NEW
+    assert board.apply(incident(1, True)) is None
+    assert board.apply(incident(2, True, status="confirmed", at_m=2400)) == REVISED
+    assert board.alerts == ["R1: NEW OR 2:53.44 by CAN (was 2:53.61, JPN)",
+                            "R1: FALL suspected - JPN-TAKAGI-N at 2300 m",
+                            "R1: FALL confirmed - JPN-TAKAGI-N at 2400 m"]
+
+
+def test_a_withdrawn_record_is_shown_as_taken_back_and_a_new_award_as_new():
+    board = Board()
+    board.apply(record(0, False))
+    assert board.apply(record(1, True, withdrawn=True)) == WITHDRAWN
+    assert board.alerts[-1] == "R1: OR 2:53.44 by CAN taken back"
+    assert _line(record(1, True, withdrawn=True), WITHDRAWN).endswith("taken back")
+    assert board.apply(record(2, True, withdrawn=True)) is None     # taken back once
+    assert board.apply(record(3, True)) == NEW                       # given again
+    assert board.alerts[-1].startswith("R1: NEW OR 2:53.44 by CAN")
+
+
+def test_an_event_delivered_twice_is_news_once():
+    board = Board()
+    ev = finish(0, False)
+    assert board.apply(ev) == NEW
+    assert board.apply(dict(ev)) is None          # at-least-once: the same id, the same content
+    assert board.apply(finish(1, True, time_s="2:53.47")) == REVISED
+    assert board.apply(finish(0, False)) is None   # the earlier revision again changes nothing
+    assert board.current.rows["CAN"].finish == "2:53.47"
+
+
+def test_a_result_is_news_when_its_status_or_ranking_changes_not_its_revision():
+    def result(rev, status, behind):
+        return {"kind": "result", "v": 1, "event_id": f"res{rev}", "race_id": "R1", "t_us": 1, "attempt": 1,
+                "status": status, "revision": rev, "final": rev > 0,
+                "ranking": [{"rank": 1, "competitor_id": "POL", "time_ms": 182050, "time": "3:02.05",
+                             "behind_ms": 0, "irm": None, "records": []},
+                            {"rank": 2, "competitor_id": "BLR", "time_ms": 182890, "time": "3:02.89",
+                             "behind_ms": behind, "irm": None, "records": []}]}
+    board = Board()
+    assert board.apply(result(0, "live", 834)) == NEW
+    assert board.apply(result(1, "live", 833)) is None       # a gap the board does not draw
+    assert board.apply(result(2, "official", 833)) == REVISED
+    assert board.current.status == "official"
+    assert _line(result(2, "official", 833), REVISED).startswith("result   R1 [official] 1. POL 3:02.05")
+
+
+def test_a_kind_the_board_does_not_draw_is_a_line_not_a_crash():
+    board = Board()
+    assert board.apply({"kind": "lap_chart", "v": 1, "event_id": "x1", "t_us": 1}) == NEW
+    assert board.current is None and board.events == 1
+    assert _line({"kind": "lap_chart"}, NEW).startswith("lap_chart")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["2:53.44", "2:53.45", "2:54.00"]), st.integers(1, 3),
+                          st.sampled_from(["transponder", "photo"]), st.booleans()), min_size=1, max_size=12))
+def test_revised_is_said_exactly_when_a_value_shown_changes(revisions):
+    board = Board()
+    changes = [board.apply(finish(i, final, t, rank, src)) for i, (t, rank, src, final) in enumerate(revisions)]
+    shown = [(t, rank, src) for t, rank, src, _ in revisions]
+    expected = [NEW] + [REVISED if shown[i] != shown[i - 1] else None for i in range(1, len(shown))]
+    assert changes == expected
+    assert len(board.alerts) == min(board.max_alerts, sum(c == REVISED for c in changes))
+    assert all("revised" in a for a in board.alerts)
+
+
+def test_the_beijing_final_is_announced_without_repeats():
+    board = Board(max_alerts=100)
+    lines = []
+    for ev in process_lines(FINAL_A.read_bytes().splitlines()):
+        change = board.apply(ev)
+        if change is not None:
+            lines.append(_line(ev, change))
+    assert board.alerts == ["OWG2022-TPW-FA: NEW OR 2:53.44 by CAN (was 2:53.61, JPN)",
+                            "OWG2022-TPW-FA: FALL suspected - JPN-TAKAGI-N at 2300 m",
+                            "OWG2022-TPW-FA: FALL confirmed - JPN-TAKAGI-N at 2400 m"]
+    assert sum(ln.startswith("FINISH") for ln in lines) == 2
+    assert sum(ln.startswith("RECORD") for ln in lines) == 1
+    assert len(lines) == len(set(lines))          # no line printed twice
+    assert [ln for ln in lines if ln.startswith("result")][-1].startswith("result   OWG2022-TPW-FA [official]")
+
+
+# ---------------------------------------------------------------- lines in event-time order
+
+def ev(kind: str, t: int, n: int, race: str = "R1") -> dict:
+    return {"kind": kind, "race_id": race, "t_us": t, "n": n}
+
+
+def test_lines_follow_t_us_across_topics():
+    order = TimeOrder(hold_s=1.0)
+    for n, t in enumerate([10, 20, 30, 40]):        # every split first, as the consumer hands them over
+        order.add(ev("split", t, n), now=100.0)
+    order.add(ev("result", 15, 4), now=100.5)
+    order.add(ev("finish", 35, 5), now=100.6)
+    assert order.due(100.9) == []                   # nothing has waited its hold yet
+    assert [e["t_us"] for e in order.due(101.0)] == [10, 15, 20, 30, 35, 40]
+    assert len(order) == 0
+
+
+def test_an_event_waits_its_hold_at_most_and_a_flush_empties_the_queue():
+    order = TimeOrder(hold_s=1.0)
+    order.add(ev("split", 50, 0), now=0.0)
+    order.add(ev("split", 60, 1), now=0.8)
+    assert [e["n"] for e in order.due(1.0)] == [0]  # the first is due; the second still waits
+    order.add(ev("result", 55, 2), now=1.1)         # came too late to go before t 50: next, then
+    assert [e["n"] for e in order.due(1.1, flush=True)] == [2, 1]
+
+
+def test_one_race_keeps_its_order_whatever_the_t_us():
+    order = TimeOrder(hold_s=1.0)
+    order.add(ev("finish", 100, 0), now=0.0)
+    order.add(ev("finish", 90, 1), now=0.0)         # a revision of the same race with an earlier t_us
+    order.add(ev("split", 95, 2), now=0.0)
+    order.add({"kind": "deadletter", "error": "bad input"}, now=0.0)   # no t_us: where it came
+    assert [e.get("n") for e in order.due(5.0)] == [2, 0, 1, None]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["split", "finish", "result"]), st.sampled_from(["R1", "R2"]),
+                          st.integers(0, 50)), max_size=30))
+def test_reordering_never_swaps_two_events_of_one_key(events):
+    order = TimeOrder(hold_s=1.0)
+    for n, (kind, race, t) in enumerate(events):
+        order.add(ev(kind, t, n, race), now=0.0)
+    out = order.due(0.0, flush=True)
+    assert sorted(e["n"] for e in out) == list(range(len(events)))
+    for key in {(k, r) for k, r, _ in events}:
+        ns = [e["n"] for e in out if (e["kind"], e["race_id"]) == key]
+        assert ns == sorted(ns)
+
+
+# ---------------------------------------------------------------- when the demo ends
+
+def test_the_demo_ends_by_itself_unless_asked_to_stay():
+    def a(**kw):
+        return argparse.Namespace(**{"stay": False, "exit_when_done": False, "web": False, **kw})
+    assert exits_when_done(a()) is True
+    assert exits_when_done(a(stay=True)) is False
+    assert exits_when_done(a(web=True)) is False                        # serving the page
+    assert exits_when_done(a(web=True, exit_when_done=True)) is True
+
+
+def test_done_when_the_feed_races_are_official_and_nothing_comes():
+    board = Board()
+    for e in process_lines(FINAL_A.read_bytes().splitlines()):
+        board.apply(e)
+    races = expected_official(FINAL_A.read_bytes().splitlines())
+    assert races == {"OWG2022-TPW-FA"}
+    assert settled(board, {"replayed": False, "last": 0.0}, races, now=1000.0) is None
+    assert settled(board, {"replayed": True, "last": 0.0}, races, now=QUIET_S / 2) is None
+    assert settled(board, {"replayed": True, "last": 0.0}, races, now=QUIET_S) == "official"
+    # a race the feed makes official but the board does not show so yet: wait, then give up
+    unfinished = Board()
+    assert settled(unfinished, {"replayed": True, "last": 0.0}, races, now=QUIET_S) is None
+    assert settled(unfinished, {"replayed": True, "last": 0.0}, races, now=GIVE_UP_S) == "quiet"
+    assert settled(unfinished, {"replayed": True, "last": 0.0}, set(), now=GIVE_UP_S) == "quiet"
+
+
+def test_the_races_a_feed_makes_official():
+    lines = [b'{"kind":"decision","v":1,"t_us":1,"race_id":"A","code":"OFFICIAL"}',
+             b'{"kind":"decision","v":1,"t_us":2,"race_id":"B","code":"VOID"}',
+             b'{"kind":"decision","v":1,"t_us":3,"race_id":"C","competitor_id":"X","code":"DQ"}',
+             b'{"kind":"decision" broken', b'["decision"]', b'{"kind":"decision","code":"OFFICIAL","race_id":7}']
+    assert expected_official(lines) == {"A", "B"}
+
+
+def test_help_says_when_the_demo_ends():
+    r = subprocess.run([sys.executable, "-m", "streams.cli", "demo", "--help"], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"})
+    assert r.returncode == 0
+    assert "ends by itself (exit 0)" in r.stdout and "--stay" in r.stdout and "pipe" in r.stdout
+
+
+def test_a_demo_that_fails_leaves_no_temporary_directory(cli, free_port, tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    r = cli("demo", "--plain", "--broker", f"kafka://127.0.0.1:{free_port}", "--http-port", "0",
+            env={"TMPDIR": str(tmp)})
+    assert r.returncode == 1 and "cannot reach the Kafka broker" in r.stderr
+    assert list(tmp.iterdir()) == []
+
+
+# ---------------------------------------------------------------- live: the README's command
+
+def _closed(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return False
+    except OSError:
+        return True
+
+
+def _ports(out: str) -> tuple[int, int]:
+    broker = int(re.search(r"embedded \w+ broker on 127\.0\.0\.1:(\d+)", out).group(1))
+    worker = int(re.search(r"worker metrics: http://127\.0\.0\.1:(\d+)/metrics", out).group(1))
+    return broker, worker
+
+
+@pytest.mark.live
+def test_the_demo_ends_by_itself_and_leaves_nothing_behind(cli, tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    # no --exit-when-done, stdout a pipe: what a person or CI gets from the README's command
+    r = cli("demo", "--speed", "max", "--http-port", "0", env={"TMPDIR": str(tmp)}, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout
+    lines = out.splitlines()
+    # a pipe gets lines, one fact a line, then the final board, each message on its own line
+    assert any(ln.startswith("split    OWG2022-TPW-FA") for ln in lines)
+    assert sum(ln.startswith("FINISH") for ln in lines) == 2
+    assert sum(ln.startswith("RECORD") for ln in lines) == 1
+    assert "459 events, 0 dead letters" in lines
+    assert lines[-1].startswith("metrics were at http://127.0.0.1:")
+    assert sum("NEW OR 2:53.44 by CAN" in ln for ln in lines) == 1 and "revised to 2:53.44" not in out
+    assert list(tmp.iterdir()) == []              # logs and the worker's data directory removed
+    broker, worker = _ports(out)
+    assert _closed(broker) and _closed(worker)    # the broker and the worker stopped with it
+
+
+@pytest.mark.live
+def test_the_demo_asked_to_stay_prints_lines_as_they_come_and_cleans_up_on_sigterm(tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "demo", "--plain", "--stay", "--speed", "max",
+                             "--http-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp)})
+    seen = []
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:     # read while it runs: lines come as they are printed
+            line = proc.stdout.readline().decode()
+            assert line, "the demo ended: " + "".join(seen)
+            seen.append(line)
+            if line.startswith("the feed is replayed and the output has settled"):
+                break
+        out = "".join(seen)
+        assert "result   OWG2022-TPW-FA [official]" in out, out
+        assert proc.poll() is None                # --stay: still running
+        os.kill(proc.pid, signal.SIGTERM)
+        rest = proc.communicate(timeout=120)[0].decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, rest
+    assert rest.splitlines()[-1] == "stopped"
+    assert list(tmp.iterdir()) == []
+    broker, worker = _ports(out)
+    assert _closed(broker) and _closed(worker)
+
+
+@pytest.mark.live
+def test_a_sigkill_soon_after_sigterm_leaves_no_directory_and_no_process(tmp_path):
+    """A supervisor's SIGTERM, then its SIGKILL while the worker still shuts down
+    (script(1) waits 2 s): the directory is already gone, the children follow."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "demo", "--plain", "--stay", "--speed", "max",
+                             "--http-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp)})
+    seen = []
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline().decode()
+            assert line, "the demo ended: " + "".join(seen)
+            seen.append(line)
+            if line.startswith("replaying"):
+                break
+        assert len(list(tmp.iterdir())) == 1        # one directory: the demo's (the broker's is inside)
+        os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 120
+        while list(tmp.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(tmp.iterdir()) == []
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    broker, worker = _ports("".join(seen))
+    deadline = time.monotonic() + 120
+    while not (_closed(broker) and _closed(worker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _closed(broker) and _closed(worker)
+    assert list(tmp.iterdir()) == []
