@@ -136,9 +136,9 @@ class Engine:
             retention.sweep(self)
         return out
 
-    def count_rejected(self, kind: str) -> None:
+    def count_rejected(self, kind: str, n: int = 1) -> None:
         per = self._counts[kind if kind in self._handlers else "unknown"]
-        per["deadlettered"] += 1
+        per["deadlettered"] += n
 
     @property
     def stats(self) -> dict[tuple[str, str], int]:
