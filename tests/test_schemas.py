@@ -839,3 +839,60 @@ def test_the_contract_document_names_every_kind_field_and_topic():
     missing = sorted(w for w in set(re.findall(r"`([a-z_]+)`", v1)) if not named(w))
     assert not missing, missing
     assert "(feed-v1.md)" in doc and "(docs/contract.md)" in (repo / "README.md").read_text(encoding="utf-8")
+
+
+# ------------------------------------- every field the core emits is declared
+
+def _emitted_events() -> Iterator[dict]:
+    """Derived events of the example feed, a shipped Beijing feed and a simulated
+    day with what makes rarer fields appear (a restart, a photo, a DQ, a record,
+    a mass start, places for a classification)."""
+    from streams.process import process_lines
+    from streams.sim import (Decision, Photo, RaceSpec, RecordRef, Restart, SimOptions, VenueSpec,
+                             individual, simulate)
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    yield from process_lines(EXAMPLE_FEED.read_bytes().splitlines())
+    yield from process_lines((repo / "streams" / "feeds" / "beijing2022-tpw-final-a.jsonl").read_bytes().splitlines())
+    s = 1_000_000
+    gun = 1_700_000_100_000_000
+
+    def ind(i: int, t: int):
+        return individual(f"S{i}", f"N{i}", "NED", [f"{i}01", f"{i}02"], target_us=t)
+
+    races = [RaceSpec("R1", "C1", "WC", "individual", "M", 1000, gun, competitors=(ind(1, 68_500_000), ind(2, 69_100_000)),
+                      restart=Restart(recall_after_us=40 * s, new_gun_after_us=120 * s),
+                      photos=(Photo("S1", delta_us=-3000),), places=(1, 2)),
+             RaceSpec("R2", "C1", "WC", "individual", "M", 1000, gun + 600 * s, group="R1",
+                      competitors=(ind(3, 68_000_000), ind(4, 70_000_000)),
+                      decisions=(Decision("DQ", competitor_id="S3"),), places=(3, 4)),
+             RaceSpec("MS", "C1", "WC", "mass_start", "W", 6400, gun + 1200 * s,
+                      competitors=tuple(ind(10 + i, 500_000_000 + i * 300_000) for i in range(4)))]
+    ref = RecordRef("TR", "individual", "M", 1000, "NSO", "1:09.00", "X", "2020-01-01", "NSO")
+    feed = simulate(VenueSpec("NSO", "Oval", t_us=gun - 100 * s), races, records=[ref], seed=1,
+                    options=SimOptions.realistic())
+    yield from process_lines([line.encode() for line in feed.lines])
+
+
+def test_every_field_the_core_emits_is_declared_in_its_schema():
+    """The schemas list every field lapstream adds (additionalProperties stays true,
+    but a subscriber reads the schema to learn what it gets): top-level fields and
+    those of ranking entries, of every derived kind the core emits."""
+    schemas = load_schemas()
+    undeclared: dict[str, set[str]] = {}
+    kinds = set()
+    for ev in _emitted_events():
+        kind = ev["kind"]
+        kinds.add(kind)
+        schema = schemas[kind]
+        Draft202012Validator(schema).validate(ev)
+        undeclared.setdefault(kind, set()).update(set(ev) - set(schema["properties"]))
+        ranking = schema["properties"].get("ranking")
+        if ranking is not None:
+            entry = ranking["items"]
+            if "$ref" in entry:
+                entry = schema["$defs"][entry["$ref"].rsplit("/", 1)[1]]
+            for e in ev["ranking"]:
+                undeclared.setdefault(kind + " entry", set()).update(set(e) - set(entry["properties"]))
+    assert {"split", "finish", "incident", "record", "result", "standings", "classification"} <= kinds
+    assert not {k: v for k, v in undeclared.items() if v}
