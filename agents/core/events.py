@@ -97,7 +97,7 @@ def incident(race: Race, comp: CompRun, run: SkaterRun | None, typ: str, status:
     n = run.incident_n if run is not None else (comp.team_incidents if typ == "fall" else 1)
     key = (comp.id, sid, typ, n)
     if status == "suspected" and typ == "fall":
-        rev = falls.final_revision(run, n)
+        rev = falls.final_revision(race, run, n)
     else:   # a resolution (confirmed, cleared) supersedes what was published of that incident
         last = race.inc_rev.get(key)
         rev = 0 if last is None else last + 1

@@ -91,12 +91,13 @@ def publish_provisional(race: Race, run: SkaterRun, want: tuple[int, int] | None
             return
         run.prov_sus = None
         rev = prov.rev + 1
+        race.inc_rev[(run.comp.id, run.id, "fall", prov.n)] = rev   # a later suspicion of it goes on
         out.append(events.withdrawn(prov.ev, _id(race, run, prov.n, rev), rev, True))
         return
     n = run.incident_n + 1
     if prov is not None and prov.n == n and prov.at == want:
         return
-    rev = 0 if prov is None else prov.rev + 1
+    rev = race.inc_rev.get((run.comp.id, run.id, "fall", n), -1) + 1 if prov is None else prov.rev + 1
     at_m, t = want
     ev: dict[str, Any] = {"kind": "incident", "v": 1, "event_id": _id(race, run, n, rev),
           "race_id": race.d.id, "t_us": t, "attempt": race.attempt, "competitor_id": run.comp.id,
@@ -106,13 +107,26 @@ def publish_provisional(race: Race, run: SkaterRun, want: tuple[int, int] | None
     out.append(ev)
 
 
-def final_revision(run: SkaterRun | None, n: int) -> int:
-    """The revision of a final suspicion: after the provisional one it confirms."""
+def final_revision(race: Race, run: SkaterRun | None, n: int) -> int:
+    """The revision of a final suspicion: after the provisional one it confirms
+    (or after a provisional one of the same incident, withdrawn since)."""
     if run is None or run.prov_sus is None or run.prov_sus.n != n:
-        return 0
+        sid = run.id if run is not None else None
+        cid = run.comp.id if run is not None else None
+        return race.inc_rev.get((cid, sid, "fall", n), -1) + 1
     rev = run.prov_sus.rev + 1
     run.prov_sus = None
     return rev
+
+
+def supersede_provisional(race: Race, run: SkaterRun) -> None:
+    """The referee's FALL or a final word on the skater's incident while its
+    provisional suspicion is open: the next event of that incident is its next
+    revision, and the provisional suspicion is never withdrawn after it."""
+    prov = run.prov_sus
+    if prov is not None and prov.n == run.incident_n:
+        race.inc_rev[(run.comp.id, run.id, "fall", prov.n)] = prov.rev
+        run.prov_sus = None
 
 
 def _id(race: Race, run: SkaterRun, n: int, rev: int) -> str:
@@ -148,6 +162,7 @@ def confirm(race: Race, comp: CompRun | None, sid: str | None, msg: dict, out: l
     if run is not None:
         if not run.suspected:
             run.incident_n += 1
+            supersede_provisional(race, run)   # (a provisional suspicion of this fall: confirmed)
         run.suspected = False
         run.overdue = False
         run.deadline = INF

@@ -128,6 +128,9 @@ def withdraw_attempt(race: Race, out: list[dict]) -> None:
         out.append(ev)
     race.open.clear()
     live_finish.withdraw_attempt(race, out)
+    for run in race.by_skater.values():   # a provisional suspicion of the recalled attempt
+        if run.prov_sus is not None:
+            falls.publish_provisional(race, run, None, out)
 
 
 # -- placing the open crossings -----------------------------------------------
