@@ -59,7 +59,9 @@ def natural_key(ev: dict):
         return (k, ev["event"])
     if k == "record":
         return (k, ev["race_id"], ev["competitor_id"], ev["record"])
-    return (k, ev["event_id"])          # incidents: every status change is news
+    # incidents: per race, competitor, skater and type, the latest in arrival order
+    # (a revision 0 is that skater's next incident, not a stale repeat)
+    return (k, ev["race_id"], ev["competitor_id"], ev.get("skater_id"), ev["type"])
 
 
 class Current:
@@ -73,7 +75,7 @@ class Current:
             return False
         key = natural_key(ev)
         cur = self.facts.get(key)
-        if cur is not None and ev.get("revision", 0) < cur.get("revision", 0):
+        if cur is not None and key[0] != "incident" and ev.get("revision", 0) < cur.get("revision", 0):
             return False               # an older revision arriving late
         self.facts[key] = ev
         return True

@@ -5,7 +5,8 @@ derived topic (or a ``race``/``venue`` message of ``timing.raw``) and keeps:
 
 - the current state: per race its set-up (from the raw ``race`` message), the
   newest revision of every fact (result; split per competitor, skater and
-  distance; finish per competitor; incident per competitor, skater and type;
+  distance; finish per competitor; the latest incident in arrival order per
+  competitor, skater and type;
   record per competitor and record), standings per group, classification per
   event;
 - a log of the derived events in arrival order with their Kafka position, for
@@ -456,10 +457,9 @@ class GatewayState:
             elif kind == "finish" and current:
                 self._newest(r.finishes, ev["competitor_id"], ev)
             elif kind == "incident" and current:
-                k = (ev.get("competitor_id"), ev.get("skater_id"), ev.get("type"))
-                cur = r.incidents.get(k)
-                if cur is None or ev.get("t_us", 0) >= cur.get("t_us", 0):
-                    r.incidents[k] = ev
+                # the latest in arrival order (docs/contract.md): a revision 0 is
+                # the skater's next incident, a higher one the current one's next state
+                r.incidents[(ev.get("competitor_id"), ev.get("skater_id"), ev.get("type"))] = ev
             elif kind == "record" and current:
                 self._newest(r.records, (ev["competitor_id"], ev["record"]), ev)
             elif kind == "result":

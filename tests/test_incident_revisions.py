@@ -87,3 +87,32 @@ def test_a_restart_withdraws_an_open_provisional_suspicion():
     falls.publish_provisional(race, run, (100, M.T0 + 80 * M.S), out)
     provisional.withdraw_attempt(race, out)
     assert out[-1]["withdrawn"] is True and out[-1]["revision"] == 1 and run.prov_sus is None
+
+
+def test_the_gateway_and_the_example_consumer_keep_the_confirmed_fall():
+    """What a subscriber keeps, following the documented rule (the latest
+    incident in arrival order per race, competitor, skater and type)."""
+    import importlib.util
+    from pathlib import Path
+
+    import orjson
+
+    from streams.gateway_state import GatewayState
+    from streams.topics import TOPIC_OF_KIND
+
+    spec = importlib.util.spec_from_file_location(
+        "kafka_consumer", Path(__file__).resolve().parents[1] / "examples" / "kafka_consumer.py")
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    for pos in (1145, FALL, OFFICIAL - 1):
+        events = list(process_lines(with_fall_at(pos)))
+        cur = ex.Current()
+        gw = GatewayState()
+        for off, e in enumerate(events):
+            cur.apply(e)
+            if e["kind"] in TOPIC_OF_KIND:
+                gw.ingest(TOPIC_OF_KIND[e["kind"]], 0, off, orjson.dumps(e))
+        key = ("incident", "OWG2022-TPW-FA", "JPN", "JPN-TAKAGI-N", "fall")
+        assert cur.facts[key]["status"] == "confirmed", pos
+        r = gw.race("OWG2022-TPW-FA")
+        assert r.incidents[("JPN", "JPN-TAKAGI-N", "fall")]["status"] == "confirmed", pos
