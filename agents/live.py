@@ -742,12 +742,7 @@ class LiveAdapter:
             self.refs.add(raw, msg)
         except Exception as exc:   # (a decoded record_ref has what add reads; belt and braces)
             return internal(exc)
-        bad = None
-        for proc in list(self.procs.values()) + list(self.building):
-            _, why = proc.handle(raw)
-            if why is not None and bad is None:
-                bad = why
-        return bad
+        return self._to_every_processor(lambda proc: proc.handle(raw))
 
     def on_ref_tombstone(self, key: bytes | None) -> Rejected | None:
         """A tombstone on ``timing.records.ref``: a record lapstream set, taken
@@ -761,9 +756,15 @@ class LiveAdapter:
             return rej
         self.refs.forget((msg["record"], msg["format"], msg["gender"], msg["distance_m"], msg["scope"]),
                          msg["race_id"], msg["holder"])
+        return self._to_every_processor(lambda proc: proc.handle_msg(msg))
+
+    def _to_every_processor(self, apply) -> Rejected | None:
+        """A reference (or its withdrawal) applied by every processor, those
+        rebuilding included (each judges its own venues' races against it);
+        the first rejection, if any."""
         bad = None
         for proc in list(self.procs.values()) + list(self.building):
-            _, why = proc.handle_msg(msg)
+            _, why = apply(proc)
             if why is not None and bad is None:
                 bad = why
         return bad

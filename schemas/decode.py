@@ -279,34 +279,42 @@ def _decision(msg: dict) -> None:
 
 
 def _record_ref(msg: dict) -> None:
-    if msg["record"] not in RECORD_TYPES:
-        raise Rejected("bad_value", f"record_ref: unknown record {msg['record']!r}")
     if "scope" not in msg:
         raise Rejected("missing_field", "record_ref: missing required field 'scope'")
     _check(msg, "record_ref", "scope", STR_OR_NULL)
     _check(msg, "record_ref", "set_on", STR)
     _check(msg, "record_ref", "venue", STR)
-    if msg["format"] not in FORMATS:
-        raise Rejected("bad_value", f"record_ref: unknown format {msg['format']!r}")
-    if not msg["gender"]:
-        raise Rejected("bad_value", "record_ref: gender must not be empty")
-    if msg["distance_m"] <= 0:
-        raise Rejected("bad_value", "record_ref: distance_m must be > 0")
-    if msg["scope"] == "":
-        raise Rejected("bad_value", "record_ref: scope must not be empty")
-    rec, scope = msg["record"], msg["scope"]
-    if (rec == "WR") != (scope is None):
-        raise Rejected("bad_value", f"record_ref: a {rec} has {'no' if rec == 'WR' else 'a'} scope")
-    if rec == "OR" and scope != "OWG":
-        raise Rejected("bad_value", "record_ref: an OR has scope 'OWG'")
-    if rec in ("PB", "SB") and msg["format"] != "individual":
-        raise Rejected("bad_value", f"record_ref: {rec} applies to individual distances only")
+    why = record_identity_problem(msg["record"], msg["format"], msg["gender"], msg["distance_m"], msg["scope"])
+    if why is not None:
+        raise Rejected("bad_value", f"record_ref: {why}")
     try:
         hund = parse_record_time(msg["time"])
     except ValueError:
         raise Rejected("bad_value", f"record_ref: time {msg['time']!r} is not S.hh or M:SS.hh") from None
     if hund <= 0:
         raise Rejected("bad_value", f"record_ref: time {msg['time']!r} must be > 0")
+
+
+def record_identity_problem(rec: str, fmt: str, gender: str, distance: int, scope: str | None) -> str | None:
+    """What makes (record, format, gender, distance, scope) no record identity,
+    or None (a ``record_ref``'s, and a tombstone key's on timing.records.ref)."""
+    if rec not in RECORD_TYPES:
+        return f"unknown record {rec!r}"
+    if fmt not in FORMATS:
+        return f"unknown format {fmt!r}"
+    if not gender:
+        return "gender must not be empty"
+    if distance <= 0:
+        return "distance_m must be > 0"
+    if scope == "":
+        return "scope must not be empty"
+    if (rec == "WR") != (scope is None):
+        return f"a {rec} has {'no' if rec == 'WR' else 'a'} scope"
+    if rec == "OR" and scope != "OWG":
+        return "an OR has scope 'OWG'"
+    if rec in ("PB", "SB") and fmt != "individual":
+        return f"{rec} applies to individual distances only"
+    return None
 
 
 _DEEP = {

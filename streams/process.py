@@ -180,14 +180,9 @@ def _tombstone(line: bytes):
     writes one for a record taken back): the withdrawal the live adapter gives
     the core for it, or ([], the rejection) of a key that is not ours; None
     for any other line."""
-    import orjson
+    from streams.tombstones import tombstone_of_bytes, withdrawal_of_tombstone
 
-    from streams.tombstones import tombstone_of_line, withdrawal_of_tombstone
-
-    try:
-        tomb = tombstone_of_line(orjson.loads(line))
-    except orjson.JSONDecodeError:
-        return None
+    tomb = tombstone_of_bytes(line)
     if tomb is None:
         return None
     try:

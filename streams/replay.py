@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from agents.core.engine import own_record_key, record_key
 from streams import topics as T
 from streams.deadletter import recorded_deadletter
-from streams.tombstones import tombstone_line, tombstone_of_line
+from streams.tombstones import tombstone_line, tombstone_of_bytes
 
 
 def route(line: bytes, race_venue: dict[str, str], last_venue: Optional[str]) -> tuple[str, Optional[bytes], Optional[int]]:
@@ -47,13 +47,6 @@ def route(line: bytes, race_venue: dict[str, str], last_venue: Optional[str]) ->
         venue = race_venue.get(msg["race_id"])
     venue = venue or last_venue
     return T.RAW.name, venue.encode() if venue else None, t_us
-
-
-def _tombstone(line: bytes) -> tuple[str, bytes] | None:
-    try:
-        return tombstone_of_line(orjson.loads(line))
-    except orjson.JSONDecodeError:
-        return None
 
 
 def idle_windows(lines: list[bytes], lead_us: int = 5_000_000) -> list[tuple[int, int]]:
@@ -120,7 +113,7 @@ async def replay(bootstrap: str, lines: Iterable[bytes], speed: Optional[float] 
             if not line.strip():
                 continue
             value: bytes | None = line
-            tomb = _tombstone(line) if b'"tombstone"' in line else None
+            tomb = tombstone_of_bytes(line) if b'"tombstone"' in line else None
             if tomb is not None:   # a recorded tombstone: produced again as one, same key
                 (topic, key), t_us, value = tomb, None, None
             else:

@@ -24,7 +24,7 @@ import binascii
 import orjson
 
 from agents.core.record_keys import parse_own_record_key
-from schemas.decode import FORMATS, RECORD_TYPES, Rejected
+from schemas.decode import Rejected, record_identity_problem
 from streams.topics import RECORDS_REF
 
 TOMBSTONE_KIND = "tombstone"   # a recorded line, not a v1 message
@@ -43,10 +43,9 @@ def withdrawal_of_tombstone(key: bytes | None) -> dict:
         raise Rejected("bad_value", "a tombstone on timing.records.ref whose key is not a record lapstream "
                                     "set (record|format|gender|distance|scope|race_id|holder): ignored")
     (rec, fmt, gender, dist, scope), race_id, holder = parsed
-    if (rec not in RECORD_TYPES or fmt not in FORMATS or (rec == "WR") != (scope is None)
-            or (rec == "OR" and scope != "OWG") or (rec in ("PB", "SB") and fmt != "individual")):
-        raise Rejected("bad_value", f"a tombstone on timing.records.ref for no record identity "
-                                    f"({rec!r}, {fmt!r}, scope {scope!r}): ignored")
+    why = record_identity_problem(rec, fmt, gender, dist, scope)   # (what decode checks of a record_ref)
+    if why is not None:
+        raise Rejected("bad_value", f"a tombstone on timing.records.ref for no record identity ({why}): ignored")
     return {"kind": "record_ref", "v": 1, "t_us": -1, "record": rec, "format": fmt, "gender": gender,
             "distance_m": dist, "scope": scope, "holder": holder, "origin": "lapstream",
             "race_id": race_id, "withdrawn": True, "tombstone": True}
@@ -59,6 +58,14 @@ def tombstone_line(topic: str, key: bytes | None) -> bytes:
         "kind": TOMBSTONE_KIND, "v": 1, "topic": topic,
         "key": key.decode("utf-8", "backslashreplace") if key is not None else None,
         "key_b64": base64.b64encode(key).decode("ascii") if key is not None else None})
+
+
+def tombstone_of_bytes(line: bytes) -> tuple[str, bytes] | None:
+    """``tombstone_of_line`` of a line's bytes (None if not JSON)."""
+    try:
+        return tombstone_of_line(orjson.loads(line))
+    except orjson.JSONDecodeError:
+        return None
 
 
 def tombstone_of_line(msg: object) -> tuple[str, bytes] | None:

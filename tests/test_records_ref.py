@@ -294,7 +294,9 @@ def test_a_tombstone_with_any_key_is_a_withdrawal_or_a_dead_letter_never_a_crash
 
 def test_a_wellformed_key_of_no_record_identity_is_refused():
     for key in (b"XX|individual|M|500||R|A", b"WR|individual|M|500|X|R|A", b"OR|individual|M|500|WCH|R|A",
-                b"PB|team_pursuit|M|500|P|R|A", b"WR|relay|M|500||R|A"):
+                b"PB|team_pursuit|M|500|P|R|A", b"WR|relay|M|500||R|A",
+                b"WR|individual|W|-5||R1|X", b"WR|individual|W|0||R1|X", b"WR|individual|\\e|500||R|A",
+                b"TR|individual|M|500|\\e|R|A"):
         with pytest.raises(Rejected):
             withdrawal_of_tombstone(key)
     with pytest.raises(Rejected):

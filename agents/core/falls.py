@@ -110,10 +110,10 @@ def publish_provisional(race: Race, run: SkaterRun, want: tuple[int, int] | None
 def final_revision(race: Race, run: SkaterRun | None, n: int) -> int:
     """The revision of a final suspicion: after the provisional one it confirms
     (or after a provisional one of the same incident, withdrawn since)."""
-    if run is None or run.prov_sus is None or run.prov_sus.n != n:
-        sid = run.id if run is not None else None
-        cid = run.comp.id if run is not None else None
-        return race.inc_rev.get((cid, sid, "fall", n), -1) + 1
+    if run is None:
+        return 0   # (a suspicion is always a skater's)
+    if run.prov_sus is None or run.prov_sus.n != n:
+        return race.inc_rev.get((run.comp.id, run.id, "fall", n), -1) + 1
     rev = run.prov_sus.rev + 1
     run.prov_sus = None
     return rev
