@@ -640,10 +640,12 @@ def test_dockerfile():
     health = [r for w, r in final if w == "HEALTHCHECK"]
     assert health and "/healthz" in health[0]
     assert ("ENTRYPOINT", '["lapstream"]') in final
-    assert ("CMD", '["worker"]') in final
+    assert ("CMD", '["worker", "--no-create-topics"]') in final   # topics: the admin's job
+    assert ("COPY", "deploy/wait_topics.py /usr/local/bin/lapstream-wait-topics") in final
     assert any(w == "RUN" and "pip" in r and "install" in r for w, r in final)
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
     assert "!deploy/healthcheck.py" in ignore
+    assert "!deploy/wait_topics.py" in ignore
 
 
 class _Handler(BaseHTTPRequestHandler):
