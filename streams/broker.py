@@ -70,6 +70,7 @@ PINNED_SHA256 = {
 UNVERIFIED_ENV = "LAPSTREAM_BROKER_BIN_UNVERIFIED"
 
 _ERR_TOPIC_ALREADY_EXISTS = 36
+_ERR_TOPIC_AUTHORIZATION_FAILED = 29
 
 
 class BrokerError(RuntimeError):
@@ -684,44 +685,67 @@ async def ensure_topics(
     timeout: float = 30.0,
     security=None,
 ) -> dict[str, str]:
-    """Create each topic of ``specs`` with its partition count and cleanup
-    policy (``compact`` for compacted ones), tolerating "already exists".
+    """Create each topic of ``specs`` that is not there yet, with its
+    partition count and cleanup policy (``compact`` for compacted ones).
+
+    It looks first (Metadata) and asks the broker to create only the missing
+    topics, so a client without the Create ACL (a worker on a cluster whose
+    topics an admin job made, deploy/) sends no CreateTopics at all when
+    every topic exists. A refusal (TOPIC_AUTHORIZATION_FAILED, or "already
+    exists" from a concurrent creator) is fine for a topic that exists when
+    looked at again.
 
     Returns ``{name: "created" | "exists"}``. Raises TopicLayoutError when a
     topic exists with another partition count (for example one that a client
-    auto-created before this ran) or when the broker refuses to create one.
+    auto-created before this ran) or when a topic is missing and the broker
+    refuses to create it.
     """
     from aiokafka.admin import NewTopic
 
     specs = list(specs)
     if not specs:
         return {}
+    wanted = {s.name: s.partitions for s in specs}
     admin = _admin(bootstrap, int(timeout * 1000), security)
     await asyncio.wait_for(admin.start(), timeout)
     try:
-        response = await admin.create_topics(
-            [
-                NewTopic(s.name, s.partitions, replication_factor,
-                         topic_configs=_topic_configs(s))
-                for s in specs
-            ],
-            timeout_ms=int(timeout * 1000),
-        )
-        outcome: dict[str, str] = {}
-        failures = []
-        for entry in response.topic_errors:
-            name, code = entry[0], entry[1]
-            message = entry[2] if len(entry) > 2 else None
-            if code == 0:
-                outcome[name] = "created"
-            elif code == _ERR_TOPIC_ALREADY_EXISTS:
+        present = await _partition_counts(admin, list(wanted))
+        outcome: dict[str, str] = {n: "exists" for n, p in present.items() if p is not None}
+        missing = [s for s in specs if present.get(s.name) is None]
+        refused: dict[str, str] = {}
+        codes: set[int] = set()
+        if missing:
+            response = await admin.create_topics(
+                [
+                    NewTopic(s.name, s.partitions, replication_factor,
+                             topic_configs=_topic_configs(s))
+                    for s in missing
+                ],
+                timeout_ms=int(timeout * 1000),
+            )
+            for entry in response.topic_errors:
+                name, code = entry[0], entry[1]
+                message = entry[2] if len(entry) > 2 else None
+                if code == 0:
+                    outcome[name] = "created"
+                elif code == _ERR_TOPIC_ALREADY_EXISTS:
+                    outcome[name] = "exists"
+                else:
+                    refused[name] = f"{name}: error {code} {message or ''}".strip()
+                    codes.add(code)
+        if refused:
+            # another creator may have made them meanwhile: exists is fine
+            again = await _partition_counts(admin, list(refused))
+            for name in [n for n, p in again.items() if p is not None]:
                 outcome[name] = "exists"
-            else:
-                failures.append(f"{name}: error {code} {message or ''}".strip())
-        if failures:
-            raise TopicLayoutError("could not create topics: " + "; ".join(failures))
+                del refused[name]
+        if refused:
+            hint = (" (error 29 is TOPIC_AUTHORIZATION_FAILED: this user may not create topics; "
+                    "have an admin create them, e.g. deploy/gen_topics.py, and run the worker "
+                    "with --no-create-topics)"
+                    if _ERR_TOPIC_AUTHORIZATION_FAILED in codes else "")
+            raise TopicLayoutError("could not create topics: " + "; ".join(refused.values()) + hint)
         # the layout must be the contract's, whoever created the topic
-        wanted = {s.name: s.partitions for s in specs}
         deadline = time.monotonic() + timeout
         while True:
             actual = await _partition_counts(admin, list(wanted))

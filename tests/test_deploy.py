@@ -640,10 +640,12 @@ def test_dockerfile():
     health = [r for w, r in final if w == "HEALTHCHECK"]
     assert health and "/healthz" in health[0]
     assert ("ENTRYPOINT", '["lapstream"]') in final
-    assert ("CMD", '["worker"]') in final
+    assert ("CMD", '["worker", "--no-create-topics"]') in final   # topics: the admin's job
+    assert ("COPY", "deploy/wait_topics.py /usr/local/bin/lapstream-wait-topics") in final
     assert any(w == "RUN" and "pip" in r and "install" in r for w, r in final)
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
     assert "!deploy/healthcheck.py" in ignore
+    assert "!deploy/wait_topics.py" in ignore
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -1211,3 +1213,389 @@ def test_k8s_ingest_deployment_and_metrics_service():
     monitors = {m["metadata"]["name"]: m for m in k8s_by_kind("ServiceMonitor")}
     sel = monitors["lapstream-ingest"]["spec"]["selector"]["matchLabels"]
     assert set(sel.items()) <= set(svc["metadata"]["labels"].items())
+
+
+# ------------------------------------- topic creation under the authorizer
+# The brokers run the StandardAuthorizer and only admin (kafka-init) may
+# create topics. The KRaft controller answers a CreateTopics request from a
+# user without the Create ACL with TOPIC_AUTHORIZATION_FAILED (29) for every
+# topic in it, existing ones too; a component that sends one crash-loops.
+import ast  # noqa: E402
+import asyncio  # noqa: E402
+import inspect  # noqa: E402
+import types  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st  # noqa: E402
+
+# identifiers of every way a Kafka client of ours could ask for a topic
+CREATING = {"ensure_topics", "create_topics", "create_topic", "NewTopic", "CreateTopicsRequest"}
+
+
+def _resolve_module(name: str, level: int, package: str):
+    if level:
+        base = package.split(".")
+        base = base[: len(base) - level + 1]
+        name = ".".join(base + ([name] if name else []))
+    return importlib.import_module(name)
+
+
+def _ours(obj) -> bool:
+    """Code of this repository (streams/, agents/, deploy/), not a library's."""
+    if isinstance(obj, types.ModuleType):
+        path = getattr(obj, "__file__", None)
+    elif isinstance(obj, types.FunctionType):
+        path = obj.__code__.co_filename
+    else:
+        mod = sys.modules.get(getattr(obj, "__module__", None) or "")
+        path = getattr(mod, "__file__", None)
+    if not path:
+        return False
+    path = Path(path).resolve()
+    return any(path.is_relative_to(REPO / d) for d in ("streams", "agents", "deploy"))
+
+
+def topic_creating_identifiers(entry) -> dict[str, set[str]]:
+    """Every identifier of CREATING that code reachable from ``entry`` (a
+    function) names, by where: the function, the functions and globals it
+    uses, and what it imports (an imported function: its own source; a class
+    or a module: its whole module), transitively, within streams/ and agents/."""
+    found: dict[str, set[str]] = {}
+    seen: set[str] = set()
+    todo = [entry]
+    while todo:
+        obj = todo.pop()
+        key = getattr(obj, "__qualname__", "") + "@" + (obj.__name__ if isinstance(obj, types.ModuleType)
+                                                        else obj.__module__)
+        if key in seen:
+            continue
+        seen.add(key)
+        if isinstance(obj, types.ModuleType):
+            tree, package, scope = ast.parse(inspect.getsource(obj)), obj.__package__ or obj.__name__, vars(obj)
+        else:
+            tree = ast.parse(inspect.getsource(obj).lstrip() if not inspect.getsource(obj)[:1].isspace()
+                             else "if 1:\n" + inspect.getsource(obj))
+            scope = obj.__globals__
+            package = scope.get("__package__") or scope["__name__"]
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name):
+                names.add(node.id)
+                if isinstance(scope.get(node.id), types.FunctionType) and _ours(scope[node.id]):
+                    todo.append(scope[node.id])
+            elif isinstance(node, ast.Attribute):
+                names.add(node.attr)
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    names.add(alias.name.rsplit(".", 1)[-1])
+                    if alias.name.split(".")[0] in ("streams", "agents"):
+                        todo.append(importlib.import_module(alias.name))
+            elif isinstance(node, ast.ImportFrom):
+                if not node.level and (node.module or "").split(".")[0] not in ("streams", "agents"):
+                    names.update(a.name for a in node.names)
+                    continue
+                mod = _resolve_module(node.module or "", node.level, package)
+                for alias in node.names:
+                    names.add(alias.name)
+                    target = getattr(mod, alias.name, None)
+                    if target is None:
+                        target = importlib.import_module(f"{mod.__name__}.{alias.name}")
+                    if isinstance(target, types.FunctionType) and _ours(target):
+                        todo.append(target)
+                    elif isinstance(target, types.ModuleType) and _ours(target):
+                        todo.append(target)
+                    elif _ours(target):
+                        todo.append(sys.modules[target.__module__])
+        hit = names & CREATING
+        if hit:
+            found[key] = hit
+    return found
+
+
+def test_topic_creation_scan_finds_what_creates():
+    """The scan is not blind: the worker (without --no-create-topics), the
+    demo and the embedded broker command do reach topic creation."""
+    from streams import cli_live
+
+    for handler in (cli_live._cmd_worker, cli_live._cmd_demo, cli_live._cmd_broker):
+        assert topic_creating_identifiers(handler), handler.__name__
+
+
+def lapstream_containers() -> list[tuple[str, list[str], dict]]:
+    """(where, argv after the image's entrypoint or the command, env) of every
+    container of the lapstream image in compose and k8s (init containers too)."""
+    ins = dockerfile_instructions()
+    entrypoint = json.loads(dict(ins)["ENTRYPOINT"])
+    cmd = json.loads([r for w, r in ins if w == "CMD"][-1])
+    out = []
+    services = compose()["services"]
+    image_build = services["worker-1"]["build"]
+    for name, svc in services.items():
+        if svc.get("build") != image_build:
+            continue
+        assert "entrypoint" not in svc, name
+        out.append((f"compose {name}", entrypoint + list(svc.get("command", cmd)),
+                    {k: str(v) for k, v in svc.get("environment", {}).items()}))
+    cm = config_map()["data"]
+    for obj in k8s_by_kind("Deployment"):
+        pod = obj["spec"]["template"]["spec"]
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            if not c["image"].startswith("lapstream:"):
+                continue
+            argv = (list(c["command"]) + list(c.get("args", [])) if "command" in c
+                    else entrypoint + list(c.get("args", cmd)))
+            env = {}
+            for ref in c.get("envFrom", []):
+                if ref.get("configMapRef", {}).get("name") == "lapstream-config":
+                    env.update(cm)
+            env.update({e["name"]: e.get("value") for e in c.get("env", []) if "value" in e})
+            out.append((f"k8s {obj['metadata']['name']}/{c['name']}", argv, env))
+    return out
+
+
+def test_no_lapstream_container_creates_topics(monkeypatch):
+    """Every lapstream container of compose and k8s connects to Kafka and none
+    of them can send a CreateTopics: the workers run with --no-create-topics,
+    and every other command (gateway, ingest, the init container) reaches no
+    topic-creating code at all."""
+    from streams import cli_live
+    from streams.cli import build_parser
+
+    copied = {r.split()[1]: r.split()[0] for w, r in dockerfile_instructions() if w == "COPY" and
+              r.startswith("deploy/")}
+    containers = lapstream_containers()
+    seen = set()
+    for where, argv, env in containers:
+        assert env.get("LAPSTREAM_BROKER", "").startswith("kafka://"), where
+        if argv[0] == "lapstream":
+            for k, v in env.items():   # the CLI reads its defaults from the env
+                monkeypatch.setenv(k, v)
+            args = build_parser().parse_args(argv[1:])
+            if args.func is cli_live._cmd_worker:
+                assert args.no_create_topics, f"{where}: a worker must run with --no-create-topics"
+                seen.add("worker")
+                continue
+            entry = args.func
+        else:   # a script of the image: python /usr/local/bin/NAME
+            assert argv[0] == "python" and argv[1] in copied, where
+            entry = load_module(Path(argv[1]).name.replace("-", "_"), REPO / copied[argv[1]]).main
+        seen.add(entry.__name__)
+        hits = topic_creating_identifiers(entry)
+        assert not hits, f"{where}: {' '.join(argv)} reaches topic creation: {hits}"
+    # the deployment's components, in both files
+    assert {"worker", "_cmd_serve", "_cmd_ingest_p3", "main"} <= seen
+    wheres = [w for w, _, _ in containers]
+    assert sum(w.startswith("compose worker-") for w in wheres) >= 2
+    assert any(w.startswith("k8s lapstream-worker/worker") for w in wheres)
+
+
+def test_the_workers_faust_app_declares_no_topic():
+    """Faust itself creates nothing: no topic declarations, no assignor leader
+    topic, no tables (so no changelog topics)."""
+    from streams.app import Settings, create_app
+
+    app = create_app(Settings(bootstrap="127.0.0.1:1", http_port=1))
+    assert app.conf.topic_allow_declare is False
+    assert app.conf.topic_disable_leader is True
+    assert len(app.tables) == 0
+    # LAPSTREAM_FAUST_SETTINGS cannot turn them back on quietly: a second value is refused
+    with pytest.raises(TypeError):
+        create_app(Settings(bootstrap="127.0.0.1:1", http_port=1, extra={"topic_allow_declare": True}))
+
+
+def test_every_lapstream_service_starts_after_kafka_init():
+    services = compose()["services"]
+    build = services["worker-1"]["build"]
+    ours = [n for n, s in services.items() if s.get("build") == build]
+    assert len(ours) >= 4
+    for name in ours:
+        assert services[name]["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully", name
+        assert services["kafka-init"]["restart"] == "no"
+
+
+def test_k8s_workers_wait_for_the_topics_as_their_own_user():
+    (deploy,) = k8s_by_kind("Deployment", "worker")
+    pod = deploy["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    (worker,) = pod["containers"]
+    assert init["image"] == worker["image"]
+    assert init["command"] == ["python", "/usr/local/bin/lapstream-wait-topics"]
+    assert init["envFrom"] == worker["envFrom"]
+    user = {e["name"]: e.get("value") for e in worker["env"]}["LAPSTREAM_KAFKA_SASL_USERNAME"]
+    assert {e["name"]: e.get("value") for e in init["env"]}["LAPSTREAM_KAFKA_SASL_USERNAME"] == user
+    mounts = {m["name"]: m for m in worker["volumeMounts"]}
+    for m in init["volumeMounts"]:
+        assert mounts[m["name"]]["mountPath"] == m["mountPath"]
+    assert "kafka-secret" in {m["name"] for m in init["volumeMounts"]}
+    assert init["securityContext"]["readOnlyRootFilesystem"] is True
+    args = dict(zip(init["args"][::2], init["args"][1::2]))
+    assert set(args) == {"--interval", "--timeout"}
+    # how often it looks, and how long before the pod starts over (README: 5 s, 10 minutes)
+    assert (float(args["--interval"]), float(args["--timeout"])) == (5.0, 600.0)
+
+
+def _layout(present: dict[str, int]):
+    from streams.broker import TopicLayout
+
+    return lambda names: {n: TopicLayout(n, present.get(n), {}) for n in names}
+
+
+WAIT_ENV = {"LAPSTREAM_BROKER": "kafka://k1:9092,k2:9092"}
+
+
+def test_wait_topics_waits_until_every_topic_is_there(capsys):
+    wt = load_module("wait_topics", DEPLOY / "wait_topics.py")
+    now = [0.0]
+    looks = []
+    full = {t.name: t.partitions for t in topics.ALL}
+    half = dict(list(full.items())[:3])
+    answers = [RuntimeError("no broker yet"), half, half, full]
+
+    def describe(names):
+        assert sorted(names) == sorted(full)
+        looks.append(now[0])
+        a = answers[len(looks) - 1]
+        if isinstance(a, Exception):
+            raise a
+        return _layout(a)(names)
+
+    def sleep(s):
+        now[0] += s
+
+    rc = wt.main(["--interval", "5", "--timeout", "60"], describe=describe, sleep=sleep,
+                 clock=lambda: now[0], env=WAIT_ENV)
+    assert rc == 0 and looks == [0, 5, 10, 15]
+    err = capsys.readouterr().err
+    assert "no broker yet" in err
+    (line,) = [x for x in err.splitlines() if "waiting: no topic" in x]
+    assert line.endswith(", ".join(n for n in full if n not in half))
+    assert err.count("waiting: no topic") == 1   # said once while it does not change
+
+
+def test_wait_topics_gives_up_and_refuses_a_wrong_layout():
+    wt = load_module("wait_topics", DEPLOY / "wait_topics.py")
+    now = [0.0]
+
+    def sleep(s):
+        now[0] += s
+
+    assert wt.main(["--interval", "5", "--timeout", "30"], describe=_layout({}), sleep=sleep,
+                   clock=lambda: now[0], env=WAIT_ENV) == 1
+    assert now[0] == 30
+    wrong = {t.name: t.partitions for t in topics.ALL}
+    wrong[topics.RAW.name] = 4
+    assert wt.main([], describe=_layout(wrong), sleep=sleep, clock=lambda: now[0], env=WAIT_ENV) == 2
+    assert wt.main([], describe=_layout({}), sleep=sleep, clock=lambda: now[0],
+                   env={"LAPSTREAM_BROKER": "embedded"}) == 2
+    assert wt.main([], describe=_layout({}), sleep=sleep, clock=lambda: now[0],
+                   env={"LAPSTREAM_BROKER": "localhost:9092"}) == 2
+
+
+class FakeKraftAdmin:
+    """What aiokafka's admin client gets from a KRaft cluster with the
+    StandardAuthorizer: Metadata (all topics) lists the topics; CreateTopics
+    from a user without the Create ACL answers 29 for every topic in the
+    request, existing ones included; ``appear`` are topics another client (the
+    admin's job) creates at the moment of the request."""
+
+    def __init__(self, existing: dict[str, int], may_create: bool, appear: dict[str, int] | None = None):
+        self.topics = dict(existing)
+        self.may_create = may_create
+        self.appear = dict(appear or {})
+        self.create_requests: list[list[str]] = []
+        self.closed = False
+
+    async def start(self):
+        pass
+
+    async def close(self):
+        self.closed = True
+
+    async def describe_topics(self, topics=None):
+        assert topics is None   # naming topics would auto-create them
+        return [{"topic": n, "error_code": 0, "partitions": [{"partition": i} for i in range(p)]}
+                for n, p in self.topics.items()]
+
+    async def create_topics(self, new_topics, timeout_ms=None):
+        self.create_requests.append([t.name for t in new_topics])
+        errors = []
+        for t in new_topics:
+            if not self.may_create:
+                errors.append((t.name, 29, "Authorization failed."))
+            elif t.name in self.topics:
+                errors.append((t.name, 36, "Topic already exists."))
+            else:
+                self.topics[t.name] = t.num_partitions
+                errors.append((t.name, 0, None))
+        self.topics.update(self.appear)
+        return types.SimpleNamespace(topic_errors=errors)
+
+
+def _ensure(monkeypatch, fake, specs=topics.ALL):
+    from streams import broker
+
+    monkeypatch.setattr(broker, "_admin", lambda *a, **k: fake)
+    return asyncio.run(broker.ensure_topics("k1:9092", specs, timeout=5.0))
+
+
+@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(existing=st.sets(st.sampled_from([t.name for t in topics.ALL])), may_create=st.booleans())
+def test_ensure_topics_asks_only_for_missing_topics(monkeypatch, existing, may_create):
+    from streams.broker import TopicLayoutError
+
+    parts = {t.name: t.partitions for t in topics.ALL}
+    fake = FakeKraftAdmin({n: parts[n] for n in existing}, may_create)
+    missing = [t.name for t in topics.ALL if t.name not in existing]
+    if not missing:   # the worker's case after kafka-init: no CreateTopics at all
+        assert _ensure(monkeypatch, fake) == {n: "exists" for n in parts}
+        assert fake.create_requests == []
+    elif may_create:
+        got = _ensure(monkeypatch, fake)
+        assert fake.create_requests == [missing]
+        assert got == {n: ("exists" if n in existing else "created") for n in parts}
+    else:
+        with pytest.raises(TopicLayoutError) as info:
+            _ensure(monkeypatch, fake)
+        assert fake.create_requests == [missing]   # never an existing topic
+        msg = str(info.value)
+        assert all(f"{n}: error 29" in msg for n in missing)
+        assert not any(f"{n}: error" in msg for n in existing)
+        assert "TOPIC_AUTHORIZATION_FAILED" in msg and "--no-create-topics" in msg
+    assert fake.closed
+
+
+def test_ensure_topics_takes_a_refused_topic_that_exists_meanwhile(monkeypatch):
+    """Refused (29) because another client (the admin's job) made it at the
+    same moment: it exists, so that is fine."""
+    parts = {t.name: t.partitions for t in topics.ALL}
+    fake = FakeKraftAdmin({}, may_create=False, appear=parts)
+    assert _ensure(monkeypatch, fake) == {n: "exists" for n in parts}
+    assert fake.create_requests == [list(parts)]
+
+
+def test_ensure_topics_refuses_an_existing_topic_with_other_partitions(monkeypatch):
+    from streams.broker import TopicLayoutError
+
+    parts = {t.name: t.partitions for t in topics.ALL}
+    parts[topics.RAW.name] = 3
+    fake = FakeKraftAdmin(parts, may_create=False)
+    with pytest.raises(TopicLayoutError, match=r"timing\.raw 3/12"):
+        _ensure(monkeypatch, fake)
+    assert fake.create_requests == []
+
+
+def test_replay_from_the_host_needs_more_than_ingest_may():
+    """deploy/README.md: a host-side replay uses admin, because a feed's
+    record_ref lines go to timing.records.ref, which ingest may not write."""
+    from streams.replay import route
+
+    gen = load_module("gen_topics", DEPLOY / "gen_topics.py")
+    ref = json.dumps({"kind": "record_ref", "t_us": 1, "record": "WR", "format": "long_track",
+                                    "gender": "W", "distance_m": 500}).encode()
+    assert route(ref, {}, None)[0] == topics.RECORDS_REF.name
+    assert route(b'{"kind": "passing", "venue": "V"}', {}, None)[0] == topics.RAW.name
+    ingest_writes = {name for who, rtype, name, ops in gen.ACLS
+                     if who == gen.INGEST_USER and rtype == "topic" and "Write" in ops}
+    assert ingest_writes == {topics.RAW.name}
+    assert "admin" in gen.SUPER_USERS
+    text = " ".join((DEPLOY / "README.md").read_text().split())
+    assert "A host-side `lapstream replay` onto the live stack uses `admin`, not `ingest`" in text
