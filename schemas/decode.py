@@ -137,11 +137,12 @@ def decode(raw: bytes | str) -> dict:
 def _not_json(raw: bytes | str, exc: Exception) -> str:
     """Why a message is not JSON, in words a producer can act on (orjson says
     "surrogates not allowed" for any invalid UTF-8)."""
-    if type(raw) is not str:
+    if not isinstance(raw, str):
+        data = bytes(raw)
         try:
-            bytes(raw).decode("utf-8")
+            data.decode("utf-8")
         except UnicodeDecodeError as bad:
-            return f"not valid JSON: not UTF-8 (byte {bad.start}: {bytes(raw)[bad.start:bad.start + 1]!r})"
+            return f"not valid JSON: not UTF-8 (byte {bad.start}: {data[bad.start:bad.start + 1]!r})"
     return f"not valid JSON: {exc}"
 
 
