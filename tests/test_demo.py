@@ -3,21 +3,25 @@ order, an end of its own, nothing left behind (processes, temporary directories)
 from __future__ import annotations
 
 import argparse
+import io
 import os
+import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from rich.console import Console
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams import beijing
-from streams.board import NEW, REVISED, WITHDRAWN, Board
+from streams.board import NEW, REVISED, UNREADABLE, WITHDRAWN, Board, problem
 from streams.demo import GIVE_UP_S, QUIET_S, TimeOrder, _line, exits_when_done, expected_official, settled
 from streams.process import process_lines
 
@@ -37,10 +41,43 @@ def record(rev: int, final: bool, withdrawn: bool = False, time_s: str = "2:53.4
             "previous_holder": "JPN", "revision": rev, "withdrawn": withdrawn, "final": final}
 
 
-def incident(rev: int, final: bool, status: str = "suspected", at_m: int = 2300) -> dict:
-    return {"kind": "incident", "v": 1, "event_id": f"i{rev}", "race_id": "R1", "t_us": 2_000_000, "attempt": 1,
-            "competitor_id": "JPN", "skater_id": "JPN-TAKAGI-N", "type": "fall", "status": status, "at_m": at_m,
-            "revision": rev, "final": final}
+def incident(rev: int, final: bool, status: str = "suspected", at_m: int = 2300, withdrawn: bool = False,
+             eid: str | None = None) -> dict:
+    ev = {"kind": "incident", "v": 1, "event_id": eid or f"i{rev}", "race_id": "R1", "t_us": 2_000_000,
+          "attempt": 1, "competitor_id": "JPN", "skater_id": "JPN-TAKAGI-N", "type": "fall", "status": status,
+          "at_m": at_m, "revision": rev, "final": final}
+    if withdrawn:
+        ev["withdrawn"] = True
+    return ev
+
+
+def split(rev: int, d: int, time_s: str, rank: int = 1, withdrawn: bool = False, final: bool = False,
+          cid: str = "CAN") -> dict:
+    ev = {"kind": "split", "v": 1, "event_id": f"{cid}{d}-{rev}", "race_id": "R1", "t_us": 1_000_000 + d,
+          "attempt": 1, "competitor_id": cid, "skater_id": None, "distance_m": d, "time_ms": 1000,
+          "time": time_s, "lap_ms": None, "rank": rank, "behind_ms": 0, "loop": "inner", "revision": rev,
+          "final": final}
+    if withdrawn:
+        ev["withdrawn"] = True
+    return ev
+
+
+def withdrawn(ev: dict, rev: int, final: bool = True) -> dict:
+    """The next revision of ``ev`` taken back, as the core publishes it (agents/core/events.withdrawn)."""
+    return {**ev, "event_id": f"{ev['event_id']}-w{rev}", "revision": rev, "withdrawn": True, "final": final}
+
+
+def drawn(board: Board) -> str:
+    out = io.StringIO()
+    Console(file=out, width=160, color_system=None).print(board.render())
+    return out.getvalue()
+
+
+def table_row(board: Board, cid: str) -> str:
+    """The current race's table row of ``cid`` as drawn ("" when it has none)."""
+    rows = [ln for ln in drawn(board).splitlines() if any(c.strip() == cid for c in ln.split("│"))]
+    assert len(rows) <= 1
+    return rows[0] if rows else ""
 
 
 # ---------------------------------------------------------------- the board: a fact once
@@ -152,6 +189,185 @@ def test_the_beijing_final_is_announced_without_repeats():
     assert sum(ln.startswith("RECORD") for ln in lines) == 1
     assert len(lines) == len(set(lines))          # no line printed twice
     assert [ln for ln in lines if ln.startswith("result")][-1].startswith("result   OWG2022-TPW-FA [official]")
+
+
+# ---------------------------------------------------------------- withdrawals: taken back, then shown again
+
+def test_a_withdrawn_provisional_finish_leaves_the_row_and_comes_back_as_new():
+    board = Board()
+    first = finish(0, False, time_s="34.00")
+    assert board.apply(first) == NEW
+    assert board.current.rows["CAN"].finish == "34.00" and board.current.rows["CAN"].rank == 1
+    gone = withdrawn(first, 1)
+    assert board.apply(gone) == WITHDRAWN
+    row = board.current.rows["CAN"]
+    assert row.finish is None and row.rank is None
+    assert board.alerts[-1] == "R1: CAN finish 34.00 withdrawn"
+    assert _line(gone, WITHDRAWN).startswith("FINISH   R1 CAN") and _line(gone, WITHDRAWN).endswith(" withdrawn")
+    assert table_row(board, "CAN") and "34.00" not in table_row(board, "CAN")
+    assert board.apply(withdrawn(first, 2)) is None               # taken back once
+    assert board.apply(finish(3, True, time_s="34.10")) == NEW    # a later value shows again
+    assert board.current.rows["CAN"].finish == "34.10" and board.current.rows["CAN"].rank == 1
+    assert "34.10" in table_row(board, "CAN")
+
+
+def test_a_withdrawn_finish_gives_the_row_back_its_split_and_its_rank():
+    board = Board()
+    board.apply(split(0, 2400, "2:50.00", rank=3))
+    board.apply(finish(0, False, rank=1))
+    assert board.apply(withdrawn(finish(0, False, rank=1), 1)) == WITHDRAWN
+    row = board.current.rows["CAN"]
+    assert (row.finish, row.rank, row.distance_m, row.time) == (None, 3, 2400, "2:50.00")
+
+
+def test_a_withdrawn_split_gives_the_row_the_split_before_it_or_none():
+    board = Board()
+    s200, s600 = split(0, 200, "19.50", rank=2), split(0, 600, "45.10", rank=1)
+    board.apply(s200)
+    board.apply(s600)
+    gone = withdrawn(s600, 1, final=False)
+    assert board.apply(gone) == WITHDRAWN
+    row = board.current.rows["CAN"]
+    assert (row.distance_m, row.time, row.rank) == (200, "19.50", 2)
+    assert _line(gone, WITHDRAWN).endswith(" withdrawn") and "45.10" in _line(gone, WITHDRAWN)
+    assert board.apply(withdrawn(s600, 2, final=True)) is None     # its final withdrawal: said already
+    assert board.apply(withdrawn(s200, 1)) == WITHDRAWN            # a restart takes back the rest
+    row = board.current.rows["CAN"]
+    assert (row.distance_m, row.time, row.rank, row.behind_ms) == (0, "", None, None)
+    assert board.apply(split(3, 600, "45.20", rank=1)) == NEW      # the new attempt's revision goes on
+    assert (row.distance_m, row.time) == (600, "45.20")
+
+
+def test_a_withdrawn_suspicion_is_taken_back_and_a_new_one_announced():
+    board = Board()
+    board.apply(split(0, 2000, "2:20.00", cid="JPN"))                 # the team's row
+    assert board.apply(incident(0, False)) == NEW
+    assert "FALL suspected" in table_row(board, "JPN")
+    gone = incident(1, True, withdrawn=True)
+    assert board.apply(gone) == WITHDRAWN
+    assert board.alerts[-1] == "R1: FALL suspected - JPN-TAKAGI-N at 2300 m taken back"
+    assert _line(gone, WITHDRAWN).endswith("at 2300 m taken back")
+    assert board.current.incidents == {} and "FALL" not in table_row(board, "JPN")
+    assert board.apply(incident(2, False, at_m=2400)) == NEW       # raised again: its next revision
+    assert board.alerts[-1] == "R1: FALL suspected - JPN-TAKAGI-N at 2400 m"
+    assert board.apply(incident(3, True, status="confirmed", at_m=2400)) == REVISED
+    assert "FALL confirmed" in table_row(board, "JPN")
+    # the skater's next incident starts at revision 0 again: news, even where it shows the same
+    assert board.apply(incident(0, False, status="confirmed", at_m=2400, eid="i0-second")) == NEW
+    assert board.apply(incident(0, False, eid="i0-second")) is None   # delivered twice
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([200, 600, 1000]), st.sampled_from(["a", "b"]), st.booleans()),
+                min_size=1, max_size=20))
+def test_the_row_never_shows_a_split_taken_back(steps):
+    board = Board()
+    state: dict[int, tuple] = {}      # distance -> (withdrawn, time): the latest word on each split
+    for rev, (d, t, gone) in enumerate(steps):
+        before = state.get(d)
+        change = board.apply(split(rev, d, f"{d}.{t}", withdrawn=gone))
+        state[d] = (gone, f"{d}.{t}")
+        if gone:
+            assert change == (None if before is not None and before[0] else WITHDRAWN)
+        elif before is None or before[0]:
+            assert change == NEW
+        else:
+            assert change == (None if before[1] == f"{d}.{t}" else REVISED)
+        in_force = {dd: tt for dd, (g, tt) in state.items() if not g}
+        row = board.current.rows.get("CAN")
+        if row is None:
+            assert not in_force
+        elif not in_force:
+            assert (row.distance_m, row.time, row.rank) == (0, "", None)
+        else:
+            assert in_force.get(row.distance_m) == row.time
+
+
+# ---------------------------------------------------------------- events the board cannot read
+
+def test_a_split_without_race_id_or_a_result_without_status_is_one_unreadable_line():
+    board = Board()
+    for bad, why in (({"kind": "split"}, "split: no race_id"),
+                     ({**finish(0, False), "time": None}, "finish: time is not a string"),
+                     ({"kind": "result", "v": 1, "race_id": "R1", "revision": 0, "ranking": []},
+                      "result: no status")):
+        assert board.apply(bad) == UNREADABLE
+        assert problem(bad) == why
+        assert _line(bad, UNREADABLE) == f"unreadable event: {why}"
+        assert board.alerts[-1] == f"unreadable event: {why}"
+    assert board.unreadable == 3 and board.races == {} and board.ids == set()
+    assert "3 events, 0 dead letters, 3 unreadable" in drawn(board)
+    assert board.apply(finish(0, False)) == NEW                    # and it goes on
+
+
+def test_every_event_of_the_beijing_final_is_readable():
+    events = list(process_lines(FINAL_A.read_bytes().splitlines()))
+    assert [e for e in events if problem(e) is not None] == []
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**64) | st.floats(allow_nan=False,
+                                                                                         allow_infinity=False)
+                    | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                 max_size=3),
+                    max_leaves=8)
+KINDS = st.sampled_from(["split", "finish", "incident", "record", "result", "standings", "classification",
+                         "deadletter", "unreadable", "lap_chart"]) | JSON
+FIELDS = ["race_id", "competitor_id", "skater_id", "distance_m", "time", "rank", "behind_ms", "lap_ms", "source",
+          "points", "type", "status", "at_m", "record", "equalled", "previous_time", "previous_holder", "revision",
+          "ranking", "group", "event", "complete", "withdrawn", "event_id", "attempt", "t_us", "error"]
+ANY_OBJECT = st.builds(lambda kind, fields, extra: {**extra, **fields, "kind": kind}, KINDS,
+                       st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=8),
+                       st.dictionaries(st.text(max_size=8), JSON, max_size=3)) | st.dictionaries(st.text(max_size=8),
+                                                                                                JSON, max_size=5)
+_REAL: list[dict] = []
+
+
+def real_events() -> list[dict]:
+    if not _REAL:
+        _REAL.extend(process_lines(FINAL_A.read_bytes().splitlines()))
+        _REAL.extend([withdrawn(finish(0, False), 1), incident(1, True, withdrawn=True),
+                      withdrawn(split(0, 200, "19.50"), 1)])
+    return _REAL
+
+
+@st.composite
+def damaged_real_event(draw) -> dict:
+    """A real derived event with some fields removed or given another JSON value (a ranking entry's too)."""
+    ev = dict(draw(st.sampled_from(range(len(real_events()))).map(lambda i: real_events()[i])))
+    for name in draw(st.lists(st.sampled_from(sorted(ev)), max_size=3)):
+        if draw(st.booleans()):
+            ev.pop(name, None)
+        else:
+            ev[name] = draw(JSON)
+    if isinstance(ev.get("ranking"), list) and ev["ranking"] and draw(st.booleans()):
+        i = draw(st.integers(0, len(ev["ranking"]) - 1))
+        entry = dict(ev["ranking"][i]) if isinstance(ev["ranking"][i], dict) else {}
+        name = draw(st.sampled_from(sorted(entry) or ["rank"]))
+        if draw(st.booleans()):
+            entry.pop(name, None)
+        else:
+            entry[name] = draw(JSON)
+        ev["ranking"] = [*ev["ranking"][:i], entry, *ev["ranking"][i + 1:]]
+    return ev
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(ANY_OBJECT | damaged_real_event(), min_size=1, max_size=12))
+def test_the_board_and_its_lines_never_raise_on_any_json_object(events):
+    board = Board()
+    order = TimeOrder(hold_s=1.0)
+    for n, ev in enumerate(events):
+        order.add(ev, now=float(n))
+        change = board.apply(ev)
+        assert change in (NEW, REVISED, WITHDRAWN, UNREADABLE, None)
+        line = _line(ev, change)
+        assert isinstance(line, str) and line
+        if problem(ev) is not None:
+            assert change == UNREADABLE and line.startswith("unreadable event: ")
+        drawn(board)
+    assert len(order.due(0.0, flush=True)) == len(events)
+    assert board.events == len(events)
 
 
 # ---------------------------------------------------------------- lines in event-time order
