@@ -6,9 +6,7 @@ import argparse
 import io
 import os
 import queue
-import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -475,109 +473,208 @@ def test_a_demo_that_fails_leaves_no_temporary_directory(cli, free_port, tmp_pat
 
 # ---------------------------------------------------------------- live: the README's command
 
-def _closed(port: int) -> bool:
+def _started(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot), or None if it is gone
+    (a zombie counts as gone: it holds no port and runs nothing)."""
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return False
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return True
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()   # after "pid (comm) ": state, ppid, ...
+    return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
-def _ports(out: str) -> tuple[int, int]:
-    broker = int(re.search(r"embedded \w+ broker on 127\.0\.0\.1:(\d+)", out).group(1))
-    worker = int(re.search(r"worker metrics: http://127\.0\.0\.1:(\d+)/metrics", out).group(1))
-    return broker, worker
+def _tree(root: int) -> dict[int, int]:
+    """The processes below ``root`` now: pid -> start time (a pid reused later is another process)."""
+    parent: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            parent[int(d.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    found, todo = {}, [root]
+    while todo:
+        p = todo.pop()
+        for child, pp in parent.items():
+            if pp == p and child not in found:
+                started = _started(child)
+                if started is not None:
+                    found[child] = started
+                    todo.append(child)
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class Demo:
+    """``lapstream demo ARGS`` for a live test: its output read by a thread into a
+    queue, so every wait has a deadline even when the demo hangs without a word;
+    its child processes (broker, worker...) noted while it runs, so the test can
+    tell they are gone without asking about ports another process may own now."""
+
+    def __init__(self, args: list[str], env: dict) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "demo", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                                     cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **env})
+        self.lines: queue.Queue = queue.Queue()
+        self.seen: list[str] = []
+        self.children: dict[int, int] = {}
+        self.ended = False
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for raw in iter(self.proc.stdout.readline, b""):
+            self.lines.put(raw.decode(errors="replace"))
+        self.lines.put(None)   # end of output
+
+    @property
+    def out(self) -> str:
+        return "".join(self.seen)
+
+    def _next(self, deadline: float, what: str) -> str | None:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                pytest.fail(f"no {what} by the deadline; the demo said:\n{self.out[-3000:]}")
+            try:
+                line = self.lines.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                continue
+            if line is None:
+                self.ended = True
+            else:
+                self.seen.append(line)
+            return line
+
+    def until(self, prefix: str, timeout: float = 300) -> str:
+        """Read up to the first line starting with ``prefix``; fails if the demo ends first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self._next(deadline, f"line starting {prefix!r}")
+            assert line is not None, "the demo ended: " + self.out[-3000:]
+            if line.startswith(prefix):
+                return line
+
+    def note_children(self) -> None:
+        """Note the demo's processes now: at least the broker and the worker."""
+        self.children = _tree(self.proc.pid)
+        assert any(" streams.cli worker " in _cmdline(p) for p in self.children), self.children
+        assert len(self.children) >= 2, {p: _cmdline(p) for p in self.children}
+
+    def wait(self, timeout: float = 300) -> int:
+        """Read to the end of its output and its exit; its exit code."""
+        deadline = time.monotonic() + timeout
+        while not self.ended:
+            self._next(deadline, "end of output")
+        return self.proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+
+    def left_behind(self) -> dict[int, str]:
+        """The demo's noted processes still running (the same pid and start time)."""
+        return {p: _cmdline(p) for p, started in self.children.items() if _started(p) == started}
+
+    def kill(self) -> None:
+        """Kill what is left of the demo and of the processes it started (each in a
+        session of its own: its group), and wait until they are gone."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        for p in self.left_behind():
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(p, signal.SIGKILL)
+                except OSError:
+                    pass
+        _gone(self, timeout=30)
+
+
+@pytest.fixture
+def demo(tmp_path):
+    """Start ``lapstream demo`` with ``demo(*args)`` (TMPDIR: an empty ``tmp_path/"tmp"``,
+    returned as ``.tmp``); whatever is left of it is killed at the end of the test."""
+    started: list[Demo] = []
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+
+    def start(*args: str) -> Demo:
+        d = Demo(list(args), {"TMPDIR": str(tmp)})
+        d.tmp = tmp
+        started.append(d)
+        return d
+    yield start
+    for d in started:
+        d.kill()
+
+
+def _gone(d: Demo, timeout: float = 120) -> dict[int, str]:
+    """Wait until the demo's processes are gone; those still running at the deadline."""
+    deadline = time.monotonic() + timeout
+    while d.left_behind() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return d.left_behind()
 
 
 @pytest.mark.live
-def test_the_demo_ends_by_itself_and_leaves_nothing_behind(cli, tmp_path):
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
+def test_the_demo_ends_by_itself_and_leaves_nothing_behind(demo):
     # no --exit-when-done, stdout a pipe: what a person or CI gets from the README's command
-    r = cli("demo", "--speed", "max", "--http-port", "0", env={"TMPDIR": str(tmp)}, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    out = r.stdout
+    d = demo("--speed", "max", "--http-port", "0")
+    d.until("replaying")
+    d.note_children()
+    code = d.wait(timeout=300)
+    out = d.out
+    assert code == 0, out[-3000:]
     lines = out.splitlines()
     # a pipe gets lines, one fact a line, then the final board, each message on its own line
     assert any(ln.startswith("split    OWG2022-TPW-FA") for ln in lines)
     assert sum(ln.startswith("FINISH") for ln in lines) == 2
     assert sum(ln.startswith("RECORD") for ln in lines) == 1
     assert "459 events, 0 dead letters" in lines
+    assert not any(ln.startswith("unreadable event") for ln in lines)
     assert lines[-1].startswith("metrics were at http://127.0.0.1:")
     assert sum("NEW OR 2:53.44 by CAN" in ln for ln in lines) == 1 and "revised to 2:53.44" not in out
-    assert list(tmp.iterdir()) == []              # logs and the worker's data directory removed
-    broker, worker = _ports(out)
-    assert _closed(broker) and _closed(worker)    # the broker and the worker stopped with it
+    assert list(d.tmp.iterdir()) == []            # logs and the worker's data directory removed
+    assert d.left_behind() == {}                  # the broker and the worker stopped with it
 
 
 @pytest.mark.live
-def test_the_demo_asked_to_stay_prints_lines_as_they_come_and_cleans_up_on_sigterm(tmp_path):
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "demo", "--plain", "--stay", "--speed", "max",
-                             "--http-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp)})
-    seen = []
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:     # read while it runs: lines come as they are printed
-            line = proc.stdout.readline().decode()
-            assert line, "the demo ended: " + "".join(seen)
-            seen.append(line)
-            if line.startswith("the feed is replayed and the output has settled"):
-                break
-        out = "".join(seen)
-        assert "result   OWG2022-TPW-FA [official]" in out, out
-        assert proc.poll() is None                # --stay: still running
-        os.kill(proc.pid, signal.SIGTERM)
-        rest = proc.communicate(timeout=120)[0].decode()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 130, rest
+def test_the_demo_asked_to_stay_prints_lines_as_they_come_and_cleans_up_on_sigterm(demo):
+    d = demo("--plain", "--stay", "--speed", "max", "--http-port", "0")
+    d.until("replaying")
+    d.note_children()
+    d.until("the feed is replayed and the output has settled")   # lines come as they are printed
+    out = d.out
+    assert "result   OWG2022-TPW-FA [official]" in out, out
+    assert d.proc.poll() is None                  # --stay: still running
+    os.kill(d.proc.pid, signal.SIGTERM)
+    code = d.wait(timeout=120)
+    rest = d.out[len(out):]
+    assert code == 130, rest
     assert rest.splitlines()[-1] == "stopped"
-    assert list(tmp.iterdir()) == []
-    broker, worker = _ports(out)
-    assert _closed(broker) and _closed(worker)
+    assert list(d.tmp.iterdir()) == []
+    assert d.left_behind() == {}
 
 
 @pytest.mark.live
-def test_a_sigkill_soon_after_sigterm_leaves_no_directory_and_no_process(tmp_path):
+def test_a_sigkill_soon_after_sigterm_leaves_no_directory_and_no_process(demo):
     """A supervisor's SIGTERM, then its SIGKILL while the worker still shuts down
     (script(1) waits 2 s): the directory is already gone, the children follow."""
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "demo", "--plain", "--stay", "--speed", "max",
-                             "--http-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp)})
-    seen = []
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline().decode()
-            assert line, "the demo ended: " + "".join(seen)
-            seen.append(line)
-            if line.startswith("replaying"):
-                break
-        assert len(list(tmp.iterdir())) == 1        # one directory: the demo's (the broker's is inside)
-        os.kill(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 120
-        while list(tmp.iterdir()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert list(tmp.iterdir()) == []
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    broker, worker = _ports("".join(seen))
+    d = demo("--plain", "--stay", "--speed", "max", "--http-port", "0")
+    d.until("replaying")
+    d.note_children()
+    assert len(list(d.tmp.iterdir())) == 1          # one directory: the demo's (the broker's is inside)
+    os.kill(d.proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + 120
-    while not (_closed(broker) and _closed(worker)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _closed(broker) and _closed(worker)
-    assert list(tmp.iterdir()) == []
+    while list(d.tmp.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(d.tmp.iterdir()) == []
+    if d.proc.poll() is None:
+        os.kill(d.proc.pid, signal.SIGKILL)
+    d.proc.wait(timeout=60)
+    assert _gone(d) == {}                           # the children follow (SIGTERM from the kernel)
+    assert list(d.tmp.iterdir()) == []
