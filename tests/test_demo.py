@@ -22,6 +22,7 @@ from streams import beijing
 from streams.board import NEW, REVISED, UNREADABLE, WITHDRAWN, Board, problem
 from streams.demo import GIVE_UP_S, QUIET_S, TimeOrder, _line, exits_when_done, expected_official, settled
 from streams.process import process_lines
+from tests.test_revisions_restart import feed   # a 1000 m race recalled, then started again
 
 REPO = Path(__file__).resolve().parents[1]
 FINAL_A = beijing.FEEDS_DIR / beijing.FINAL_A_FILE
@@ -279,6 +280,29 @@ def test_the_row_never_shows_a_split_taken_back(steps):
             assert (row.distance_m, row.time, row.rank) == (0, "", None)
         else:
             assert in_force.get(row.distance_m) == row.time
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(recall_s=st.integers(min_value=15, max_value=50), seed=st.integers(min_value=0, max_value=10_000))
+def test_after_a_restart_the_board_shows_none_of_the_recalled_attempt(recall_s, seed):
+    events = list(process_lines(feed(recall_s, recall_s + 60, seed)))
+    assert any(e.get("withdrawn") for e in events)
+    board = Board()
+    latest: dict[tuple, dict] = {}    # (competitor, distance) -> the latest word on the team's/skater's split
+    for e in events:
+        change = board.apply(e)
+        if e["kind"] == "split" and (e["skater_id"] is None or e["skater_id"] == e["competitor_id"]):
+            latest[(e["competitor_id"], e["distance_m"])] = e
+            if e.get("withdrawn"):
+                assert change in (WITHDRAWN, None)
+        for cid, row in board.races["R1"].rows.items() if "R1" in board.races else ():
+            shown = latest.get((cid, row.distance_m))
+            if row.distance_m:
+                assert shown is not None and not shown.get("withdrawn") and shown["time"] == row.time
+        if e["kind"] == "result" and e.get("attempt") == 2 and not e["ranking"]:   # the restart announced
+            assert all(not r.distance_m and r.finish is None for r in board.races["R1"].rows.values())
+    assert board.races["R1"].status in ("official", "live", "provisional")
+    assert all(r.distance_m == 1000 or r.irm for r in board.races["R1"].rows.values())
 
 
 # ---------------------------------------------------------------- events the board cannot read
