@@ -368,10 +368,12 @@ class Board:
     # -- drawing ---------------------------------------------------------------
 
     def render(self, title: str = "lapstream") -> Group:
+        """The view, every text from the events as text (``Text``), never as rich
+        markup: "[official]" shows, and a "[/x]" in an id cannot break the drawing."""
         parts = []
         rv = self.current
         if rv is not None:
-            t = Table(title=f"{rv.race_id}  [{rv.status}]", expand=True)
+            t = Table(title=Text(f"{rv.race_id}  [{rv.status}]"), expand=True)
             for col in ("rank", "competitor", "distance", "time", "behind", "last lap", "finish", "records"):
                 t.add_column(col, justify="right" if col not in ("competitor", "records") else "left")
             rows = sorted(rv.rows.values(), key=lambda r: (r.irm is not None, -(r.distance_m or 0) if not r.finish else -10**9,
@@ -382,19 +384,20 @@ class Board:
                 notes = list(r.records) + [f"{i['type'].upper()} {i['status']}" for (cid, _, _), i
                                            in rv.incidents.items() if cid == r.competitor_id
                                            and i["status"] != "cleared"]
-                t.add_row(str(r.rank or "") if not r.irm else r.irm, r.competitor_id, f"{r.distance_m} m",
-                          r.time, behind, lap, r.finish or "", " ".join(notes))
+                t.add_row(*(Text(x) for x in (str(r.rank or "") if not r.irm else r.irm, r.competitor_id,
+                                              f"{r.distance_m} m", r.time, behind, lap, r.finish or "",
+                                              " ".join(notes))))
             parts.append(t)
         alerts = Text("\n".join(self.alerts) or "no alerts")
         parts.append(Panel(alerts, title="falls, records, revisions"))
         if self.classification is not None:
             c = self.classification
-            t = Table(title=f"classification {c['event']}" + (" (complete)" if c.get("complete") else ""))
+            t = Table(title=Text(f"classification {c['event']}" + (" (complete)" if c.get("complete") else "")))
             t.add_column("place", justify="right")
             t.add_column("competitor")
             t.add_column("race")
             for r in c["ranking"]:
-                t.add_row(str(r["place"] or "-"), r["competitor_id"], r["race_id"])
+                t.add_row(Text(str(r["place"] or "-")), Text(r["competitor_id"]), Text(r["race_id"]))
             parts.append(t)
         unreadable = f", {self.unreadable} unreadable" if self.unreadable else ""
         parts.append(Text(f"{self.events} events, {self.deadletters} dead letters{unreadable}", style="dim"))

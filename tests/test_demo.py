@@ -322,6 +322,16 @@ def test_a_split_without_race_id_or_a_result_without_status_is_one_unreadable_li
     assert board.apply(finish(0, False)) == NEW                    # and it goes on
 
 
+def test_the_board_draws_text_from_events_as_text_not_markup():
+    board = Board()
+    board.apply(split(0, 200, "[/x]", cid="[/b]"))
+    board.apply({**incident(0, False), "competitor_id": "[/b]", "type": "[/t]"})
+    board.apply({"kind": "result", "v": 1, "event_id": "res", "race_id": "R1", "status": "official", "revision": 0,
+                 "ranking": []})
+    out = drawn(board)
+    assert "R1  [official]" in out and "[/x]" in table_row(board, "[/b]") and "[/T] suspected" in out
+
+
 def test_every_event_of_the_beijing_final_is_readable():
     events = list(process_lines(FINAL_A.read_bytes().splitlines()))
     assert [e for e in events if problem(e) is not None] == []
@@ -329,7 +339,7 @@ def test_every_event_of_the_beijing_final_is_readable():
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**64) | st.floats(allow_nan=False,
                                                                                          allow_infinity=False)
-                    | st.text(max_size=8),
+                    | st.text(max_size=8) | st.sampled_from(["[/b]", "[bold]", "[", "]"]),   # not markup
                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
                                                                                  max_size=3),
                     max_leaves=8)
