@@ -553,10 +553,11 @@ class Demo:
     its child processes (broker, worker...) noted while it runs, so the test can
     tell they are gone without asking about ports another process may own now."""
 
-    def __init__(self, args: list[str], env: dict) -> None:
+    def __init__(self, args: list[str], tmp: Path) -> None:
+        self.tmp = tmp   # its TMPDIR
         self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "demo", *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                                     cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **env})
+                                     cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp)})
         self.lines: queue.Queue = queue.Queue()
         self.seen: list[str] = []
         self.children: dict[int, int] = {}
@@ -637,8 +638,7 @@ def demo(tmp_path):
     tmp.mkdir()
 
     def start(*args: str) -> Demo:
-        d = Demo(list(args), {"TMPDIR": str(tmp)})
-        d.tmp = tmp
+        d = Demo(list(args), tmp)
         started.append(d)
         return d
     yield start
