@@ -6,6 +6,7 @@ import heapq
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -70,7 +71,7 @@ def run_demo(args) -> int:
     http_port = args.http_port or free_port()
     check_port_free(D.HTTP_HOST, http_port)   # the worker's: say so now, not "not ready" later
     broker = None
-    children: list[tuple[str, object]] = []   # (name, Popen) of what this demo started
+    children: list[tuple[str, subprocess.Popen, str]] = []   # (name, Popen, log path) of what this demo started
     # logs and the worker's data: removed on every way out (the end, Ctrl-C, SIGTERM/SIGHUP, an error)
     workdir = tempfile.mkdtemp(prefix="lapstream-demo-")
     try:
@@ -194,6 +195,11 @@ def expected_official(lines: list[bytes]) -> set[str]:
     return races
 
 
+def _hashable(v):
+    """A key part from any JSON value (an event this demo cannot read still gets a place)."""
+    return v if isinstance(v, (str, int, float, type(None))) else repr(v)
+
+
 class TimeOrder:
     """Line output in the order of the events' ``t_us`` as far as their arrival allows.
 
@@ -213,11 +219,8 @@ class TimeOrder:
         self.latest = 0                    # for events without t_us (dead letters): now
         self.seq = 0
 
-    def __len__(self) -> int:
-        return len(self.heap)
-
     def add(self, ev: dict, now: float) -> None:
-        key = (ev.get("kind"), ev.get("race_id") or ev.get("group") or ev.get("event"))
+        key = (_hashable(ev.get("kind")), _hashable(ev.get("race_id") or ev.get("group") or ev.get("event")))
         t = ev.get("t_us") if isinstance(ev.get("t_us"), int) else self.latest
         t = max(t, self.floor.get(key, t))
         self.floor[key] = t
@@ -378,11 +381,18 @@ def settled(board, done, races: set[str], now: float) -> str | None:
 
 def _line(ev: dict, change: str | None = None) -> str:
     """One line for an event ``Board.apply`` found news of: ``change`` is "new",
-    "revised" (a value a viewer sees changed) or "withdrawn" (a record taken back)."""
-    from streams.board import REVISED, WITHDRAWN
+    "revised" (a value a viewer sees changed), "withdrawn" (a split, finish,
+    incident or record taken back) or "unreadable". Any JSON object gives a line:
+    one the board cannot read gives "unreadable event: <why>"."""
+    from streams.board import REVISED, WITHDRAWN, problem
 
+    why = problem(ev)
+    if why is not None:
+        return f"unreadable event: {why}"
     k = ev["kind"]
     rev = " (revised)" if change == REVISED else ""
+    if change == WITHDRAWN and k in ("split", "finish"):
+        rev = " withdrawn"
     if k == "split":
         who = ev["skater_id"] or f"{ev['competitor_id']} (team)"
         return (f"split    {ev['race_id']} {who:<14} {ev['distance_m']:>5} m {ev['time']:>8} rank {ev['rank']} "
@@ -390,7 +400,9 @@ def _line(ev: dict, change: str | None = None) -> str:
     if k == "finish":
         return f"FINISH   {ev['race_id']} {ev['competitor_id']:<14} {ev['time']:>8} rank {ev['rank']} ({ev['source']}){rev}"
     if k == "incident":
-        return f"INCIDENT {ev['race_id']} {ev['type']} {ev['status']} {ev['skater_id'] or ev['competitor_id']} at {ev['at_m']} m"
+        back = " taken back" if change == WITHDRAWN else ""
+        return (f"INCIDENT {ev['race_id']} {ev['type']} {ev['status']} {ev['skater_id'] or ev['competitor_id']} "
+                f"at {ev['at_m']} m{back}")
     if k == "record":
         if change == WITHDRAWN:
             return f"RECORD   {ev['race_id']} {ev['record']} {ev['time']} {ev['competitor_id']} taken back"
@@ -404,4 +416,4 @@ def _line(ev: dict, change: str | None = None) -> str:
     if k == "standings":
         done = ", complete" if ev.get("complete") else ""
         return f"standings {ev['group']} ({len(ev['ranking'])} ranked{done})"
-    return f"{k} {ev.get('error', '')}"
+    return f"{k} {ev.get('error', '')}"[:500]

@@ -25,6 +25,21 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) ->
     return False
 
 
+def _spawn(cmd: list[str], log_path: str | None, env: dict | None) -> subprocess.Popen:
+    """Start ``cmd`` in a session of its own (``stop_process`` stops its group), its
+    output appended to ``log_path`` (else dropped), ``env`` over ours; it gets
+    SIGTERM when this process dies (``die_with_parent``)."""
+    from streams.broker import die_with_parent
+
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    try:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=die_with_parent, env={**os.environ, **(env or {})})
+    finally:
+        if log_path:
+            log.close()   # the child has its own copy
+
+
 def start_worker(bootstrap: str, http_port: int, worker_id: str = "demo-1", log_path: str | None = None,
                  session_timeout: float = 2.0, env: dict | None = None,
                  data_dir: str | None = None) -> subprocess.Popen:
@@ -33,15 +48,7 @@ def start_worker(bootstrap: str, http_port: int, worker_id: str = "demo-1", log_
            "--session-timeout", str(session_timeout)]
     if data_dir is not None:   # else Faust's $TMPDIR/lapstream-<worker id>, shared and never removed
         cmd += ["--data-dir", data_dir]
-    from streams.broker import die_with_parent
-
-    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    try:
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=die_with_parent, env={**os.environ, **(env or {})})
-    finally:
-        if log_path:
-            log.close()   # the child has its own copy
+    return _spawn(cmd, log_path, env)
 
 
 def start_gateway(bootstrap: str, port: int, log_path: str | None = None,
@@ -49,15 +56,7 @@ def start_gateway(bootstrap: str, port: int, log_path: str | None = None,
     """``lapstream serve`` for ``demo --web``: the scoreboard page and the API."""
     cmd = [sys.executable, "-m", "streams.cli", "serve", "--broker", f"kafka://{bootstrap}",
            "--host", host, "--port", str(port)]
-    from streams.broker import die_with_parent
-
-    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    try:
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=die_with_parent, env={**os.environ, **(env or {})})
-    finally:
-        if log_path:
-            log.close()   # the child has its own copy
+    return _spawn(cmd, log_path, env)
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
