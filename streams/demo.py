@@ -53,6 +53,7 @@ def run_demo(args) -> int:
 
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
+    stopped = False
     path = feed_path(args.feed)
     if not path.is_file():
         raise CliError(f"no feed {path}: give a feed file, or 'women' / 'men' (see --feed)", USAGE)
@@ -109,10 +110,16 @@ def run_demo(args) -> int:
         return asyncio.run(_live(console, boot, path, args, metrics_url, security,
                                  children=children, broker=broker, page=page))
     except KeyboardInterrupt:
-        console.print("stopped")
+        stopped = True
         return 130
     finally:
         _cleanup(children, broker, workdir)
+        # nothing is left to stop: a further SIGTERM/SIGHUP (a supervisor repeating
+        # itself) must not end the exit in a KeyboardInterrupt traceback
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        if stopped:
+            console.print("stopped")   # (last: everything it started is gone)
 
 
 def exits_when_done(args) -> bool:
