@@ -260,9 +260,11 @@ def _check_standings(lines):
 
 
 def test_beijing_standings_are_the_from_scratch_ranking_and_published_only_on_change():
-    for name in (beijing.WOMEN_FILE, beijing.MEN_FILE):
+    # (women 14, men 12: a result is not final while another finish in it is
+    # provisional, so no standings of a group with a team left out for an instant)
+    for name, n in ((beijing.WOMEN_FILE, 14), (beijing.MEN_FILE, 12)):
         lines = (beijing.FEEDS_DIR / name).read_bytes().splitlines()
-        assert _check_standings(lines) == 20
+        assert _check_standings(lines) == n
 
 
 def test_a_big_group_ranks_like_from_scratch():
@@ -277,7 +279,9 @@ def test_a_big_group_ranks_like_from_scratch():
         body.append(M.decision(f"P{i}", "OFFICIAL", gun + 55 * S))
         msgs += head + M.by_time(body)
         gun += 70 * S
-    assert _check_standings(M.lines(msgs)) >= 80
+    # at least one change per pair (two when the pair's finishes are not
+    # within one reorder window of each other: the first is then final alone)
+    assert _check_standings(M.lines(msgs)) >= 40
 
 
 def test_engine_without_races_has_empty_retention_state():

@@ -43,9 +43,9 @@ def refresh(eng: Engine, race: Race, want: Want, still_open: set[str], out: list
             _withdraw_finish(race, comp, comp.id not in still_open, out)
             _withdraw_records(race, comp, out)
     if not fin:
-        if race.prov_result is not None:
+        if race.prov_result is not None:   # a provisional ranking is out (or a final one owed)
             race.prov_result = None
-            results.emit_result(eng, race, race.venue.clock, out)
+            results.after_change(eng, race, race.venue.clock, out)   # (standings only if changed)
         return
     order = sorted(fin, key=lambda c: (fin[c][0], c.order))
     points: dict[CompRun, int] = {}

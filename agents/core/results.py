@@ -93,7 +93,22 @@ def settle_finish(eng: Engine, race: Race, comp: CompRun, t: int, out: list) -> 
         race.status = "unofficial"
         if race in race.venue.races:   # nobody left on the track: out of the timeline
             race.venue.races.remove(race)
+    if race.status == "live" and any(c.prov_finish is not None for c in race.comps):
+        # another finish is still provisional: the provisional result that follows
+        # in this same message ranks this one with it (window._provisional_left
+        # marks the race); a final result now would drop that competitor from the
+        # ranking for an instant. Owed: published if that finish is withdrawn
+        # (``live_finish.refresh`` publishes the final result when no provisional
+        # finish is left and a provisional ranking is out).
+        if race.prov_result is None:
+            race.prov_result = RESULT_OWED
+        return   # (the standings follow the final result, when it goes)
     after_change(eng, race, t, out)
+
+
+# ``Race.prov_result`` when the final result is owed to a provisional one
+# (``settle_finish``); any other value is the provisional ranking published
+RESULT_OWED: tuple = ()
 
 
 def rank_in_race(eng: Engine, race: Race, comp: CompRun) -> int | None:
