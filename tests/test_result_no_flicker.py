@@ -49,3 +49,21 @@ def test_the_shipped_feeds():
        seed=st.integers(min_value=0, max_value=1000), dq=st.booleans())
 def test_close_finishes_in_simulated_pairs(targets, seed, dq):
     assert check(list(process_lines(close_finishes(targets, seed, dq)))) > 0
+
+
+LINES = (beijing.FEEDS_DIR / beijing.FINAL_A_FILE).read_bytes().splitlines()
+OFFICIAL = next(i for i, ln in enumerate(LINES) if b'"OFFICIAL"' in ln)
+
+
+@settings(max_examples=40, deadline=None)
+@given(pos=st.integers(min_value=1100, max_value=OFFICIAL - 1), who=st.sampled_from(["CAN", "JPN"]))
+def test_a_decision_while_a_finish_is_provisional(pos, who):
+    """A DQ of either team at any moment of the final A, also while a finish
+    is in the reorder window: the ranking never drops the other for an instant."""
+    dq = b'{"kind":"decision","v":1,"t_us":1644917440000000,"race_id":"OWG2022-TPW-FA","code":"DQ",' \
+         b'"competitor_id":"%s"}' % who.encode()
+    events = list(process_lines(LINES[:pos] + [dq] + LINES[pos:]))
+    assert check(events) > 0
+    last = [e for e in events if e["kind"] == "result"][-1]
+    assert last["status"] == "official" and last["final"] is True
+    assert [r["competitor_id"] for r in last["ranking"] if r["irm"] == "DQ"] == [who]

@@ -93,16 +93,6 @@ def settle_finish(eng: Engine, race: Race, comp: CompRun, t: int, out: list) -> 
         race.status = "unofficial"
         if race in race.venue.races:   # nobody left on the track: out of the timeline
             race.venue.races.remove(race)
-    if race.status == "live" and any(c.prov_finish is not None for c in race.comps):
-        # another finish is still provisional: the provisional result that follows
-        # in this same message ranks this one with it (window._provisional_left
-        # marks the race); a final result now would drop that competitor from the
-        # ranking for an instant. Owed: published if that finish is withdrawn
-        # (``live_finish.refresh`` publishes the final result when no provisional
-        # finish is left and a provisional ranking is out).
-        if race.prov_result is None:
-            race.prov_result = RESULT_OWED
-        return   # (the standings follow the final result, when it goes)
     after_change(eng, race, t, out)
 
 
@@ -163,6 +153,20 @@ def ranking(eng: Engine, race: Race, prov: dict | None = None) -> list[dict]:
 
 
 def after_change(eng: Engine, race: Race, t: int, out: list) -> None:
+    """The race's result (and its group's standings) after a change; while a
+    live race has a provisional finish, the provisional result does it."""
+    if race.status == "live" and any(c.prov_finish is not None for c in race.comps):
+        # a finish is still provisional: a final result now would rank the final
+        # finishes alone and drop that competitor for an instant (the provisional
+        # result that follows in this message adds it back: a flicker). The
+        # provisional result (the race is refreshed in this message) ranks them
+        # all; the final one, and the standings, are owed until every finish in
+        # it is final (``settle_finish``) or that one is withdrawn
+        # (``live_finish.refresh``).
+        if race.prov_result is None:
+            race.prov_result = RESULT_OWED
+        eng._touch(race)
+        return
     emit_result(eng, race, t, out)
     standings.emit_group(eng, race, t, out)
 
