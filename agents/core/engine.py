@@ -151,6 +151,7 @@ class Engine:
         for v in self.venues.values():
             if v.clock >= 0:
                 window.timeline(self, v, v.clock + 1, out)
+                window.flush_photos(self, v, out)
         if self.dirty:
             self._refresh(out)
         return out

@@ -40,8 +40,11 @@ def refresh(eng: Engine, race: Race, want: Want, still_open: set[str], out: list
             fin[comp] = (t, elapsed_ms(t, gun), "transponder")
     for comp in race.comps:
         if comp.prov_finish is not None and comp not in fin and comp.finish_ms is None:
-            _withdraw_finish(race, comp, comp.id not in still_open, out)
-            _withdraw_records(race, comp, out)
+            # final unless an open crossing may still bring it back (none can
+            # once the competitor has an IRM: its crossings are ignored)
+            final = comp.irm is not None or comp.id not in still_open
+            _withdraw_finish(race, comp, final, out)
+            _withdraw_records(race, comp, final, out)
     if not fin:
         if race.prov_result is not None:   # a provisional ranking is out (or a final one owed)
             race.prov_result = None
@@ -142,11 +145,11 @@ def _same(a: Ref | None, b: Ref | None) -> bool:
     return a.time_h == b.time_h and a.holder == b.holder
 
 
-def _withdraw_records(race: Race, comp: CompRun, out: list[dict]) -> None:
+def _withdraw_records(race: Race, comp: CompRun, final: bool, out: list[dict]) -> None:
     for key, pr in comp.prov_rec.items():
         if not pr.holds:
             continue
         st = comp.prov_rec[key] = pr.taken_back(pr.rev + 1)
-        ev = records.record_event(race, comp, key, st, race.venue.clock, final=False)
+        ev = records.record_event(race, comp, key, st, race.venue.clock, final=final)
         ev["time_ms"] = st.th * 10
         out.append(ev)

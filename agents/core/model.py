@@ -83,6 +83,7 @@ class Venue:
     races: list[Race]                          # started races (current attempts) on the timeline
     next_due: float
     seq_pruned: int
+    photo_due: list[tuple[int, int, SkaterRun]]   # (due t_us, photo's t_us, run): results.photo
 
     def __init__(self, msg: dict) -> None:
         self.id = msg["venue"]
@@ -94,6 +95,7 @@ class Venue:
         self.races = []
         self.next_due = INF
         self.seq_pruned = -1
+        self.photo_due = []
         self.configure(msg)
 
     def configure(self, msg: dict) -> None:
@@ -217,6 +219,7 @@ class CompRun:
     source: str | None
     finish_rev: int
     finish_t_us: int | None
+    finish_pub: tuple | None         # (rank, points) its last final finish said
     points: int
     records: list[str]
     record_evals: dict[tuple, RecordState]   # book key -> judgement of the final finish
@@ -242,6 +245,7 @@ class CompRun:
         self.source = None
         self.finish_rev = -1
         self.finish_t_us = None
+        self.finish_pub = None
         self.points = 0
         self.records = []
         self.record_evals = {}

@@ -43,6 +43,7 @@ def decision(eng: Engine, msg: dict, out: list) -> None:
         for s in comp.skaters:
             s.deadline = float("inf")
         records.withdraw_records(eng, race, comp, t, out)
+        results.mark_complete(race)   # the last competitor on the track given an IRM
         results.after_change(eng, race, t, out)
     elif code == "FALL":
         ident = (msg.get("skater_id"), cid, t)
@@ -69,6 +70,8 @@ def decision(eng: Engine, msg: dict, out: list) -> None:
             return
         race.status = "void"
         eng._retire(race)
+        # no referee's word on a fall will follow: what is still suspected is closed
+        falls.clear_all(race, t, "race void", out)
         for c in race.comps:
             records.withdraw_records(eng, race, c, t, out)
             for s in c.skaters:

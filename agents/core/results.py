@@ -13,7 +13,7 @@ from schemas.decode import Rejected
 
 from . import events, mass_start, records, standings
 from .config import INF, TEAM_SIZE
-from .model import CompRun, Race
+from .model import CompRun, Race, SkaterRun
 from .timefmt import elapsed_ms, event_id, fmt_time
 
 if TYPE_CHECKING:   # pragma: no cover
@@ -33,16 +33,47 @@ def photo(eng: Engine, msg: dict, out: list) -> None:
     eng._touch(race)
     comp = run.comp
     if not run.finished and (run.hist or run.lost) and comp.irm is None and not race.ended:
-        # the camera saw a finish the loops missed
-        run.finished = True
-        run.lost = False
-        run.finish_t = fin
-        run.deadline = INF
-        need = TEAM_SIZE if race.d.format == "team_pursuit" else 1
-        if comp.finish_tr is None and sum(1 for x in comp.skaters if x.finished) >= need:
-            comp.finish_tr = fin
+        v = race.venue
+        due = fin + eng.cfg.group_us
+        if due >= v.clock - eng.cfg.reorder_us:
+            # reads of that finish may still arrive (the reordering window): the
+            # loops would finish the skater (at the photo's time). The photo
+            # waits on the timeline until they cannot (``photo_due``), so the
+            # order of the photo and the reads changes nothing.
+            v.photo_due.append((due, msg["t_us"], run))
+            if due < v.next_due:
+                v.next_due = due
+            return
+        photo_missed(eng, run, fin, msg["t_us"], out)
+        return
     if comp.finish_tr is not None:
         settle_finish(eng, race, comp, msg["t_us"], out)
+
+
+def photo_due(eng: Engine, t: int, run: SkaterRun, out: list) -> None:
+    """A photo's finish time is behind the reordering window now: if no
+    crossing finished the skater, the camera saw a finish the loops missed."""
+    race = run.race
+    fin = race.photos.get(run.id)
+    if (fin is None or run.finished or not (run.hist or run.lost) or run.comp.irm is not None
+            or race.ended or eng.races.get(race.d.id) is not race):
+        return
+    photo_missed(eng, run, fin, t, out)
+
+
+def photo_missed(eng: Engine, run: SkaterRun, fin: int, t: int, out: list) -> None:
+    """The camera saw a finish the loops missed."""
+    race = run.race
+    comp = run.comp
+    run.finished = True
+    run.lost = False
+    run.finish_t = fin
+    run.deadline = INF
+    need = TEAM_SIZE if race.d.format == "team_pursuit" else 1
+    if comp.finish_tr is None and sum(1 for x in comp.skaters if x.finished) >= need:
+        comp.finish_tr = fin
+    if comp.finish_tr is not None:
+        settle_finish(eng, race, comp, t, out)
 
 
 def effective_finish(eng: Engine, race: Race, comp: CompRun) -> tuple[int, str]:
@@ -86,14 +117,20 @@ def settle_finish(eng: Engine, race: Race, comp: CompRun, t: int, out: list) -> 
         mass_start.reaward_final(race)
     rank = rank_in_race(eng, race, comp)
     points = comp.points if race.d.format == "mass_start" else None
+    comp.finish_pub = (rank, points)
     out.append(events.finish_event(race, comp, t, ms, rank, source, points, True))
     if comp.irm is None and race.status != "void":
         records.evaluate_records(eng, race, comp, t, out)
-    if all(c.finish_ms is not None or c.irm is not None for c in race.comps) and race.status == "live":
+    mark_complete(race)
+    after_change(eng, race, t, out)
+
+
+def mark_complete(race: Race) -> None:
+    """A live race where every competitor has a finish or an IRM is ``unofficial``."""
+    if race.status == "live" and all(c.finish_ms is not None or c.irm is not None for c in race.comps):
         race.status = "unofficial"
         if race in race.venue.races:   # nobody left on the track: out of the timeline
             race.venue.races.remove(race)
-    after_change(eng, race, t, out)
 
 
 # ``Race.prov_result`` when the final result is owed to a provisional one
@@ -167,8 +204,27 @@ def after_change(eng: Engine, race: Race, t: int, out: list) -> None:
             race.prov_result = RESULT_OWED
         eng._touch(race)
         return
+    finish_ranks(eng, race, t, out)
     emit_result(eng, race, t, out)
     standings.emit_group(eng, race, t, out)
+
+
+def finish_ranks(eng: Engine, race: Race, t: int, out: list) -> None:
+    """A final finish says its competitor's rank in the race (and points):
+    when a change moved it (a photo put another ahead or behind, a DQ, sprint
+    points re-awarded, a VOID: no rank), it is published again as its next
+    revision, so the latest finish of every competitor agrees with the result."""
+    mass = race.d.format == "mass_start"
+    now = {e["competitor_id"]: (e["rank"], e.get("points")) for e in ranking(eng, race)}
+    for c in race.comps:
+        if c.finish_ms is None or c.prov_finish is not None:
+            continue
+        pub = now.get(c.id, (None, c.points if mass else None))
+        if pub == c.finish_pub:
+            continue
+        c.finish_pub = pub
+        c.finish_rev += 1
+        out.append(events.finish_event(race, c, t, c.finish_ms, pub[0], c.source, pub[1], True))
 
 
 def emit_result(eng: Engine, race: Race, t: int, out: list) -> None:

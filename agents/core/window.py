@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from schemas.decode import Rejected
 
-from . import falls, tracking
+from . import falls, results, tracking
 from .config import INF, RECENT_RACE_US, US_PER_S
 from .model import Outcome, Pending, SkaterRun, Venue
 
@@ -172,6 +172,14 @@ def timeline(eng: Engine, v: Venue, horizon: float, out: list) -> None:
                     if s.deadline < dl_t:
                         dl_t = s.deadline
                         dl_run = s
+        ph_t: float = INF
+        if v.photo_due:   # (rare) a photo waiting for the reads of its finish
+            ph = min(v.photo_due, key=_due)
+            ph_t = ph[0]
+            if ph_t < best_t and ph_t < dl_t and ph_t < horizon:
+                v.photo_due.remove(ph)
+                results.photo_due(eng, ph[1], ph[2], out)
+                continue
         if best is not None and best_t <= dl_t and best_t < horizon:
             run = best.run
             del pending[(run, best.loop)]
@@ -183,8 +191,20 @@ def timeline(eng: Engine, v: Venue, horizon: float, out: list) -> None:
         elif dl_run is not None and dl_t < best_t and dl_t < horizon:
             falls.overdue(eng, dl_run, int(dl_t), out)
         else:
-            v.next_due = dl_t if dl_t < best_t else best_t   # min(best_t, dl_t)
+            v.next_due = min(best_t, dl_t, ph_t)
             return
+
+
+def _due(item: tuple) -> int:
+    return item[0]
+
+
+def flush_photos(eng: Engine, v: Venue, out: list) -> None:
+    """End of a recorded feed: the photos still waiting take effect."""
+    while v.photo_due:
+        ph = min(v.photo_due, key=_due)
+        v.photo_due.remove(ph)
+        results.photo_due(eng, ph[1], ph[2], out)
 
 
 def _provisional_left(run: SkaterRun) -> bool:
