@@ -9,6 +9,7 @@ from __future__ import annotations
 from hypothesis import given, settings, strategies as st
 
 from tests.msgs import S, T0, by_time, comp, decision, heartbeats, photo, race, record_ref, run, skate, start, venue
+from tests.schemacheck import validate
 from tests.test_properties import check_versions
 
 GUN = T0 + 60 * S
@@ -113,6 +114,8 @@ def test_the_latest_finish_of_every_competitor_agrees_with_the_latest_result(a_p
         extra.append(decision("R1", "DQ", GUN + (when_s + 2) * S, competitor_id=dq))
     events = run(_feed(reads, *extra))
     check_versions(events)
+    for e in events:
+        validate(e)
     result = _latest(events, "result")["R1"]
     rank_in_result = {e["competitor_id"]: e["rank"] for e in result["ranking"]}
     finishes = _latest(events, "finish")
@@ -168,6 +171,8 @@ def test_an_irm_or_void_inside_the_window_leaves_no_key_provisional(after_ms, co
                    + heartbeats(T0 + 30 * S, GUN + 130 * S))
     events = run(msgs)
     check_versions(events)
+    for e in events:
+        validate(e)
     last = {}
     for e in events:
         if e["kind"] == "record":
