@@ -53,7 +53,7 @@ Not done: a confirmed leap is not undone (the engine's state cannot be
 rolled back); a message at the old clock within ``grace_us`` after it is
 refused as ``clock_leap`` saying so, so the alert names the leap.
 
-The core's own rule (a leap beyond 60 s while a race runs is refused) still
+The core's own rule (a leap beyond 10 min while a race runs is refused) still
 applies to what the guard lets through.
 """
 from __future__ import annotations
@@ -133,7 +133,8 @@ class ClockGuard:
             return None     # (what refers to nothing known the core refuses itself, saying what)
         cfg = self.cfg
         clock = v.clock
-        if clock < 0:
+        at_origin = clock < 0   # no clock message applied yet: the set-up's t_us stands in
+        if at_origin:
             clock = self.origin.get(venue, -1)
             if clock < 0:
                 return None
@@ -150,7 +151,9 @@ class ClockGuard:
                                f"to {new} (confirmed {(clock - new) / 1e6:.0f} s ago): a message at the "
                                f"old clock within the grace period ({cfg.grace_us / 1e6:.0f} s) says the "
                                f"leap may have been bad; refused")
-        if t < clock - cfg.behind_us:
+        if t < clock - cfg.behind_us and not at_origin:
+            # (not against the set-up's t_us: it comes from another system, whose
+            # clock may be hours off (local time); the decoders' clock is the one)
             raise Rejected("stale_feed",
                            f"{kind}: t_us {t} is {(clock - t) / 1e6:.0f} s behind venue {venue}'s clock "
                            f"(bound {cfg.behind_us / 1e6:.0f} s): an older feed replayed onto this "

@@ -25,6 +25,6 @@ class CoreConfig:
     fall_slack_us: int = 500_000
     clear_ratio: float = 0.75         # turned up at >= this share of its pace: a missed read, cleared
     seq_keep_us: int = 120_000_000    # how long (source, seq) pairs are remembered for resends
-    max_jump_us: int = 60_000_000     # a clock leap beyond this during a race is out of contract
+    max_jump_us: int = 600_000_000    # a clock leap beyond this during a race is out of contract
     release_us: int = 3_600_000_000   # an official (void) race's state is released this long after (venue time)
     abandon_us: int = 86_400_000_000  # a started race never official nor void is released this long after its gun

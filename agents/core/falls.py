@@ -51,6 +51,7 @@ def venue_dark(venue: Venue, since: int, until: int, reorder_us: int) -> None:
     decoders were down, so a skater not seen in that time proves nothing. The
     deadlines still open are pushed back by the time the venue was dark."""
     gap = until - since
+    venue.dark = (since, until)   # (a crossing still open then closes later: tracking.set_deadline)
     for race in venue.races:
         for comp in race.comps:
             for run in comp.skaters:

@@ -84,6 +84,7 @@ class Venue:
     next_due: float
     seq_pruned: int
     photo_due: list[tuple[int, int, SkaterRun]]   # (due t_us, photo's t_us, run): results.photo
+    dark: tuple[int, int]                      # (since, until): its last outage (falls.venue_dark)
 
     def __init__(self, msg: dict) -> None:
         self.id = msg["venue"]
@@ -96,6 +97,7 @@ class Venue:
         self.next_due = INF
         self.seq_pruned = -1
         self.photo_due = []
+        self.dark = (-1, -1)
         self.configure(msg)
 
     def configure(self, msg: dict) -> None:

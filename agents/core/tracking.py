@@ -167,8 +167,13 @@ def set_deadline(eng: Engine, run: SkaterRun) -> None:
         run.deadline = INF   # not moving yet: nothing to be overdue against
         return
     dl = run.last_t + (nxt[-1] - d) / v * eng.cfg.fall_factor + eng.cfg.fall_slack_us
-    run.deadline = dl
     venue = run.race.venue
+    since, until = venue.dark
+    if dl > since - eng.cfg.reorder_us and run.last_t < until:
+        # the venue went dark after this crossing (it closed only after the
+        # outage): the dark time proves nothing, as for the deadlines then open
+        dl += until - since
+    run.deadline = dl
     if dl < venue.next_due:
         venue.next_due = dl
 
