@@ -51,6 +51,19 @@ def check_revisions(events) -> None:
     assert len(ids) == len(set(ids))
 
 
+def check_provisional_points(events) -> None:
+    """A finish published provisionally (at its first read) carries the points
+    its final version carries: the provisional sprint is judged as the final one."""
+    prov: dict[str, int] = {}
+    for e in events:
+        if e["kind"] != "finish" or e.get("withdrawn"):
+            continue
+        if not e["final"]:
+            prov[e["competitor_id"]] = e["points"]
+        elif e["revision"] == 0 or e["competitor_id"] in prov:
+            assert prov.pop(e["competitor_id"], e["points"]) == e["points"], e
+
+
 def cid(i: int) -> str:
     return f"M{i}"
 
@@ -221,6 +234,7 @@ def test_final_points_and_places_do_not_depend_on_the_order_of_photo_and_dq(case
     for photo_first in (True, False):
         ev = M.run(feed(n, orders, fin, dq=dq, photo=photo, photo_first=photo_first))
         check_revisions(ev)
+        check_provisional_points(ev)
         runs[photo_first] = (entries(last(ev, "result")), places(last(ev, "classification")))
     assert runs[True] == runs[False]
     # the same race with the corrections known from the start: the photo's time
