@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import events, records, results
+from . import events, mass_start, records, results
 from .model import CompRun, Race
 from .model_records import RecordState, RecordStatus, Ref
 from .timefmt import elapsed_ms, event_id, fmt_hundredths
@@ -52,11 +52,8 @@ def refresh(eng: Engine, race: Race, want: Want, still_open: set[str], out: list
         return
     order = sorted(fin, key=lambda c: (fin[c][0], c.order))
     points: dict[CompRun, int] = {}
-    if d_race.final is not None:
-        n0 = race.sprint_awards.get(distance, 0)
-        for i, comp in enumerate(order):
-            n = n0 + i
-            points[comp] = comp.points + (d_race.final[n] if n < len(d_race.final) else 0)
+    if d_race.final is not None:   # mass start: their final points in the effective finishing order
+        points = mass_start.provisional_points(race, {c: _crossing_us(race, c, fin[c][0]) for c in order})
     codes: dict[CompRun, list[str]] = {}
     judge = d_race.format != "mass_start" and race.status != "void"
     claims: dict[tuple, Ref] = {}   # records the earlier provisional finishes would set
@@ -86,6 +83,11 @@ def refresh(eng: Engine, race: Race, want: Want, still_open: set[str], out: list
                     "status": race.status, "revision": race.result_rev, "ranking": ranking,
                     "group": d_race.group, "format": d_race.format, "final": False})
         race.prov_result = rkey
+
+
+def _crossing_us(race: Race, comp: CompRun, t: int) -> int:
+    ph = race.photos.get(comp.skaters[0].id)
+    return t if ph is None else ph
 
 
 def withdraw_attempt(race: Race, out: list[dict]) -> None:

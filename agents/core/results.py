@@ -113,7 +113,7 @@ def settle_finish(eng: Engine, race: Race, comp: CompRun, t: int, out: list) -> 
         comp.finish_t_us = t
         comp.prov_finish = None
         eng.finish_log.append((t, race, comp))
-    elif race.d.final is not None:
+    if race.d.final is not None:   # mass start: the final points in the effective finishing order
         mass_start.reaward_final(race)
     rank = rank_in_race(eng, race, comp)
     points = comp.points if race.d.format == "mass_start" else None
@@ -192,6 +192,8 @@ def ranking(eng: Engine, race: Race, prov: dict | None = None) -> list[dict]:
 def after_change(eng: Engine, race: Race, t: int, out: list) -> None:
     """The race's result (and its group's standings) after a change; while a
     live race has a provisional finish, the provisional result does it."""
+    if race.d.final is not None:   # mass start: an IRM (a DQ) gives up its final points
+        mass_start.reaward_final(race)
     if race.status == "live" and any(c.prov_finish is not None for c in race.comps):
         # a finish is still provisional: a final result now would rank the final
         # finishes alone and drop that competitor for an instant (the provisional

@@ -194,14 +194,16 @@ def emit_classification(eng: Engine, event: str, t: int, out: list) -> None:
             complete = False
         if part is None:
             continue
-        # places in ranking order: tied competitors share a place; those with
-        # an IRM (DNF, DQ...) take the places left, in the ranking's order
-        # (DNS and WDR never skated the final: no place)
-        for i, (rank, irm, cid) in enumerate(part):
+        # places in ranking order: tied competitors share a place; a DNF or DQ
+        # takes the places left after the ranked ones, in the ranking's order
+        # (DNS and WDR never skated the final: no place, and no place taken)
+        left = sum(1 for rank, _, _ in part if rank is not None)
+        for rank, irm, cid in part:
             if rank is not None:
                 k = rank - 1
             elif irm in ("DNF", "DQ"):
-                k = i
+                k = left
+                left += 1
             else:
                 k = None
             rows.append({"place": places[k] if k is not None and k < len(places) else None,
