@@ -4,8 +4,11 @@ Records are judged in hundredths against the reference in force at the
 finish's event time: the federation's (``record_ref``, kept with its
 ``t_us``), records set here and still valid, and those lapstream published
 from other venues; on a tie the older stands. A broken record is the
-reference for every later finish; one taken back (DQ, VOID, restart, photo)
-passes the finishes judged against it to be judged again, in event-time order.
+reference for every later finish. When the record a finish set changes (set
+or taken back by a photo, a DQ or other IRM, a VOID, a restart; another time),
+every later finish of that identity is judged again, in event-time order,
+against the chain as it now stands (``rejudge``): the records end as an
+in-order feed with the final facts gives them, whenever a correction came.
 """
 from __future__ import annotations
 
@@ -107,54 +110,67 @@ def book_keys(race: Race, comp: CompRun) -> Iterator[tuple]:
 
 
 def evaluate_records(eng: Engine, race: Race, comp: CompRun, t: int, out: list) -> None:
-    lost = []
+    """Judge a final finish (first, or revised by a photo) for each record
+    identity; if the record it sets changed (set, taken back, another time),
+    the later finishes of that identity are judged again (``rejudge``)."""
+    me = (race.d.id, comp.id)
+    changed = []
     for key in book_keys(race, comp):
-        was = comp.record_evals.get(key)
-        was_broken = was is not None and was.status is RecordStatus.BROKEN
+        was = _claimed(eng, key, me)
         judge(eng, race, comp, key, t, out)
-        now = comp.record_evals.get(key)
-        if was_broken and (now is None or now.status is not RecordStatus.BROKEN):
-            lost.append(key)
+        if _claimed(eng, key, me) != was:
+            changed.append(key)
     comp.records = record_codes(comp)
-    if lost:   # a revision took a record back: who else was under the reference now in force?
-        rejudge(eng, [(k, comp.finish_t_us) for k in lost], race, t, out)
+    if changed:
+        assert comp.finish_t_us is not None
+        rejudge(eng, changed, comp.finish_t_us, race, t, out)
+
+
+def _claimed(eng: Engine, key: tuple, me: tuple) -> int | None:
+    """The time (hundredths) of the record ``me`` holds for ``key`` as a reference, if any."""
+    r = eng.claims.get(key, {}).get(me)
+    return None if r is None else r.time_h
 
 
 def judge(eng: Engine, race: Race, comp: CompRun, key: tuple, t: int, out: list) -> bool:
-    """Judge one finish for one record identity; True if a record event was emitted."""
+    """Judge one finish for one record identity against the reference in force
+    at its finish as the chain now stands (a revision, or a record before it
+    taken back, is judged again the same way); True if a record event was emitted."""
     assert comp.finish_ms is not None
     th = comp.finish_ms // 10
     me = (race.d.id, comp.id)
     ev_state = comp.record_evals.get(key)
     pr = None
-    if ev_state is not None:
-        # a revision: judged against the reference this finish was judged against
-        prev = ev_state.prev
-        prev_h = ev_state.prev_h
-    else:
+    if ev_state is None:
         pr = comp.prov_rec.pop(key, None)
         if pr is not None:   # the final judgement follows the provisional ones
             comp.rec_base[key] = pr.rev + 1
-        prev = reference(eng, key, exclude=me, before=comp.finish_t_us)
-        if prev is None:
-            return drop_provisional_record(eng, race, comp, key, pr, t, out)
-        prev_h = prev.time_h
+    prev = reference(eng, key, exclude=me, before=comp.finish_t_us)
+    prev_h = prev.time_h if prev is not None else None
     status = status_of(th, prev_h)
-    if ev_state is None and status is RecordStatus.NONE:
-        return drop_provisional_record(eng, race, comp, key, pr, t, out)
-    if ev_state is not None and (ev_state.status is status and ev_state.th == th
-                                 or not ev_state.holds and status is RecordStatus.NONE):
-        return False   # (no record before, none now: nothing new to say)
-    rev = comp.rec_base.get(key, 0) if ev_state is None else ev_state.rev + 1
-    if status is RecordStatus.NONE:   # (ev_state holds): a revised finish takes the claim back
-        assert ev_state is not None
-        new_state = ev_state.taken_back(rev)
+    if status is RecordStatus.NONE:
+        if ev_state is None:
+            return drop_provisional_record(eng, race, comp, key, pr, t, out)
+        if not ev_state.holds:
+            return False   # no record before, none now: nothing new to say
+        new_state = ev_state.taken_back(ev_state.rev + 1)   # the claim taken back
     else:
+        if (ev_state is not None and ev_state.status is status and ev_state.th == th
+                and _same(ev_state.prev, prev)):
+            return False   # the same record against the same reference
+        rev = comp.rec_base.get(key, 0) if ev_state is None else ev_state.rev + 1
         new_state = RecordState(prev, prev_h, status, th, rev)
     comp.record_evals[key] = new_state
     claim(eng, key, me, race, comp, th, status, t)
     out.append(record_event(race, comp, key, new_state, t))
     return True
+
+
+def _same(a: Ref | None, b: Ref | None) -> bool:
+    """The same reference as a record event names it (time and holder)."""
+    if a is None or b is None:
+        return a is b
+    return a.time_h == b.time_h and a.holder == b.holder
 
 
 def status_of(th: int, prev_h: int | None) -> RecordStatus:
@@ -177,26 +193,37 @@ def drop_provisional_record(eng: Engine, race: Race, comp: CompRun, key: tuple, 
     return False
 
 
-def rejudge(eng: Engine, lost: list, caller: Race, t: int, out: list) -> None:
-    """A record was taken back (DQ, VOID, restart, photo): the finishes after
-    it that were judged against it are judged again, in event-time order,
-    against the reference in force at their own finish."""
+def rejudge(eng: Engine, keys: list, after: int, caller: Race, t: int, out: list) -> None:
+    """The record a finish at ``after`` set for ``keys`` changed (set, taken
+    back by a DQ, VOID, restart or photo, or another time): every later final
+    finish of those identities is judged again, in the event-time order of the
+    finishes, against the chain as it now stands (each one judged again is the
+    reference, or not, for those after it), so that the records end as an
+    in-order feed with the final facts gives them. Their results follow."""
+    later = [e for e in eng.finish_log if e[0] > after]
+    if not later:
+        return
+    later.sort(key=_at)   # (stable: finishes at the same time in the order judged)
+    wanted = set(keys)
     affected = []
-    for ft, race, comp in eng.finish_log:
-        if race.status == "void" or comp.irm is not None or eng.races.get(race.d.id) is not race:
+    races = eng.races
+    for _ft, race, comp in later:
+        if race.status == "void" or comp.irm is not None or races.get(race.d.id) is not race:
             continue
-        keys = None
-        for key, after in lost:
-            if ft <= after or comp.record_evals.get(key) is not None:
-                continue
-            if keys is None:
-                keys = set(book_keys(race, comp))
-            if key in keys and judge(eng, race, comp, key, t, out):
-                comp.records = record_codes(comp)
-                if race is not caller and race not in affected:
-                    affected.append(race)
+        codes = None
+        for key in book_keys(race, comp):
+            if key in wanted and judge(eng, race, comp, key, t, out):
+                codes = record_codes(comp)
+        if codes is not None and codes != comp.records:
+            comp.records = codes
+            if race is not caller and race not in affected:
+                affected.append(race)
     for race in affected:
         results.after_change(eng, race, t, out)
+
+
+def _at(e: tuple) -> int:
+    return e[0]
 
 
 def claim(eng: Engine, key: tuple, me: tuple, race: Race, comp: CompRun, th: int,
@@ -233,19 +260,26 @@ def withdraw_records(eng: Engine, race: Race, comp: CompRun, t: int, out: list) 
     for key, st in list(comp.record_evals.items()):
         if not st.holds:
             continue
-        if st.status is RecordStatus.BROKEN:
-            lost.append((key, comp.finish_t_us))
+        if st.status is RecordStatus.BROKEN:   # a reference for the finishes after it
+            lost.append(key)
         st = st.taken_back(st.rev + 1)
         comp.record_evals[key] = st
         claim(eng, key, me, race, comp, st.th, st.status, t)
         out.append(record_event(race, comp, key, st, t))
     comp.records = []
     if lost:
-        rejudge(eng, lost, race, t, out)
+        assert comp.finish_t_us is not None
+        rejudge(eng, lost, comp.finish_t_us, race, t, out)
+
+
+_RANK = {r: i for i, r in enumerate(("WR", "OR", "TR", "NR", "PB", "SB"))}   # as ``book_keys`` yields them
 
 
 def record_codes(comp: CompRun) -> list[str]:
-    return [code(k[0], s.status) for k, s in comp.record_evals.items() if s.holds]
+    """A finish's record codes, in the order of ``book_keys`` (whenever each was judged)."""
+    held = [(_RANK[k[0]], code(k[0], s.status)) for k, s in comp.record_evals.items() if s.holds]
+    held.sort()
+    return [c for _, c in held]
 
 
 def code(record: str, status: RecordStatus) -> str:
