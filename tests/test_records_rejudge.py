@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agents.core.engine import own_ref_update
+from agents.core.timefmt import fmt_hundredths
 from tests import msgs as M
 from tests.msgs import S, T0
 
@@ -34,10 +35,11 @@ def skate_ms(cid: str, i: int, ms: int) -> list[dict]:
 
 
 def feed(finishes: list[tuple[str, int]], corrections: list[tuple[int, int, dict]],
-         refs: list[dict] | None = None) -> list[dict]:
+         refs: list[dict] | None = None, late_refs: list[tuple[int, dict]] = ()) -> list[dict]:
     """Races R1.. with one finish each (competitor, ms); corrections
     (race index, arrival index: after that race, message) arrive after
-    race ``arrival`` (in their list order)."""
+    race ``arrival`` (in their list order); ``late_refs`` (arrival index,
+    record_ref with its own ``t_us``) arrive after that race whatever their time."""
     refs = refs if refs is not None else [M.record_ref("WR", "34.40", "OLD")]
     msgs = [M.venue()] + refs
     for i, (cid, ms) in enumerate(finishes):
@@ -46,7 +48,11 @@ def feed(finishes: list[tuple[str, int]], corrections: list[tuple[int, int, dict
     for k, (_, after, m) in enumerate(corrections):
         msgs.append({**m, "t_us": gun(after) + 60 * S + k * 1000})
     msgs += M.heartbeats(T0 + 30 * S, gun(len(finishes) - 1) + 60 * S + GAP)
-    return M.by_time(msgs)
+    msgs = M.by_time(msgs)
+    for after, m in late_refs:   # (in their list order, before the corrections of that slot)
+        at = next(i for i, x in enumerate(msgs) if x["t_us"] >= gun(after) + 59 * S)
+        msgs.insert(at, m)
+    return msgs
 
 
 def photo(i: int, cid: str, ms: int) -> dict:
@@ -161,6 +167,60 @@ def test_a_void_and_a_restart_pass_the_record_on_as_a_dq_does():
                         ("R1", "A", "WR"): ("34.32", False, "34.35", "B")}
 
 
+# -- references that change: a record_ref, another venue's claim, its withdrawal ----------
+
+
+def far_claim(time: str, t: int, holder: str = "FAR1") -> dict:
+    return {**M.record_ref("WR", time, holder, t=t), "origin": "lapstream", "race_id": "FR1", "venue": "FAR"}
+
+
+def test_a_federation_reference_that_arrives_after_the_finish_judges_it_as_a_rebuild_does():
+    fin = [("A", 34_300), ("B", 34_250)]
+    newer = M.record_ref("WR", "34.28", "NEW", t=gun(0) - 10 * S)   # in force from before R1
+    first = M.run(feed(fin, [], [M.record_ref("WR", "34.40", "OLD"), newer]))
+    late = M.run(feed(fin, [], late_refs=[(1, newer)]))
+    assert held(first) == {("R2", "B", "WR"): ("34.25", False, "34.28", "NEW")}
+    assert state(late) == state(first)
+    # A's WR (against OLD's) is taken back; B's is judged again against NEW's, not A's
+    assert [(e["competitor_id"], e["revision"], e["withdrawn"], e["previous_holder"])
+            for e in late if e["kind"] == "record" and e["final"]] == \
+        [("A", 1, False, "OLD"), ("B", 1, False, "A"), ("A", 2, True, "OLD"), ("B", 2, False, "NEW")]
+
+
+def test_another_venues_claim_that_arrives_late_takes_back_what_it_beats():
+    fin = [("A", 34_300)]
+    claim = far_claim("34.25", gun(0) - 10 * S)
+    first = M.run(feed(fin, [], [M.record_ref("WR", "34.40", "OLD"), claim]))
+    late = M.run(feed(fin, [], late_refs=[(0, claim)]))
+    assert held(first) == {}
+    assert state(late) == state(first)
+    a = [(e["revision"], e["withdrawn"]) for e in late if e["kind"] == "record" and e["final"]]
+    assert a == [(1, False), (2, True)]
+    assert state(late)["codes"][("R1", "A")] == ([], None, 34_300)
+
+
+def test_a_reference_yields_nothing_itself_and_the_next_raw_message_publishes_the_change():
+    from streams.process import Processor
+    import orjson
+
+    fin = [("A", 34_300), ("B", 34_280)]
+    claim = far_claim("34.25", gun(0) - 10 * S)
+    msgs = feed(fin, [], [M.record_ref("WR", "34.40", "OLD"), claim])
+    proc = Processor()
+    for m in msgs:
+        proc.handle(orjson.dumps(m))
+    # the tombstone of FAR's claim (an older version's withdrawn record_ref)
+    assert proc.handle(orjson.dumps({**claim, "withdrawn": True, "t_us": gun(2)})) == ([], None)
+    events, rej = proc.handle(orjson.dumps(M.hb(gun(2) + S)))
+    assert rej is None
+    recs = [(e["competitor_id"], e["time"], e["previous_holder"]) for e in events if e["kind"] == "record"]
+    assert recs == [("A", "34.30", "OLD"), ("B", "34.28", "A")]
+    assert {e["race_id"] for e in events if e["kind"] == "result"} == {"R1", "R2"}
+    # as if FAR's claim had never been
+    assert state(M.run(feed(fin, []))) == state(M.run(msgs + [{**claim, "withdrawn": True, "t_us": gun(2)},
+                                                              M.hb(gun(2) + S)]))
+
+
 # -- the property ----------------------------------------------------------------------
 
 POOL = ("NEDA", "NEDB", "NORC")
@@ -176,20 +236,38 @@ def scenarios(draw):
     n = draw(st.integers(2, 5))
     fin = [(draw(st.sampled_from(POOL)), draw(TIMES)) for _ in range(n)]
     corr = []
-    for _ in range(draw(st.integers(1, 4))):
+    for _ in range(draw(st.integers(0, 4))):
         i = draw(st.integers(0, n - 1))
         after = draw(st.integers(i, n - 1))
         kind = draw(st.sampled_from(["photo", "photo", "dq"]))
         m = photo(i, fin[i][0], draw(TIMES)) if kind == "photo" else dq(i, fin[i][0])
         corr.append((i, after, m))
     corr.sort(key=lambda c: c[1])   # (stable) the order they arrive in
-    return fin, corr
+    # a reference in force from before race k, arriving after race j >= k: the
+    # federation's, another venue's claim, or one withdrawn later (as if never)
+    refs = []
+    for _ in range(draw(st.integers(0, 2))):
+        k = draw(st.integers(0, n - 1))
+        j = draw(st.integers(k, n - 1))
+        time = fmt_hundredths(draw(TIMES) // 10)
+        kind = draw(st.sampled_from(["fed", "far", "gone"]))
+        t = gun(k) - 10 * S - len(refs) * 1000
+        m = M.record_ref("WR", time, "NEW", t=t) if kind == "fed" else far_claim(time, t, f"FAR{len(refs)}")
+        refs.append((kind, k, j, draw(st.integers(j, n - 1)), m))
+    return fin, corr, refs
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_the_final_records_do_not_depend_on_when_a_correction_arrives(sc):
-    fin, corr = sc
-    late = state(M.run(feed(fin, corr, REFS)))
-    early = state(M.run(feed(fin, [(i, i, m) for i, _, m in corr], REFS)))
+    fin, corr, refs = sc
+    late_refs = []
+    for kind, _k, j, j2, m in refs:
+        late_refs.append((j, m))
+        if kind == "gone":
+            late_refs.append((j2, {**m, "withdrawn": True, "t_us": gun(j2) + 59 * S}))
+    late_refs.sort(key=lambda r: r[0])
+    late = state(M.run(feed(fin, corr, REFS, late_refs)))
+    in_order = REFS + [m for kind, _, _, _, m in refs if kind != "gone"]
+    early = state(M.run(feed(fin, [(i, i, m) for i, _, m in corr], in_order)))
     assert late == early

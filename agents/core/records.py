@@ -7,7 +7,7 @@ from other venues; on a tie the older stands. A broken record is the
 reference for every later finish. When the record a finish set changes (set
 or taken back by a photo, a DQ or other IRM, a VOID, a restart; another time),
 every later finish of that identity is judged again, in event-time order,
-against the chain as it now stands (``rejudge``): the records end as an
+against the chain as it now stands (``records_rejudge``): the records end as an
 in-order feed with the final facts gives them, whenever a correction came.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from schemas.decode import parse_record_time
 
-from . import results
+from . import records_rejudge
 from .model import CompRun, Outcome, Race
 from .model_records import RecordState, RecordStatus, Ref
 from .timefmt import event_id, fmt_hundredths, utc_date
@@ -37,8 +37,11 @@ def record_ref(eng: Engine, msg: dict, out: list) -> None:
             # into this message, without a time) or, from an older version,
             # a record_ref with "withdrawn": true. Only the claim's identity counts.
             claims = eng.foreign.get(key)
-            if claims is None or claims.pop(ck, None) is None:
+            gone = None if claims is None else claims.pop(ck, None)
+            if gone is None:
                 eng.outcome = Outcome.DUPLICATE.value
+            elif gone.venue not in eng.venues:   # the finishes judged against it here
+                records_rejudge.due(eng, key, gone.t_us)
             return
         th = parse_record_time(msg["time"])
         claims = eng.foreign.setdefault(key, {})
@@ -46,8 +49,13 @@ def record_ref(eng: Engine, msg: dict, out: list) -> None:
         if cur is not None and cur.time_h == th:
             eng.outcome = Outcome.DUPLICATE.value
             return
-        claims[ck] = Ref(th, fmt_hundredths(th), msg["holder"], msg.get("set_on"), msg.get("venue"),
-                         msg.get("race_id"), msg["t_us"])
+        new = claims[ck] = Ref(th, fmt_hundredths(th), msg["holder"], msg.get("set_on"), msg.get("venue"),
+                               msg.get("race_id"), msg["t_us"])
+        if cur is None:
+            if new.venue not in eng.venues:   # a reference here: for the finishes after it
+                records_rejudge.due(eng, key, new.t_us)
+        elif new.venue not in eng.venues or cur.venue not in eng.venues:   # another time
+            records_rejudge.due(eng, key, min(cur.t_us, new.t_us))
         return
     th = parse_record_time(msg["time"])
     # The federation's word, kept with its event time: a finish is judged
@@ -61,6 +69,7 @@ def record_ref(eng: Engine, msg: dict, out: list) -> None:
             return
     hist.append(ref)
     hist.sort(key=_t_us)
+    records_rejudge.due(eng, key, None)   # (a finish older than any word is judged against the oldest)
 
 
 def _t_us(r: Ref) -> int:
@@ -112,7 +121,7 @@ def book_keys(race: Race, comp: CompRun) -> Iterator[tuple]:
 def evaluate_records(eng: Engine, race: Race, comp: CompRun, t: int, out: list) -> None:
     """Judge a final finish (first, or revised by a photo) for each record
     identity; if the record it sets changed (set, taken back, another time),
-    the later finishes of that identity are judged again (``rejudge``)."""
+    the later finishes of that identity are judged again (``records_rejudge``)."""
     me = (race.d.id, comp.id)
     changed = []
     for key in book_keys(race, comp):
@@ -123,7 +132,7 @@ def evaluate_records(eng: Engine, race: Race, comp: CompRun, t: int, out: list) 
     comp.records = record_codes(comp)
     if changed:
         assert comp.finish_t_us is not None
-        rejudge(eng, changed, comp.finish_t_us, race, t, out)
+        records_rejudge.rejudge(eng, dict.fromkeys(changed, comp.finish_t_us), race, t, out)
 
 
 def _claimed(eng: Engine, key: tuple, me: tuple) -> int | None:
@@ -193,39 +202,6 @@ def drop_provisional_record(eng: Engine, race: Race, comp: CompRun, key: tuple, 
     return False
 
 
-def rejudge(eng: Engine, keys: list, after: int, caller: Race, t: int, out: list) -> None:
-    """The record a finish at ``after`` set for ``keys`` changed (set, taken
-    back by a DQ, VOID, restart or photo, or another time): every later final
-    finish of those identities is judged again, in the event-time order of the
-    finishes, against the chain as it now stands (each one judged again is the
-    reference, or not, for those after it), so that the records end as an
-    in-order feed with the final facts gives them. Their results follow."""
-    later = [e for e in eng.finish_log if e[0] > after]
-    if not later:
-        return
-    later.sort(key=_at)   # (stable: finishes at the same time in the order judged)
-    wanted = set(keys)
-    affected = []
-    races = eng.races
-    for _ft, race, comp in later:
-        if race.status == "void" or comp.irm is not None or races.get(race.d.id) is not race:
-            continue
-        codes = None
-        for key in book_keys(race, comp):
-            if key in wanted and judge(eng, race, comp, key, t, out):
-                codes = record_codes(comp)
-        if codes is not None and codes != comp.records:
-            comp.records = codes
-            if race is not caller and race not in affected:
-                affected.append(race)
-    for race in affected:
-        results.after_change(eng, race, t, out)
-
-
-def _at(e: tuple) -> int:
-    return e[0]
-
-
 def claim(eng: Engine, key: tuple, me: tuple, race: Race, comp: CompRun, th: int,
           status: RecordStatus, t: int) -> None:
     claims = eng.claims.setdefault(key, {})
@@ -269,7 +245,7 @@ def withdraw_records(eng: Engine, race: Race, comp: CompRun, t: int, out: list) 
     comp.records = []
     if lost:
         assert comp.finish_t_us is not None
-        rejudge(eng, lost, comp.finish_t_us, race, t, out)
+        records_rejudge.rejudge(eng, dict.fromkeys(lost, comp.finish_t_us), race, t, out)
 
 
 _RANK = {r: i for i, r in enumerate(("WR", "OR", "TR", "NR", "PB", "SB"))}   # as ``book_keys`` yields them
