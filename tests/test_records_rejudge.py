@@ -216,6 +216,17 @@ def test_a_reference_yields_nothing_itself_and_the_next_raw_message_publishes_th
     recs = [(e["competitor_id"], e["time"], e["previous_holder"]) for e in events if e["kind"] == "record"]
     assert recs == [("A", "34.30", "OLD"), ("B", "34.28", "A")]
     assert {e["race_id"] for e in events if e["kind"] == "result"} == {"R1", "R2"}
+    # the next message refused (a decision for a race never set up): nothing is lost,
+    # what was judged again goes out with the message after it
+    proc2 = Processor()
+    for m in msgs:
+        proc2.handle(orjson.dumps(m))
+    proc2.handle(orjson.dumps({**claim, "withdrawn": True, "t_us": gun(2)}))
+    bad, rej = proc2.handle(orjson.dumps(M.decision("NOPE", "DQ", gun(2) + S // 2, competitor_id="X")))
+    assert bad == [] and rej is not None and rej.reason == "unknown_reference"
+    again, rej = proc2.handle(orjson.dumps(M.hb(gun(2) + S)))
+    assert rej is None
+    assert [{**e, "t_us": 0} for e in again] == [{**e, "t_us": 0} for e in events]   # (judged at the refused one's time)
     # as if FAR's claim had never been
     assert state(M.run(feed(fin, []))) == state(M.run(msgs + [{**claim, "withdrawn": True, "t_us": gun(2)},
                                                               M.hb(gun(2) + S)]))

@@ -66,8 +66,10 @@ class Engine:
         self.foreign: dict[tuple, dict[tuple, Ref]] = {}
         self.finish_log: list[tuple[int, Race, CompRun]] = []   # first finishes, in the order judged
         # record identities whose references changed since the last raw message -> since when
-        # (None: any time); judged again at the next one (``records_rejudge``)
+        # (None: any time); judged again at the next one (``records_rejudge``), and the
+        # events of that judging when the message was refused (they go out with the next)
         self.rejudge_due: dict[tuple, int | None] = {}
+        self.rejudge_carried: list[dict] = []
         self.groups: dict[str, list[str]] = {}
         self.group_rev: dict[str, int] = {}
         self.events: dict[str, list[str]] = {}
@@ -124,12 +126,19 @@ class Engine:
                     if t >= self.kept.release_at:
                         retention.sweep(self)
                     return out
-        if kind in retention.RACE_KINDS and msg["race_id"] in self.kept.released:
-            retention.late(self, msg)   # a duplicate, or a dead letter
-        else:
-            self._handlers[kind](self, msg, out)
-        if self.rejudge_due and kind != "record_ref":   # (after the message: a rejected one emits nothing)
+        if self.rejudge_due and kind != "record_ref":
+            # references changed since the last raw message: the finishes they
+            # touch are judged again first (this message is judged after them);
+            # if it is refused, what that published goes out with the next one
             records_rejudge.run_due(self, msg["t_us"], out)
+            n = len(out)
+            try:
+                self._dispatch(kind, msg, out)
+            except Exception:
+                records_rejudge.carry(self, out[:n])
+                raise
+        else:
+            self._dispatch(kind, msg, out)
         if self.dirty:
             self._refresh(out)
         try:
@@ -140,6 +149,12 @@ class Engine:
         if msg["t_us"] >= self.kept.release_at:
             retention.sweep(self)
         return out
+
+    def _dispatch(self, kind: str, msg: dict, out: list) -> None:
+        if kind in retention.RACE_KINDS and msg["race_id"] in self.kept.released:
+            retention.late(self, msg)   # a duplicate, or a dead letter
+        else:
+            self._handlers[kind](self, msg, out)
 
     def count_rejected(self, kind: str, n: int = 1) -> None:
         per = self._counts[kind if kind in self._handlers else "unknown"]

@@ -78,8 +78,26 @@ def due(eng: Engine, key: tuple, after: int | None) -> None:
     pending[key] = after
 
 
+# a mark in ``Engine.rejudge_due`` (no record identity): events are carried
+CARRIED: tuple = ("carried",)
+
+
 def run_due(eng: Engine, t: int, out: list) -> None:
-    """Judge again what the references changed since the last raw message (``due``)."""
+    """Judge again what the references changed since the last raw message
+    (``due``), after the events carried from a refused message (``carry``)."""
     since = eng.rejudge_due
     eng.rejudge_due = {}
-    rejudge(eng, since, None, t, out)
+    if CARRIED in since:
+        del since[CARRIED]
+        out.extend(eng.rejudge_carried)
+        eng.rejudge_carried = []
+    if since:
+        rejudge(eng, since, None, t, out)
+
+
+def carry(eng: Engine, out: list) -> None:
+    """The raw message after which ``run_due`` published ``out`` was refused
+    (its events are dropped): they go out with the next message applied."""
+    if out:
+        eng.rejudge_carried = out
+        eng.rejudge_due[CARRIED] = 0
