@@ -37,8 +37,12 @@ def rejudge(eng: Engine, since: dict[tuple, int | None], caller: Race | None, t:
     """Judge again, for each record identity of ``since``, the final finishes
     after its time (None: all of them), in finishing order; the results of the
     races whose record codes changed follow (``caller``'s is the caller's to publish)."""
-    times = list(since.values())
-    after = None if None in times else min(times)
+    after: int | None = None
+    for frm in since.values():
+        if frm is None:
+            after = None
+            break
+        after = frm if after is None else min(after, frm)
     later = [e for e in eng.finish_log if after is None or e[0] > after]
     if not later:
         return
