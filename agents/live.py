@@ -723,8 +723,10 @@ class LiveAdapter:
 
     def on_ref(self, raw: bytes) -> Rejected | None:
         """A record reference from ``timing.records.ref`` (global: every worker reads
-        all). The core judges a finish against references older than it, so the
-        order in which references and raw records arrive does not matter.
+        all). The core judges a finish against references older than it; one
+        that changes after finishes were judged has them judged again at the
+        processor's next raw record, whose events carry the change (what the
+        core returns for the reference itself is nothing: ``records_rejudge``).
         Returns the rejection of a reference that is not one (the caller
         dead-letters it): only ``record_ref`` messages belong on that topic, a
         raw message of another kind there would reach every worker's state

@@ -205,9 +205,16 @@ def test_the_core_takes_back_a_claim_from_the_withdrawal_of_a_tombstone():
     for m in _far_feed("F1", T0 + 400 * S):
         events += proc.handle(orjson.dumps(m))[0]
     events += proc.flush()
-    # D was judged against A's claim (no record); C, after the tombstone, against OLD
-    recs = [(e["competitor_id"], e["previous_holder"]) for e in events if e["kind"] == "record" and e["final"]]
-    assert recs == [("C", "OLD")]
+    # D was judged against A's claim (no record); with the claim gone it is judged
+    # again, at the next raw message (a reference's own events would not be published
+    # live), as a rebuild given the references would judge it: a WR against OLD's;
+    # C's same 34.30 after it equals D's
+    recs = [(e["competitor_id"], e["previous_holder"], e["equalled"]) for e in events
+            if e["kind"] == "record" and e["final"]]
+    assert recs == [("D", "OLD", False), ("C", "D", True)]
+    first = next(e for e in events if e["kind"] == "record")
+    assert first["competitor_id"] == "D" and first["revision"] == 0 and first["race_id"] == "F0"
+    assert [e["ranking"][0]["records"] for e in events if e["kind"] == "result" and e["race_id"] == "F0"] == [["WR"]]
 
 
 def test_offline_the_recorded_tombstone_line_does_what_the_tombstone_does_live():
@@ -253,7 +260,9 @@ def test_the_adapter_lets_every_processor_and_the_reference_log_go_of_the_claim(
         assert not any(a.procs[5].engine.foreign.values())
     asyncio.run(go())
     recs = [orjson.loads(v) for t, _, v, _ in log.sent if t == "timing.records"]
-    assert [(r["competitor_id"], r["previous_holder"]) for r in recs if r["final"]] == [("C", "OLD")]
+    # D (judged against the claim: no record) is judged again without it at the next raw
+    # message, and published: a WR against OLD's; C then equals D's
+    assert [(r["competitor_id"], r["previous_holder"]) for r in recs if r["final"]] == [("D", "OLD"), ("C", "D")]
     assert not [s for s in log.sent if s[0] == DEADLETTER.name]
 
 

@@ -23,7 +23,7 @@ from typing import Callable
 
 from schemas.decode import Rejected
 
-from . import falls, provisional, records, referee, results, retention, window
+from . import falls, provisional, records, records_rejudge, referee, results, retention, window
 from .config import CoreConfig
 from .falls import OUTAGE_GAP_US
 from .model import CompRun, Outcome, Race, RaceDef, SkaterRun, Venue
@@ -65,6 +65,11 @@ class Engine:
         self.claims: dict[tuple, dict[tuple, Ref]] = {}
         self.foreign: dict[tuple, dict[tuple, Ref]] = {}
         self.finish_log: list[tuple[int, Race, CompRun]] = []   # first finishes, in the order judged
+        # record identities whose references changed since the last raw message -> since when
+        # (None: any time); judged again at the next one (``records_rejudge``), and the
+        # events of that judging when the message was refused (they go out with the next)
+        self.rejudge_due: dict[tuple, int | None] = {}
+        self.rejudge_carried: list[dict] = []
         self.groups: dict[str, list[str]] = {}
         self.group_rev: dict[str, int] = {}
         self.events: dict[str, list[str]] = {}
@@ -99,7 +104,7 @@ class Engine:
         out: list[dict] = []
         self.outcome = APPLIED
         kind = msg["kind"]
-        if kind == "heartbeat":
+        if kind == "heartbeat" and not self.rejudge_due:
             # two thirds of a feed: a beat that closes nothing, inline (what
             # ``window.heartbeat`` does then); anything else takes the full path
             v = self.venues.get(msg["venue"])
@@ -121,10 +126,19 @@ class Engine:
                     if t >= self.kept.release_at:
                         retention.sweep(self)
                     return out
-        if kind in retention.RACE_KINDS and msg["race_id"] in self.kept.released:
-            retention.late(self, msg)   # a duplicate, or a dead letter
+        if self.rejudge_due and kind != "record_ref":
+            # references changed since the last raw message: the finishes they
+            # touch are judged again first (this message is judged after them);
+            # if it is refused, what that published goes out with the next one
+            records_rejudge.run_due(self, msg["t_us"], out)
+            n = len(out)
+            try:
+                self._dispatch(kind, msg, out)
+            except Exception:
+                records_rejudge.carry(self, out[:n])
+                raise
         else:
-            self._handlers[kind](self, msg, out)
+            self._dispatch(kind, msg, out)
         if self.dirty:
             self._refresh(out)
         try:
@@ -135,6 +149,12 @@ class Engine:
         if msg["t_us"] >= self.kept.release_at:
             retention.sweep(self)
         return out
+
+    def _dispatch(self, kind: str, msg: dict, out: list) -> None:
+        if kind in retention.RACE_KINDS and msg["race_id"] in self.kept.released:
+            retention.late(self, msg)   # a duplicate, or a dead letter
+        else:
+            self._handlers[kind](self, msg, out)
 
     def count_rejected(self, kind: str, n: int = 1) -> None:
         per = self._counts[kind if kind in self._handlers else "unknown"]
@@ -148,6 +168,8 @@ class Engine:
     def flush(self) -> list[dict]:
         """End of a recorded feed: no later read can come, close every crossing."""
         out: list[dict] = []
+        if self.rejudge_due:
+            records_rejudge.run_due(self, max((v.clock for v in self.venues.values()), default=0), out)
         for v in self.venues.values():
             if v.clock >= 0:
                 window.timeline(self, v, v.clock + 1, out)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:   # pragma: no cover
 def beat(guard: ClockGuard, eng: Engine, msg: dict) -> list[dict] | None:
     """A decoded heartbeat applied (the derived events: none), or ``None``
     (not applied: take the general path)."""
-    if guard.held or guard.leapt or eng.dirty:
+    if guard.held or guard.leapt or eng.dirty or eng.rejudge_due:
         return None
     venue = msg["venue"]
     v = eng.venues.get(venue)

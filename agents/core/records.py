@@ -4,8 +4,11 @@ Records are judged in hundredths against the reference in force at the
 finish's event time: the federation's (``record_ref``, kept with its
 ``t_us``), records set here and still valid, and those lapstream published
 from other venues; on a tie the older stands. A broken record is the
-reference for every later finish; one taken back (DQ, VOID, restart, photo)
-passes the finishes judged against it to be judged again, in event-time order.
+reference for every later finish. When the record a finish set changes (set
+or taken back by a photo, a DQ or other IRM, a VOID, a restart; another time),
+every later finish of that identity is judged again, in event-time order,
+against the chain as it now stands (``records_rejudge``): the records end as an
+in-order feed with the final facts gives them, whenever a correction came.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from schemas.decode import parse_record_time
 
-from . import results
+from . import records_rejudge
 from .model import CompRun, Outcome, Race
 from .model_records import RecordState, RecordStatus, Ref
 from .timefmt import event_id, fmt_hundredths, utc_date
@@ -34,8 +37,11 @@ def record_ref(eng: Engine, msg: dict, out: list) -> None:
             # into this message, without a time) or, from an older version,
             # a record_ref with "withdrawn": true. Only the claim's identity counts.
             claims = eng.foreign.get(key)
-            if claims is None or claims.pop(ck, None) is None:
+            gone = None if claims is None else claims.pop(ck, None)
+            if gone is None:
                 eng.outcome = Outcome.DUPLICATE.value
+            elif gone.venue not in eng.venues:   # the finishes judged against it here
+                records_rejudge.due(eng, key, gone.t_us)
             return
         th = parse_record_time(msg["time"])
         claims = eng.foreign.setdefault(key, {})
@@ -43,8 +49,13 @@ def record_ref(eng: Engine, msg: dict, out: list) -> None:
         if cur is not None and cur.time_h == th:
             eng.outcome = Outcome.DUPLICATE.value
             return
-        claims[ck] = Ref(th, fmt_hundredths(th), msg["holder"], msg.get("set_on"), msg.get("venue"),
-                         msg.get("race_id"), msg["t_us"])
+        new = claims[ck] = Ref(th, fmt_hundredths(th), msg["holder"], msg.get("set_on"), msg.get("venue"),
+                               msg.get("race_id"), msg["t_us"])
+        if cur is None:
+            if new.venue not in eng.venues:   # a reference here: for the finishes after it
+                records_rejudge.due(eng, key, new.t_us)
+        elif new.venue not in eng.venues or cur.venue not in eng.venues:   # another time
+            records_rejudge.due(eng, key, min(cur.t_us, new.t_us))
         return
     th = parse_record_time(msg["time"])
     # The federation's word, kept with its event time: a finish is judged
@@ -58,6 +69,7 @@ def record_ref(eng: Engine, msg: dict, out: list) -> None:
             return
     hist.append(ref)
     hist.sort(key=_t_us)
+    records_rejudge.due(eng, key, None)   # (a finish older than any word is judged against the oldest)
 
 
 def _t_us(r: Ref) -> int:
@@ -107,54 +119,67 @@ def book_keys(race: Race, comp: CompRun) -> Iterator[tuple]:
 
 
 def evaluate_records(eng: Engine, race: Race, comp: CompRun, t: int, out: list) -> None:
-    lost = []
+    """Judge a final finish (first, or revised by a photo) for each record
+    identity; if the record it sets changed (set, taken back, another time),
+    the later finishes of that identity are judged again (``records_rejudge``)."""
+    me = (race.d.id, comp.id)
+    changed = []
     for key in book_keys(race, comp):
-        was = comp.record_evals.get(key)
-        was_broken = was is not None and was.status is RecordStatus.BROKEN
+        was = _claimed(eng, key, me)
         judge(eng, race, comp, key, t, out)
-        now = comp.record_evals.get(key)
-        if was_broken and (now is None or now.status is not RecordStatus.BROKEN):
-            lost.append(key)
+        if _claimed(eng, key, me) != was:
+            changed.append(key)
     comp.records = record_codes(comp)
-    if lost:   # a revision took a record back: who else was under the reference now in force?
-        rejudge(eng, [(k, comp.finish_t_us) for k in lost], race, t, out)
+    if changed:
+        assert comp.finish_t_us is not None
+        records_rejudge.rejudge(eng, dict.fromkeys(changed, comp.finish_t_us), race, t, out)
+
+
+def _claimed(eng: Engine, key: tuple, me: tuple) -> int | None:
+    """The time (hundredths) of the record ``me`` holds for ``key`` as a reference, if any."""
+    r = eng.claims.get(key, {}).get(me)
+    return None if r is None else r.time_h
 
 
 def judge(eng: Engine, race: Race, comp: CompRun, key: tuple, t: int, out: list) -> bool:
-    """Judge one finish for one record identity; True if a record event was emitted."""
+    """Judge one finish for one record identity against the reference in force
+    at its finish as the chain now stands (a revision, or a record before it
+    taken back, is judged again the same way); True if a record event was emitted."""
     assert comp.finish_ms is not None
     th = comp.finish_ms // 10
     me = (race.d.id, comp.id)
     ev_state = comp.record_evals.get(key)
     pr = None
-    if ev_state is not None:
-        # a revision: judged against the reference this finish was judged against
-        prev = ev_state.prev
-        prev_h = ev_state.prev_h
-    else:
+    if ev_state is None:
         pr = comp.prov_rec.pop(key, None)
         if pr is not None:   # the final judgement follows the provisional ones
             comp.rec_base[key] = pr.rev + 1
-        prev = reference(eng, key, exclude=me, before=comp.finish_t_us)
-        if prev is None:
-            return drop_provisional_record(eng, race, comp, key, pr, t, out)
-        prev_h = prev.time_h
+    prev = reference(eng, key, exclude=me, before=comp.finish_t_us)
+    prev_h = prev.time_h if prev is not None else None
     status = status_of(th, prev_h)
-    if ev_state is None and status is RecordStatus.NONE:
-        return drop_provisional_record(eng, race, comp, key, pr, t, out)
-    if ev_state is not None and (ev_state.status is status and ev_state.th == th
-                                 or not ev_state.holds and status is RecordStatus.NONE):
-        return False   # (no record before, none now: nothing new to say)
-    rev = comp.rec_base.get(key, 0) if ev_state is None else ev_state.rev + 1
-    if status is RecordStatus.NONE:   # (ev_state holds): a revised finish takes the claim back
-        assert ev_state is not None
-        new_state = ev_state.taken_back(rev)
+    if status is RecordStatus.NONE:
+        if ev_state is None:
+            return drop_provisional_record(eng, race, comp, key, pr, t, out)
+        if not ev_state.holds:
+            return False   # no record before, none now: nothing new to say
+        new_state = ev_state.taken_back(ev_state.rev + 1)   # the claim taken back
     else:
+        if (ev_state is not None and ev_state.status is status and ev_state.th == th
+                and _same(ev_state.prev, prev)):
+            return False   # the same record against the same reference
+        rev = comp.rec_base.get(key, 0) if ev_state is None else ev_state.rev + 1
         new_state = RecordState(prev, prev_h, status, th, rev)
     comp.record_evals[key] = new_state
     claim(eng, key, me, race, comp, th, status, t)
     out.append(record_event(race, comp, key, new_state, t))
     return True
+
+
+def _same(a: Ref | None, b: Ref | None) -> bool:
+    """The same reference as a record event names it (time and holder)."""
+    if a is None or b is None:
+        return a is b
+    return a.time_h == b.time_h and a.holder == b.holder
 
 
 def status_of(th: int, prev_h: int | None) -> RecordStatus:
@@ -175,28 +200,6 @@ def drop_provisional_record(eng: Engine, race: Race, comp: CompRun, key: tuple, 
     ev["time_ms"] = comp.finish_ms
     out.append(ev)
     return False
-
-
-def rejudge(eng: Engine, lost: list, caller: Race, t: int, out: list) -> None:
-    """A record was taken back (DQ, VOID, restart, photo): the finishes after
-    it that were judged against it are judged again, in event-time order,
-    against the reference in force at their own finish."""
-    affected = []
-    for ft, race, comp in eng.finish_log:
-        if race.status == "void" or comp.irm is not None or eng.races.get(race.d.id) is not race:
-            continue
-        keys = None
-        for key, after in lost:
-            if ft <= after or comp.record_evals.get(key) is not None:
-                continue
-            if keys is None:
-                keys = set(book_keys(race, comp))
-            if key in keys and judge(eng, race, comp, key, t, out):
-                comp.records = record_codes(comp)
-                if race is not caller and race not in affected:
-                    affected.append(race)
-    for race in affected:
-        results.after_change(eng, race, t, out)
 
 
 def claim(eng: Engine, key: tuple, me: tuple, race: Race, comp: CompRun, th: int,
@@ -233,19 +236,26 @@ def withdraw_records(eng: Engine, race: Race, comp: CompRun, t: int, out: list) 
     for key, st in list(comp.record_evals.items()):
         if not st.holds:
             continue
-        if st.status is RecordStatus.BROKEN:
-            lost.append((key, comp.finish_t_us))
+        if st.status is RecordStatus.BROKEN:   # a reference for the finishes after it
+            lost.append(key)
         st = st.taken_back(st.rev + 1)
         comp.record_evals[key] = st
         claim(eng, key, me, race, comp, st.th, st.status, t)
         out.append(record_event(race, comp, key, st, t))
     comp.records = []
     if lost:
-        rejudge(eng, lost, race, t, out)
+        assert comp.finish_t_us is not None
+        records_rejudge.rejudge(eng, dict.fromkeys(lost, comp.finish_t_us), race, t, out)
+
+
+_RANK = {r: i for i, r in enumerate(("WR", "OR", "TR", "NR", "PB", "SB"))}   # as ``book_keys`` yields them
 
 
 def record_codes(comp: CompRun) -> list[str]:
-    return [code(k[0], s.status) for k, s in comp.record_evals.items() if s.holds]
+    """A finish's record codes, in the order of ``book_keys`` (whenever each was judged)."""
+    held = [(_RANK[k[0]], code(k[0], s.status)) for k, s in comp.record_evals.items() if s.holds]
+    held.sort()
+    return [c for _, c in held]
 
 
 def code(record: str, status: RecordStatus) -> str:
