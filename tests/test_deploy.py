@@ -263,7 +263,9 @@ EXPECTED_ALERTS = {
     "LapstreamGatewaySlowClientDrops", "LapstreamGatewayFanoutP99High",
     "LapstreamStaleFeedRefused", "LapstreamClockLeapRefused",
     "LapstreamIngestDown", "LapstreamP3DecoderDisconnected",
+    "LapstreamKafkaBrokerMissing", "LapstreamIngestProduceErrors",
 }
+INGEST_ALERTS = ("LapstreamIngestDown", "LapstreamP3DecoderDisconnected", "LapstreamIngestProduceErrors")
 
 
 def test_alert_rules_are_complete():
@@ -299,7 +301,7 @@ def test_alert_rules_are_complete():
     p3_names = metrics.all_exposed_names(metrics.P3_CATALOGUE)
     for name, rule in rules.items():
         # P3 ingest's alerts: its metrics and job only, and no other alert reads them
-        ingest = name in ("LapstreamIngestDown", "LapstreamP3DecoderDisconnected")
+        ingest = name in INGEST_ALERTS
         assert ingest == bool(lapstream_identifiers(rule["expr"]) & p3_names or "lapstream-ingest" in rule["expr"]), name
         if ingest:
             assert lapstream_identifiers(rule["expr"]) <= p3_names, name
@@ -597,7 +599,7 @@ def test_grafana_dashboard_panels_variables_and_annotations():
     for p in panels:
         assert {"h", "w", "x", "y"} <= set(p["gridPos"]), p["title"]
         assert p["gridPos"]["x"] + p["gridPos"]["w"] <= 24, p["title"]
-        if p["type"] != "row":
+        if p["type"] not in ("row", "alertlist"):   # an alert list reads the alert rules, not a query
             assert p.get("targets") and all(t.get("expr") for t in p["targets"]), p["title"]
     assert sum(p["type"] == "stat" for p in panels) >= 4
     venue = {v["name"]: v for v in dash["templating"]["list"]}["venue"]
@@ -1094,7 +1096,9 @@ def test_compose_acls_are_least_privilege_per_principal():
         assert "--resource-pattern-type" not in args and name != "*", args
         for op in ops:
             grants.setdefault(principal, set()).add((op, rtype, name))
-    assert set(grants) == {"User:lapstream", "User:gateway", "User:ingest"}
+    assert set(grants) == {"User:lapstream", "User:gateway", "User:ingest", "User:venue"}
+    # the venue feed (race, start, photo, decision, record_ref lines): exactly where replay routes it
+    assert grants["User:venue"] == {("Write", "topic", topics.RAW.name), ("Write", "topic", topics.RECORDS_REF.name)}
     derived = {t.name for t in topics.DERIVED}
     assert grants["User:ingest"] == {("Write", "topic", topics.RAW.name)}
     assert grants["User:gateway"] == {("Read", "topic", n) for n in TOPIC_NAMES}
@@ -1115,7 +1119,7 @@ def test_compose_acls_are_least_privilege_per_principal():
             users[name] = env["LAPSTREAM_KAFKA_SASL_USERNAME"]
     assert users["gateway"] == "gateway" and users["ingest-p3"] == "ingest"
     assert {users[n] for n in users if n.startswith("worker-")} == {"lapstream"}
-    assert {f"User:{u}" for u in users.values()} == set(grants)
+    assert {f"User:{u}" for u in users.values()} == set(grants) - {"User:venue"}   # venue: from the host
 
 
 def test_gen_secrets_gives_every_principal_its_own_password_and_the_nodes_mutual_tls(tmp_path):
@@ -1148,7 +1152,11 @@ def test_gen_secrets_gives_every_principal_its_own_password_and_the_nodes_mutual
         assert pw not in r.stdout + r.stderr, "a password was printed"
     assert set(passwords) == {"lapstream", "gateway", "ingest"}
     all_pw = re.findall(r'user_\w+="([^"]+)"', jaas)
-    assert len(all_pw) == len(set(all_pw)) == 5        # broker, admin, lapstream, gateway, ingest
+    assert len(all_pw) == len(set(all_pw)) == 6        # broker, admin, lapstream, gateway, ingest, venue
+    # venue (the race office's feed, from the host) is no compose service: its password file and
+    # lapstream config are the host's only, so they are 0600 (kafka_security refuses nothing less
+    # for a config holding a password; a password file others can read is a leak anyway)
+    assert f'user_venue="{(out / "venue-kafka-password").read_text().strip()}"' in jaas
     key_password = re.search(r"^key\.password=(.+)$", files["kafka-ssl-properties"].read_text(), re.M).group(1)
     ca = str(files["kafka-ca"])
     for node in KAFKA_NODES:
