@@ -1592,8 +1592,9 @@ def test_ensure_topics_refuses_an_existing_topic_with_other_partitions(monkeypat
 
 
 def test_replay_from_the_host_needs_more_than_ingest_may():
-    """deploy/README.md: a host-side replay uses admin, because a feed's
-    record_ref lines go to timing.records.ref, which ingest may not write."""
+    """deploy/README.md: the race office's feed goes in as user venue, because
+    a feed's record_ref lines go to timing.records.ref, which ingest may not
+    write; venue may write exactly timing.raw and timing.records.ref."""
     from streams.replay import route
 
     gen = load_module("gen_topics", DEPLOY / "gen_topics.py")
@@ -1604,6 +1605,10 @@ def test_replay_from_the_host_needs_more_than_ingest_may():
     ingest_writes = {name for who, rtype, name, ops in gen.ACLS
                      if who == gen.INGEST_USER and rtype == "topic" and "Write" in ops}
     assert ingest_writes == {topics.RAW.name}
-    assert "admin" in gen.SUPER_USERS
+    # the venue user (race office) writes exactly the two topics a replay routes to
+    venue_writes = {name for who, rtype, name, ops in gen.ACLS
+                    if who == gen.VENUE_USER and rtype == "topic" and "Write" in ops}
+    assert venue_writes == {topics.RAW.name, topics.RECORDS_REF.name}
+    assert not any(who == gen.VENUE_USER and "Write" not in ops for who, _, _, ops in gen.ACLS)
     text = " ".join((DEPLOY / "README.md").read_text().split())
-    assert "A host-side `lapstream replay` onto the live stack uses `admin`, not `ingest`" in text
+    assert "as user `venue`, which may write those two topics and nothing else" in text
