@@ -642,7 +642,8 @@ def test_dockerfile():
     health = [r for w, r in final if w == "HEALTHCHECK"]
     assert health and "/healthz" in health[0]
     assert ("ENTRYPOINT", '["lapstream"]') in final
-    assert ("CMD", '["worker", "--no-create-topics"]') in final   # topics: the admin's job
+    # topics: the admin's job; Faust's data dir where the image's lapstream user owns it
+    assert ("CMD", '["worker", "--no-create-topics", "--data-dir", "/var/lib/lapstream/data"]') in final
     assert ("COPY", "deploy/wait_topics.py /usr/local/bin/lapstream-wait-topics") in final
     assert any(w == "RUN" and "pip" in r and "install" in r for w, r in final)
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
@@ -1612,3 +1613,232 @@ def test_replay_from_the_host_needs_more_than_ingest_may():
     assert not any(who == gen.VENUE_USER and "Write" not in ops for who, _, _, ops in gen.ACLS)
     text = " ".join((DEPLOY / "README.md").read_text().split())
     assert "as user `venue`, which may write those two topics and nothing else" in text
+
+
+# ------------------------------------------------------ ops: reviewer's findings
+# Brokers restart, a broker missing alerts, alerts reach Alertmanager, the
+# ingest produce-error alert, the k8s pods' network and token, Faust's data dir.
+def test_every_long_running_compose_service_restarts_the_brokers_too():
+    services = compose()["services"]
+    for name, svc in services.items():
+        if name == "kafka-init":
+            assert svc.get("restart") == "no"          # a one-shot job
+            continue
+        assert svc.get("restart") == "unless-stopped", f"{name} has no restart policy"
+    for node in KAFKA_NODES:
+        assert services[node]["restart"] == "unless-stopped"
+
+
+def test_kafka_broker_missing_alert_compares_with_the_compose_cluster():
+    rules = {r["alert"]: r for r in alert_rules() if "alert" in r}
+    rule = rules["LapstreamKafkaBrokerMissing"]
+    expr = " ".join(rule["expr"].split())
+    assert "lapstream_kafka_brokers" in expr and 'job="lapstream"' in expr
+    # expected count: at least the compose cluster's brokers, or the most seen in 6 h
+    m = re.search(r"clamp_min\(max_over_time\(.*\[6h:\w+\]\), (\d+)\)", expr)
+    assert m and int(m.group(1)) == len(KAFKA_NODES), expr
+    assert "> 0" in expr     # no answer at all: LapstreamBrokerUnreachable's business
+    assert rule["labels"]["severity"] == "critical"
+    # the worker exports the gauge (its own process's catalogue), label-free
+    spec = metrics.BY_NAME.get("lapstream_kafka_brokers") or spec_of("lapstream_kafka_brokers")
+    assert spec is not None and spec.type == "gauge" and spec.labels == ()
+    assert spec in metrics.WORKER_CATALOGUE
+    assert "metrics.kafka_brokers.set(len(cluster.brokers()))" in (REPO / "streams" / "app.py").read_text()
+    produce = rules["LapstreamIngestProduceErrors"]
+    assert "lapstream_p3_produce_errors_total" in produce["expr"] and 'job="lapstream-ingest"' in produce["expr"]
+
+
+def test_kafka_brokers_gauge_counts_the_brokers_of_the_metadata(monkeypatch):
+    """The probe of streams/app.py sets lapstream_kafka_brokers from the
+    Metadata answer's broker list, and 0 when no answer comes."""
+    import asyncio
+
+    import aiokafka.client as akc
+    from aiokafka.cluster import ClusterMetadata
+    from prometheus_client import generate_latest
+
+    from streams.app import Settings, create_app
+    from streams.kafka_security import PLAINTEXT
+
+    answers = [3, 2, None]
+
+    class FakeClient:
+        def __init__(self, **kw):
+            pass
+
+        async def bootstrap(self):
+            return None
+
+        async def fetch_all_metadata(self):
+            n = answers.pop(0) if answers else None
+            if n is None:
+                raise OSError("no broker answers")
+            md = ClusterMetadata()
+            md._brokers = {i: object() for i in range(n)}
+            return md
+
+        async def close(self):
+            return None
+
+    monkeypatch.setattr(akc, "AIOKafkaClient", FakeClient)
+    app = create_app(Settings(worker_id="probe-test", security=PLAINTEXT, bootstrap="127.0.0.1:1"))
+    (task,) = [t.__wrapped__ for t in app._app_tasks if getattr(t, "__name__", "") == "broker_probe"]
+    seen = []
+
+    async def sleep(_s):
+        seen.append(app.lapstream_metrics.kafka_brokers._value.get())
+        if len(seen) >= 3:
+            raise asyncio.CancelledError
+
+    monkeypatch.setattr("streams.app.asyncio.sleep", sleep)
+    try:
+        asyncio.run(task())
+    except asyncio.CancelledError:
+        pass
+    assert seen == [3, 2, 0]
+    assert b"lapstream_kafka_brokers 0.0" in generate_latest(app.lapstream_metrics.registry)
+
+
+def test_alertmanager_receives_the_alerts():
+    services = compose()["services"]
+    am = services["alertmanager"]
+    assert am["image"].startswith("prom/alertmanager:v")
+    assert mount_target(am, "./alertmanager") == "/etc/alertmanager"
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in am["command"]
+    assert "127.0.0.1:9093:9093" in am["ports"]
+    cfg = load_yaml(PROM_DIR / "prometheus.yml")
+    targets = [t for a in cfg["alerting"]["alertmanagers"] for sc in a["static_configs"] for t in sc["targets"]]
+    assert targets == ["alertmanager:9093"]
+    am_cfg = load_yaml(DEPLOY / "alertmanager" / "alertmanager.yml")
+    receivers = {r["name"] for r in am_cfg["receivers"]}
+    route = am_cfg["route"]
+    assert route["receiver"] in receivers
+    assert all(r.get("receiver", route["receiver"]) in receivers for r in route.get("routes", []))
+    # no credential committed: secrets only by *_file settings
+    text = (DEPLOY / "alertmanager" / "alertmanager.yml").read_text()
+    body = "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#"))
+    assert not re.search(r"(password|api_key|routing_key|service_key|token|secret)\s*:", body), body
+    # the dashboard shows the alerts
+    dash = json.loads(DASHBOARD_FILE.read_text())
+    kinds = {p["type"] for p in dash["panels"]}
+    assert "alertlist" in kinds
+    assert any("ALERTS{" in t["expr"] for p in dash["panels"] for t in p.get("targets", []))
+
+
+def test_amtool_check_config():
+    exe = shutil.which("amtool")
+    if exe is None:
+        pytest.fail("amtool not found on PATH: install it (Debian/Ubuntu: apt-get install -y "
+                    "prometheus-alertmanager; the Makefile's deps target does) to validate deploy/alertmanager/")
+    r = subprocess.run([exe, "check-config", "deploy/alertmanager/alertmanager.yml"], cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _pod_specs() -> list[tuple[str, dict]]:
+    out = []
+    for o in k8s_objects():
+        tpl = o.get("spec", {}).get("template", {}).get("spec")
+        if tpl is not None:
+            out.append((f'{o["kind"]}/{o["metadata"]["name"]}', tpl))
+        if o["kind"] == "Pod":
+            out.append((f'Pod/{o["metadata"]["name"]}', o["spec"]))
+    return out
+
+
+def test_k8s_pods_mount_no_service_account_token():
+    specs = _pod_specs()
+    assert len(specs) >= 3
+    for where, spec in specs:
+        assert spec.get("automountServiceAccountToken") is False, where
+
+
+def _policies() -> list[dict]:
+    return k8s_by_kind("NetworkPolicy")
+
+
+def test_k8s_network_policies_deny_by_default_and_allow_what_each_needs():
+    pols = _policies()
+    kust = load_yaml(K8S_DIR / "kustomization.yaml")
+    assert "networkpolicy.yaml" in kust["resources"]
+    (deny,) = [p for p in pols if p["spec"]["podSelector"] == {}]
+    assert set(deny["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert "ingress" not in deny["spec"] and "egress" not in deny["spec"]
+
+    def applying(component: str, direction: str) -> list[dict]:
+        got = []
+        for p in pols:
+            sel = p["spec"]["podSelector"].get("matchLabels", {})
+            if direction not in p["spec"]["policyTypes"] or not sel:
+                continue
+            if sel.get("app.kubernetes.io/name") == "lapstream" and sel.get("app.kubernetes.io/component",
+                                                                             component) == component:
+                got.append(p)
+        return got
+
+    def ports(rules: list[dict]) -> set[int]:
+        return {pt["port"] for r in rules for pt in r.get("ports", [])}
+
+    expect_in = {"worker": {HTTP_PORT}, "gateway": {GATEWAY_PORT}, "ingest": {INGEST_PORT}}
+    for deploy in k8s_by_kind("Deployment"):
+        comp = deploy["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+        rules_in = [r for p in applying(comp, "Ingress") for r in p["spec"].get("ingress", [])]
+        assert ports(rules_in) == expect_in[comp], comp
+        # every ingress rule names its sources (no "from anywhere")
+        assert all(r.get("from") for r in rules_in), comp
+        rules_out = [r for p in applying(comp, "Egress") for r in p["spec"].get("egress", [])]
+        out_ports = ports(rules_out)
+        assert 9092 in out_ports and 53 in out_ports, comp
+        assert out_ports <= {9092, 53, 5403}, comp
+        assert (5403 in out_ports) == (comp == "ingest"), comp
+    # the workers' metrics port: Prometheus only (one source, the monitoring namespace)
+    (wp,) = applying("worker", "Ingress")
+    (rule,) = wp["spec"]["ingress"]
+    assert len(rule["from"]) == 1
+
+
+def test_k8s_ingress_example_does_not_publish_metrics():
+    (ing,) = k8s_by_kind("Ingress")
+    kust = load_yaml(K8S_DIR / "kustomization.yaml")
+    assert not any("ingress" in r for r in kust["resources"])   # optional: host and class are yours
+    paths = [(p["path"], p["pathType"]) for rule in ing["spec"]["rules"] for p in rule["http"]["paths"]]
+    backends = {p["backend"]["service"]["name"] for rule in ing["spec"]["rules"] for p in rule["http"]["paths"]}
+    assert backends == {"lapstream-gateway-lb"}
+
+    def routed(url: str) -> bool:
+        for path, kind in paths:
+            if kind == "Exact" and url == path:
+                return True
+            if kind == "Prefix":
+                parts = [x for x in path.split("/") if x]
+                if [x for x in url.split("/") if x][:len(parts)] == parts:
+                    return True
+        return False
+
+    for url in ("/", "/static/app.js", "/openapi.yaml", "/api/v1/races", "/api/v1/stream", "/api/v1/ws"):
+        assert routed(url), url
+    for url in ("/metrics", "/healthz", "/readyz"):
+        assert not routed(url), url
+    # the gateway's routes are those (streams/gateway.py)
+    src = (REPO / "streams" / "gateway.py").read_text()
+    for route in ('"/metrics"', '"/static/{name}"', '"/openapi.yaml"', 'API + "/stream"'):
+        assert route in src
+
+
+def test_faust_data_dir_is_passed_where_the_volumes_are():
+    from streams.cli import build_parser
+
+    parser = build_parser()
+    services = compose()["services"]
+    cmds = [("compose " + n, s["command"]) for n, s in services.items() if n.startswith("worker-")]
+    for o in k8s_by_kind("Deployment", "worker"):
+        (c,) = o["spec"]["template"]["spec"]["containers"]
+        cmds.append(("k8s", c["args"]))
+        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+        vols = {v["name"]: v for v in o["spec"]["template"]["spec"]["volumes"]}
+        data_dir = c["args"][c["args"].index("--data-dir") + 1]
+        assert data_dir.startswith(mounts["data"] + "/"), "Faust's data dir must be on the data emptyDir"
+        assert "emptyDir" in vols["data"]
+    for where, cmd in cmds:
+        args = parser.parse_args(cmd)
+        assert args.data_dir == "/var/lib/lapstream/data", where
