@@ -1,6 +1,6 @@
 # The two commands the README opens with.
 #   make demo   - install lapstream and show the Beijing 2022 women's team pursuit final live
-#   make test   - install what the tests need (pip, Debian's promtool, npm's @asyncapi/specs) and run them all
+#   make test   - install what the tests need (pip, Debian's promtool and amtool, npm's @asyncapi/specs) and run them all
 PYTHON ?= python3
 # the official AsyncAPI JSON Schemas, for tests/test_asyncapi.py (build/ is not in git)
 ASYNCAPI_SPECS = build/npm/node_modules/@asyncapi/specs
@@ -15,6 +15,9 @@ deps:
 	@command -v promtool >/dev/null 2>&1 || { \
 	  echo "installing promtool (Debian package prometheus)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v amtool >/dev/null 2>&1 || { \
+	  echo "installing amtool (Debian package prometheus-alertmanager; checks deploy/alertmanager/)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-alertmanager >/dev/null; }
 	@{ command -v stunnel4 && command -v openssl; } >/dev/null 2>&1 || { \
 	  echo "installing stunnel4 and openssl (TLS in front of the test broker; deploy/gen_secrets.sh)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends stunnel4 openssl >/dev/null; }

@@ -15,16 +15,27 @@
 #   kafka_server_jaas.conf         SASL PLAIN users: broker (inter-broker), admin
 #                                  (topic/ACL init job, health checks): the super users;
 #                                  lapstream (workers), gateway (lapstream serve),
-#                                  ingest (lapstream ingest p3): ACLs from kafka-init
-#   kafka-client.properties        admin's client settings for Kafka's CLI tools
+#                                  ingest (lapstream ingest p3), venue (the race office /
+#                                  results system: race, start, photo, decision, record_ref
+#                                  lines): ACLs from kafka-init
+#   kafka-client.properties        admin's client settings for Kafka's (Java) CLI tools in the
+#                                  containers (kafka-init, health checks); not for lapstream
 #   lapstream-kafka-password       the workers' SASL password
 #   gateway-kafka-password         the gateway's SASL password
 #   ingest-kafka-password          P3 ingest's SASL password
 #   grafana-admin-password         Grafana's admin password
+#   venue-kafka-password           the venue user's SASL password (host only, 0600)
+#   venue-kafka.conf               lapstream's Kafka settings for that user from this host
+#                                  (lapstream replay FEED --kafka-config ...; 0600): SASL_SSL,
+#                                  PLAIN, user venue, the password file and ca.pem above by
+#                                  absolute path (move the directory: edit the two paths)
 # Passwords are 32 random hex characters, a different one per user, never
-# printed. Directory 0700; files 0644 so that
-# the containers' own users (kafka, lapstream, grafana) can read their bind
-# mounts; the directory keeps other host users out.
+# printed. Directory 0700. The files compose mounts into containers stay 0644:
+# compose bind-mounts a file secret with its host mode and owner (uid, gid and
+# mode of a service's secret are Swarm-only), and the containers' own users
+# (kafka, lapstream 10001, grafana 472) are not the host user who ran this, so
+# 0600 would lock them out; the 0700 directory keeps other host users out.
+# What only the host uses is 0600: ca.key and the venue files.
 set -eu
 umask 077
 DIR=${1:-$(dirname "$0")/secrets}
@@ -58,7 +69,7 @@ for n in 1 2 3; do
 done
 rm -f .key-password ca.srl
 
-BROKER=$(pw); ADMIN=$(pw); LAPSTREAM=$(pw); GATEWAY=$(pw); INGEST=$(pw)
+BROKER=$(pw); ADMIN=$(pw); LAPSTREAM=$(pw); GATEWAY=$(pw); INGEST=$(pw); VENUE=$(pw)
 cat > kafka_server_jaas.conf <<EOF
 KafkaServer {
     org.apache.kafka.common.security.plain.PlainLoginModule required
@@ -68,7 +79,8 @@ KafkaServer {
     user_admin="$ADMIN"
     user_lapstream="$LAPSTREAM"
     user_gateway="$GATEWAY"
-    user_ingest="$INGEST";
+    user_ingest="$INGEST"
+    user_venue="$VENUE";
 };
 EOF
 cat > kafka-client.properties <<EOF
@@ -82,7 +94,20 @@ printf '%s\n' "$LAPSTREAM" > lapstream-kafka-password
 printf '%s\n' "$GATEWAY" > gateway-kafka-password
 printf '%s\n' "$INGEST" > ingest-kafka-password
 pw > grafana-admin-password
+printf '%s\n' "$VENUE" > venue-kafka-password
+HERE=$(pwd -P)
+cat > venue-kafka.conf <<EOF
+# lapstream's Kafka settings (streams/kafka_security.py) for the venue feed from
+# this host (race office / results system): user venue, which may write
+# timing.raw and timing.records.ref only. Brokers: localhost:19092,29092,39092.
+#   lapstream replay FEED --broker kafka://localhost:19092,localhost:29092,localhost:39092 --kafka-config $HERE/venue-kafka.conf
+security_protocol = SASL_SSL
+sasl_mechanism = PLAIN
+sasl_username = venue
+sasl_password_file = $HERE/venue-kafka-password
+ssl_cafile = $HERE/ca.pem
+EOF
 chmod 644 ca.pem kafka-*.keystore.pem kafka-ssl.properties kafka_server_jaas.conf kafka-client.properties \
   lapstream-kafka-password gateway-kafka-password ingest-kafka-password grafana-admin-password
-chmod 600 ca.key
+chmod 600 ca.key venue-kafka-password venue-kafka.conf
 echo "gen_secrets: secrets in $DIR (Grafana admin password: $DIR/grafana-admin-password)" >&2

@@ -10,8 +10,9 @@ in ``deploy/docker-compose.yml`` between the ``BEGIN``/``END`` marker comments
 The brokers run the StandardAuthorizer (KRaft) with super users ``broker``
 (inter-broker) and ``admin`` (this job, health checks); every other principal
 gets only the ACLs of ``ACLS`` below (least privilege, no wildcard):
-``lapstream`` (the workers), ``gateway`` (``lapstream serve``, read-only) and
-``ingest`` (``lapstream ingest p3``, writes timing.raw only).
+``lapstream`` (the workers), ``gateway`` (``lapstream serve``, read-only),
+``ingest`` (``lapstream ingest p3``, writes timing.raw only) and ``venue``
+(the race office / results system: writes timing.raw and timing.records.ref).
 
     python deploy/gen_topics.py            # print the commands (topics, then ACLs)
     python deploy/gen_topics.py --bootstrap kafka.example:9092   # another cluster
@@ -49,6 +50,7 @@ KAFKA_ACLS = "/opt/kafka/bin/kafka-acls.sh"
 
 # The SASL users (deploy/gen_secrets.sh makes their passwords; k8s: your cluster's users).
 WORKER_USER, GATEWAY_USER, INGEST_USER = "lapstream", "gateway", "ingest"
+VENUE_USER = "venue"                # the race office / results system (deploy/README.md, Security)
 SUPER_USERS = ("broker", "admin")
 WORKER_GROUP = "lapstream"          # the workers' consumer group (Faust app id, streams/app.py)
 
@@ -71,6 +73,11 @@ ACLS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     *((GATEWAY_USER, "topic", t.name, ("Read",)) for t in (*topics.DERIVED, topics.RAW)),
     # P3 ingest: produces to timing.raw only
     (INGEST_USER, "topic", topics.RAW.name, ("Write",)),
+    # the venue feed that P3 ingest does not make (race, start, photo,
+    # decision lines to timing.raw; record_ref lines to timing.records.ref),
+    # sent by the race office / results system, e.g. lapstream replay from
+    # its host; no read, no group (the replay producer is not idempotent)
+    *((VENUE_USER, "topic", t.name, ("Write",)) for t in (topics.RAW, topics.RECORDS_REF)),
 )
 
 

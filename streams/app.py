@@ -665,7 +665,11 @@ def create_app(settings: Settings) -> faust.App:
                     client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=3000,
                                             metadata_max_age_ms=2000, **kafka_kw)   # TLS / SASL too
                     await asyncio.wait_for(client.bootstrap(), 5)
-                await asyncio.wait_for(client.fetch_all_metadata(), 5)
+                cluster = await asyncio.wait_for(client.fetch_all_metadata(), 5)
+                # ops: how many brokers the cluster metadata lists (KRaft: the
+                # registered, unfenced ones): one broker down shows here
+                # (alert LapstreamKafkaBrokerMissing) long before writes stop
+                metrics.kafka_brokers.set(len(cluster.brokers()))
                 if health.broker.failing_since is not None:
                     log.warning("broker reachable again after %.0f s", health.broker.unreachable_s())
                 health.broker.ok()
@@ -678,6 +682,7 @@ def create_app(settings: Settings) -> faust.App:
                     log.error("broker unreachable (%s): /readyz fails after %.0f s", exc,
                               health.broker.limit_s)
                 health.broker.failed(exc)
+                metrics.kafka_brokers.set(0)
                 if client is not None:
                     try:
                         await client.close()

@@ -163,6 +163,18 @@ CATALOGUE: tuple[MetricSpec, ...] = (
                (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)),
 )
 
+# -- ops: Kafka brokers as the worker sees them (deploy/, alert LapstreamKafkaBrokerMissing) --
+# The brokers themselves are not scraped; the worker's metadata probe
+# (streams/app.py, broker_probe) counts the brokers of each Metadata answer.
+# Under KRaft that list holds registered, unfenced brokers only, so a broker
+# that is down drops out of it within the broker session timeout.
+OPS_KAFKA_CATALOGUE: tuple[MetricSpec, ...] = (
+    MetricSpec("lapstream_kafka_brokers", "gauge",
+               "Kafka brokers listed in the cluster metadata of this worker's last metadata probe "
+               "(KRaft lists registered, unfenced brokers only); 0 while the probe gets no answer."),
+)
+CATALOGUE = CATALOGUE + OPS_KAFKA_CATALOGUE
+
 # -- gateway (``lapstream serve``, streams/gateway.py): its own process, so its
 # own block; a gateway instantiates ``Metrics(specs=GATEWAY_CATALOGUE)``.
 # fine around the 50 ms target: the benchmark interpolates quantiles within a bucket
@@ -293,6 +305,7 @@ class Metrics:
     build = property(lambda s: s._m["lapstream_build"])
     log_truncations = property(lambda s: s._m["lapstream_log_truncations_total"])
     broker_unreachable = property(lambda s: s._m["lapstream_broker_unreachable_seconds"])
+    kafka_brokers = property(lambda s: s._m["lapstream_kafka_brokers"])   # ops: brokers in the metadata
     snapshots_written = property(lambda s: s._m["lapstream_snapshots_written_total"])
     snapshot_loads = property(lambda s: s._m["lapstream_snapshot_loads_total"])
     snapshot_bytes = property(lambda s: s._m["lapstream_snapshot_bytes"])

@@ -263,7 +263,9 @@ EXPECTED_ALERTS = {
     "LapstreamGatewaySlowClientDrops", "LapstreamGatewayFanoutP99High",
     "LapstreamStaleFeedRefused", "LapstreamClockLeapRefused",
     "LapstreamIngestDown", "LapstreamP3DecoderDisconnected",
+    "LapstreamKafkaBrokerMissing", "LapstreamIngestProduceErrors",
 }
+INGEST_ALERTS = ("LapstreamIngestDown", "LapstreamP3DecoderDisconnected", "LapstreamIngestProduceErrors")
 
 
 def test_alert_rules_are_complete():
@@ -299,7 +301,7 @@ def test_alert_rules_are_complete():
     p3_names = metrics.all_exposed_names(metrics.P3_CATALOGUE)
     for name, rule in rules.items():
         # P3 ingest's alerts: its metrics and job only, and no other alert reads them
-        ingest = name in ("LapstreamIngestDown", "LapstreamP3DecoderDisconnected")
+        ingest = name in INGEST_ALERTS
         assert ingest == bool(lapstream_identifiers(rule["expr"]) & p3_names or "lapstream-ingest" in rule["expr"]), name
         if ingest:
             assert lapstream_identifiers(rule["expr"]) <= p3_names, name
@@ -597,7 +599,7 @@ def test_grafana_dashboard_panels_variables_and_annotations():
     for p in panels:
         assert {"h", "w", "x", "y"} <= set(p["gridPos"]), p["title"]
         assert p["gridPos"]["x"] + p["gridPos"]["w"] <= 24, p["title"]
-        if p["type"] != "row":
+        if p["type"] not in ("row", "alertlist"):   # an alert list reads the alert rules, not a query
             assert p.get("targets") and all(t.get("expr") for t in p["targets"]), p["title"]
     assert sum(p["type"] == "stat" for p in panels) >= 4
     venue = {v["name"]: v for v in dash["templating"]["list"]}["venue"]
@@ -640,7 +642,8 @@ def test_dockerfile():
     health = [r for w, r in final if w == "HEALTHCHECK"]
     assert health and "/healthz" in health[0]
     assert ("ENTRYPOINT", '["lapstream"]') in final
-    assert ("CMD", '["worker", "--no-create-topics"]') in final   # topics: the admin's job
+    # topics: the admin's job; Faust's data dir where the image's lapstream user owns it
+    assert ("CMD", '["worker", "--no-create-topics", "--data-dir", "/var/lib/lapstream/data"]') in final
     assert ("COPY", "deploy/wait_topics.py /usr/local/bin/lapstream-wait-topics") in final
     assert any(w == "RUN" and "pip" in r and "install" in r for w, r in final)
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
@@ -1094,7 +1097,9 @@ def test_compose_acls_are_least_privilege_per_principal():
         assert "--resource-pattern-type" not in args and name != "*", args
         for op in ops:
             grants.setdefault(principal, set()).add((op, rtype, name))
-    assert set(grants) == {"User:lapstream", "User:gateway", "User:ingest"}
+    assert set(grants) == {"User:lapstream", "User:gateway", "User:ingest", "User:venue"}
+    # the venue feed (race, start, photo, decision, record_ref lines): exactly where replay routes it
+    assert grants["User:venue"] == {("Write", "topic", topics.RAW.name), ("Write", "topic", topics.RECORDS_REF.name)}
     derived = {t.name for t in topics.DERIVED}
     assert grants["User:ingest"] == {("Write", "topic", topics.RAW.name)}
     assert grants["User:gateway"] == {("Read", "topic", n) for n in TOPIC_NAMES}
@@ -1115,7 +1120,7 @@ def test_compose_acls_are_least_privilege_per_principal():
             users[name] = env["LAPSTREAM_KAFKA_SASL_USERNAME"]
     assert users["gateway"] == "gateway" and users["ingest-p3"] == "ingest"
     assert {users[n] for n in users if n.startswith("worker-")} == {"lapstream"}
-    assert {f"User:{u}" for u in users.values()} == set(grants)
+    assert {f"User:{u}" for u in users.values()} == set(grants) - {"User:venue"}   # venue: from the host
 
 
 def test_gen_secrets_gives_every_principal_its_own_password_and_the_nodes_mutual_tls(tmp_path):
@@ -1148,7 +1153,11 @@ def test_gen_secrets_gives_every_principal_its_own_password_and_the_nodes_mutual
         assert pw not in r.stdout + r.stderr, "a password was printed"
     assert set(passwords) == {"lapstream", "gateway", "ingest"}
     all_pw = re.findall(r'user_\w+="([^"]+)"', jaas)
-    assert len(all_pw) == len(set(all_pw)) == 5        # broker, admin, lapstream, gateway, ingest
+    assert len(all_pw) == len(set(all_pw)) == 6        # broker, admin, lapstream, gateway, ingest, venue
+    # venue (the race office's feed, from the host) is no compose service: its password file and
+    # lapstream config are the host's only, so they are 0600 (kafka_security refuses nothing less
+    # for a config holding a password; a password file others can read is a leak anyway)
+    assert f'user_venue="{(out / "venue-kafka-password").read_text().strip()}"' in jaas
     key_password = re.search(r"^key\.password=(.+)$", files["kafka-ssl-properties"].read_text(), re.M).group(1)
     ca = str(files["kafka-ca"])
     for node in KAFKA_NODES:
@@ -1584,8 +1593,9 @@ def test_ensure_topics_refuses_an_existing_topic_with_other_partitions(monkeypat
 
 
 def test_replay_from_the_host_needs_more_than_ingest_may():
-    """deploy/README.md: a host-side replay uses admin, because a feed's
-    record_ref lines go to timing.records.ref, which ingest may not write."""
+    """deploy/README.md: the race office's feed goes in as user venue, because
+    a feed's record_ref lines go to timing.records.ref, which ingest may not
+    write; venue may write exactly timing.raw and timing.records.ref."""
     from streams.replay import route
 
     gen = load_module("gen_topics", DEPLOY / "gen_topics.py")
@@ -1596,6 +1606,240 @@ def test_replay_from_the_host_needs_more_than_ingest_may():
     ingest_writes = {name for who, rtype, name, ops in gen.ACLS
                      if who == gen.INGEST_USER and rtype == "topic" and "Write" in ops}
     assert ingest_writes == {topics.RAW.name}
-    assert "admin" in gen.SUPER_USERS
+    # the venue user (race office) writes exactly the two topics a replay routes to
+    venue_writes = {name for who, rtype, name, ops in gen.ACLS
+                    if who == gen.VENUE_USER and rtype == "topic" and "Write" in ops}
+    assert venue_writes == {topics.RAW.name, topics.RECORDS_REF.name}
+    assert not any(who == gen.VENUE_USER and "Write" not in ops for who, _, _, ops in gen.ACLS)
     text = " ".join((DEPLOY / "README.md").read_text().split())
-    assert "A host-side `lapstream replay` onto the live stack uses `admin`, not `ingest`" in text
+    assert "as user `venue`, which may write those two topics and nothing else" in text
+
+
+# ------------------------------------------------------ ops: reviewer's findings
+# Brokers restart, a broker missing alerts, alerts reach Alertmanager, the
+# ingest produce-error alert, the k8s pods' network and token, Faust's data dir.
+def test_every_long_running_compose_service_restarts_the_brokers_too():
+    services = compose()["services"]
+    for name, svc in services.items():
+        if name == "kafka-init":
+            assert svc.get("restart") == "no"          # a one-shot job
+            continue
+        assert svc.get("restart") == "unless-stopped", f"{name} has no restart policy"
+    for node in KAFKA_NODES:
+        assert services[node]["restart"] == "unless-stopped"
+
+
+def test_kafka_broker_missing_alert_compares_with_the_compose_cluster():
+    rules = {r["alert"]: r for r in alert_rules() if "alert" in r}
+    rule = rules["LapstreamKafkaBrokerMissing"]
+    expr = " ".join(rule["expr"].split())
+    assert "lapstream_kafka_brokers" in expr and 'job="lapstream"' in expr
+    # expected count: at least the compose cluster's brokers, or the most seen in 6 h
+    m = re.search(r"clamp_min\(max_over_time\(.*\[6h:\w+\]\), (\d+)\)", expr)
+    assert m and int(m.group(1)) == len(KAFKA_NODES), expr
+    assert "> 0" in expr     # no answer at all: LapstreamBrokerUnreachable's business
+    assert rule["labels"]["severity"] == "critical"
+    # the worker exports the gauge (its own process's catalogue), label-free
+    spec = metrics.BY_NAME.get("lapstream_kafka_brokers") or spec_of("lapstream_kafka_brokers")
+    assert spec is not None and spec.type == "gauge" and spec.labels == ()
+    assert spec in metrics.WORKER_CATALOGUE
+    assert "metrics.kafka_brokers.set(len(cluster.brokers()))" in (REPO / "streams" / "app.py").read_text()
+    produce = rules["LapstreamIngestProduceErrors"]
+    assert "increase(lapstream_p3_produce_errors_total[" in produce["expr"]
+    assert metrics.BY_NAME["lapstream_p3_produce_errors_total"] in metrics.P3_CATALOGUE   # ingest's only
+
+
+def test_kafka_brokers_gauge_counts_the_brokers_of_the_metadata(monkeypatch):
+    """The probe of streams/app.py sets lapstream_kafka_brokers from the
+    Metadata answer's broker list, and 0 when no answer comes."""
+    import asyncio
+
+    import aiokafka.client as akc
+    from aiokafka.cluster import ClusterMetadata
+    from prometheus_client import generate_latest
+
+    from streams.app import Settings, create_app
+    from streams.kafka_security import PLAINTEXT
+
+    answers = [3, 2, None]
+
+    class FakeClient:
+        def __init__(self, **kw):
+            pass
+
+        async def bootstrap(self):
+            return None
+
+        async def fetch_all_metadata(self):
+            n = answers.pop(0) if answers else None
+            if n is None:
+                raise OSError("no broker answers")
+            md = ClusterMetadata()
+            md._brokers = {i: object() for i in range(n)}
+            return md
+
+        async def close(self):
+            return None
+
+    monkeypatch.setattr(akc, "AIOKafkaClient", FakeClient)
+    app = create_app(Settings(worker_id="probe-test", security=PLAINTEXT, bootstrap="127.0.0.1:1"))
+    (task,) = [t.__wrapped__ for t in app._app_tasks if getattr(t, "__name__", "") == "broker_probe"]
+    seen = []
+
+    async def sleep(_s):
+        seen.append(app.lapstream_metrics.kafka_brokers._value.get())
+        if len(seen) >= 3:
+            raise asyncio.CancelledError
+
+    monkeypatch.setattr("streams.app.asyncio.sleep", sleep)
+    try:
+        asyncio.run(task())
+    except asyncio.CancelledError:
+        pass
+    assert seen == [3, 2, 0]
+    assert b"lapstream_kafka_brokers 0.0" in generate_latest(app.lapstream_metrics.registry)
+
+
+def test_alertmanager_receives_the_alerts():
+    services = compose()["services"]
+    am = services["alertmanager"]
+    assert am["image"].startswith("prom/alertmanager:v")
+    assert mount_target(am, "./alertmanager") == "/etc/alertmanager"
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in am["command"]
+    assert "127.0.0.1:9093:9093" in am["ports"]
+    cfg = load_yaml(PROM_DIR / "prometheus.yml")
+    targets = [t for a in cfg["alerting"]["alertmanagers"] for sc in a["static_configs"] for t in sc["targets"]]
+    assert targets == ["alertmanager:9093"]
+    am_cfg = load_yaml(DEPLOY / "alertmanager" / "alertmanager.yml")
+    receivers = {r["name"] for r in am_cfg["receivers"]}
+    route = am_cfg["route"]
+    assert route["receiver"] in receivers
+    assert all(r.get("receiver", route["receiver"]) in receivers for r in route.get("routes", []))
+    # no credential committed: secrets only by *_file settings
+    text = (DEPLOY / "alertmanager" / "alertmanager.yml").read_text()
+    body = "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#"))
+    assert not re.search(r"(password|api_key|routing_key|service_key|token|secret)\s*:", body), body
+    # the dashboard shows the alerts
+    dash = json.loads(DASHBOARD_FILE.read_text())
+    kinds = {p["type"] for p in dash["panels"]}
+    assert "alertlist" in kinds
+    assert any("ALERTS{" in t["expr"] for p in dash["panels"] for t in p.get("targets", []))
+
+
+def test_amtool_check_config():
+    exe = shutil.which("amtool")
+    if exe is None:
+        pytest.fail("amtool not found on PATH: install it (Debian/Ubuntu: apt-get install -y "
+                    "prometheus-alertmanager; the Makefile's deps target does) to validate deploy/alertmanager/")
+    r = subprocess.run([exe, "check-config", "deploy/alertmanager/alertmanager.yml"], cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _pod_specs() -> list[tuple[str, dict]]:
+    out = []
+    for o in k8s_objects():
+        tpl = o.get("spec", {}).get("template", {}).get("spec")
+        if tpl is not None:
+            out.append((f'{o["kind"]}/{o["metadata"]["name"]}', tpl))
+        if o["kind"] == "Pod":
+            out.append((f'Pod/{o["metadata"]["name"]}', o["spec"]))
+    return out
+
+
+def test_k8s_pods_mount_no_service_account_token():
+    specs = _pod_specs()
+    assert len(specs) >= 3
+    for where, spec in specs:
+        assert spec.get("automountServiceAccountToken") is False, where
+
+
+def _policies() -> list[dict]:
+    return k8s_by_kind("NetworkPolicy")
+
+
+def test_k8s_network_policies_deny_by_default_and_allow_what_each_needs():
+    pols = _policies()
+    kust = load_yaml(K8S_DIR / "kustomization.yaml")
+    assert "networkpolicy.yaml" in kust["resources"]
+    (deny,) = [p for p in pols if p["spec"]["podSelector"] == {}]
+    assert set(deny["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert "ingress" not in deny["spec"] and "egress" not in deny["spec"]
+
+    def applying(component: str, direction: str) -> list[dict]:
+        got = []
+        for p in pols:
+            sel = p["spec"]["podSelector"].get("matchLabels", {})
+            if direction not in p["spec"]["policyTypes"] or not sel:
+                continue
+            if sel.get("app.kubernetes.io/name") == "lapstream" and sel.get("app.kubernetes.io/component",
+                                                                             component) == component:
+                got.append(p)
+        return got
+
+    def ports(rules: list[dict]) -> set[int]:
+        return {pt["port"] for r in rules for pt in r.get("ports", [])}
+
+    expect_in = {"worker": {HTTP_PORT}, "gateway": {GATEWAY_PORT}, "ingest": {INGEST_PORT}}
+    for deploy in k8s_by_kind("Deployment"):
+        comp = deploy["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+        rules_in = [r for p in applying(comp, "Ingress") for r in p["spec"].get("ingress", [])]
+        assert ports(rules_in) == expect_in[comp], comp
+        # every ingress rule names its sources (no "from anywhere")
+        assert all(r.get("from") for r in rules_in), comp
+        rules_out = [r for p in applying(comp, "Egress") for r in p["spec"].get("egress", [])]
+        out_ports = ports(rules_out)
+        assert 9092 in out_ports and 53 in out_ports, comp
+        assert out_ports <= {9092, 53, 5403}, comp
+        assert (5403 in out_ports) == (comp == "ingest"), comp
+    # the workers' metrics port: Prometheus only (one source, the monitoring namespace)
+    (wp,) = applying("worker", "Ingress")
+    (rule,) = wp["spec"]["ingress"]
+    assert len(rule["from"]) == 1
+
+
+def test_k8s_ingress_example_does_not_publish_metrics():
+    (ing,) = k8s_by_kind("Ingress")
+    kust = load_yaml(K8S_DIR / "kustomization.yaml")
+    assert not any("ingress" in r for r in kust["resources"])   # optional: host and class are yours
+    paths = [(p["path"], p["pathType"]) for rule in ing["spec"]["rules"] for p in rule["http"]["paths"]]
+    backends = {p["backend"]["service"]["name"] for rule in ing["spec"]["rules"] for p in rule["http"]["paths"]}
+    assert backends == {"lapstream-gateway-lb"}
+
+    def routed(url: str) -> bool:
+        for path, kind in paths:
+            if kind == "Exact" and url == path:
+                return True
+            if kind == "Prefix":
+                parts = [x for x in path.split("/") if x]
+                if [x for x in url.split("/") if x][:len(parts)] == parts:
+                    return True
+        return False
+
+    for url in ("/", "/static/app.js", "/openapi.yaml", "/api/v1/races", "/api/v1/stream", "/api/v1/ws"):
+        assert routed(url), url
+    for url in ("/metrics", "/healthz", "/readyz"):
+        assert not routed(url), url
+    # the gateway's routes are those (streams/gateway.py)
+    src = (REPO / "streams" / "gateway.py").read_text()
+    for route in ('"/metrics"', '"/static/{name}"', '"/openapi.yaml"', 'API + "/stream"'):
+        assert route in src
+
+
+def test_faust_data_dir_is_passed_where_the_volumes_are():
+    from streams.cli import build_parser
+
+    parser = build_parser()
+    services = compose()["services"]
+    cmds = [("compose " + n, s["command"]) for n, s in services.items() if n.startswith("worker-")]
+    for o in k8s_by_kind("Deployment", "worker"):
+        (c,) = o["spec"]["template"]["spec"]["containers"]
+        cmds.append(("k8s", c["args"]))
+        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+        vols = {v["name"]: v for v in o["spec"]["template"]["spec"]["volumes"]}
+        data_dir = c["args"][c["args"].index("--data-dir") + 1]
+        assert data_dir.startswith(mounts["data"] + "/"), "Faust's data dir must be on the data emptyDir"
+        assert "emptyDir" in vols["data"]
+    for where, cmd in cmds:
+        args = parser.parse_args(cmd)
+        assert args.data_dir == "/var/lib/lapstream/data", where

@@ -70,9 +70,11 @@ def test_every_counter_an_alert_takes_increase_or_rate_of_exists_at_zero_in_a_fr
     exposed at 0 by a freshly started process that owns it (worker or gateway),
     for every label value it can have there."""
     rules = [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
-    registries = {"worker": samples(Metrics().registry), "gateway": samples(fresh_gateway_registry())}
+    registries = {"worker": samples(Metrics().registry), "gateway": samples(fresh_gateway_registry()),
+                  "ingest": samples(Metrics(specs=P3_CATALOGUE).registry)}   # ops: P3 ingest's alerts too
     owner = {s.name: "worker" for s in WORKER_CATALOGUE}
     owner.update({s.name: "gateway" for s in GATEWAY_CATALOGUE})
+    owner.update({s.name: "ingest" for s in P3_CATALOGUE})
     checked = 0
     for rule in rules:
         for _fn, name, matchers in _RANGE_FN.findall(rule["expr"]):
