@@ -35,11 +35,12 @@ class Parser(argparse.ArgumentParser):
         self.exit(USAGE, f"{self.prog}: {message} (see '{self.prog} --help')\n")
 
 
-def port_type(free: bool):
+def port_type(free: bool, env: str | None = None):
     """argparse ``type`` of a TCP port option: 1-65535, and 0 too when ``free``
     (0: the command picks a free port). Anything else is a usage error in one
     line, not an OverflowError or a library's traceback later. A string
-    default (an environment variable's value) is checked the same way."""
+    default (the value of the environment variable ``env``) is checked the
+    same way, and the message then names the variable."""
     low = 0 if free else 1
 
     def port(text: str) -> int:
@@ -47,7 +48,9 @@ def port_type(free: bool):
         n = int(t) if t.isascii() and t.isdigit() else -1
         if not low <= n <= 65535:
             zero = " (0: a free port)" if free else ""
-            raise argparse.ArgumentTypeError(f"a port is a whole number from {low} to 65535{zero}, not {text!r}")
+            where = f" (the value of ${env})" if env is not None and os.environ.get(env) == text else ""
+            raise argparse.ArgumentTypeError(f"a port is a whole number from {low} to 65535{zero}, "
+                                             f"not {text!r}{where}")
         return n
 
     port.__name__ = "port"   # argparse names the type in some messages

@@ -270,8 +270,6 @@ def _cmd_serve(args) -> int:
         security.ssl_context()
     except KafkaSecurityError as exc:
         raise CliError(str(exc), USAGE) from None
-    if args.port is None:
-        args.port = env_port("LAPSTREAM_GATEWAY_PORT", 8000)
     check_port_free(args.host, args.port, flag="--port", host_flag="--host")
     settings = GatewaySettings.from_env(
         boot, host=args.host, port=args.port,
@@ -370,7 +368,8 @@ def add_commands(sub) -> None:
     _broker_arg(p)
     p.add_argument("--host", default=os.environ.get("LAPSTREAM_GATEWAY_HOST", "127.0.0.1"),
                    help="bind address (default %(default)s)")
-    p.add_argument("--port", type=port_type(free=True), default=None,
+    p.add_argument("--port", type=port_type(free=True, env="LAPSTREAM_GATEWAY_PORT"),
+                   default=os.environ.get("LAPSTREAM_GATEWAY_PORT", "8000"),
                    help="port (default: $LAPSTREAM_GATEWAY_PORT or 8000; 0 = a free one)")
     p.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
                    help="an origin allowed to call the API from a browser ('*' for any); repeatable "

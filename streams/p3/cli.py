@@ -96,7 +96,7 @@ def _cmd_ingest_p3(args) -> int:
     if not args.decoder:
         print("lapstream ingest p3: give --decoder HOST:PORT (live) or --file CAPTURE (offline)", file=sys.stderr)
         return 2
-    from streams.cli_live import _bootstrap, _security, env_port
+    from streams.cli_live import _bootstrap, _security
 
     from .ingest import IngestSettings, P3Ingest, parse_address
 
@@ -110,7 +110,7 @@ def _cmd_ingest_p3(args) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from streams.cli_live import check_port_free
 
-    http_port = args.http_port or env_port("LAPSTREAM_P3_HTTP_PORT", 9310, free=False)
+    http_port = args.http_port
     check_port_free(args.http_host, http_port)
     settings = IngestSettings(decoders=list(args.decoder), bootstrap=_bootstrap(args.broker),
                               idempotence=args.idempotence, resend=not args.no_resend,
@@ -224,7 +224,8 @@ def add_commands(sub, broker_arg) -> None:
     p.add_argument("--address", default=None, help="offline: the HOST:PORT the capture came from (for the map)")
     p.add_argument("--dump", action="store_true", help="print the capture's decoded frames as JSON (with --file)")
     p.add_argument("--http-host", default=os.environ.get("LAPSTREAM_HTTP_HOST", "127.0.0.1"))
-    p.add_argument("--http-port", type=port_type(free=False), default=None,
+    p.add_argument("--http-port", type=port_type(free=False, env="LAPSTREAM_P3_HTTP_PORT"),
+                   default=os.environ.get("LAPSTREAM_P3_HTTP_PORT", "9310"),
                    help="/metrics /healthz /readyz (default: $LAPSTREAM_P3_HTTP_PORT or 9310)")
     p.add_argument("--idempotence", choices=("auto", "on", "off"), default="auto",
                    help="idempotent producer: auto (if the broker supports it), on, off")
