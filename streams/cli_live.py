@@ -271,11 +271,15 @@ def _cmd_serve(args) -> int:
     except KafkaSecurityError as exc:
         raise CliError(str(exc), USAGE) from None
     check_port_free(args.host, args.port, flag="--port", host_flag="--host")
-    settings = GatewaySettings.from_env(
-        boot, host=args.host, port=args.port,
-        cors_origins=tuple(args.cors_origin) if args.cors_origin else None,
-        queue_size=args.queue_size, send_buffer=args.send_buffer, heartbeat_s=args.heartbeat,
-        max_log=args.max_log, security=security)
+    try:
+        settings = GatewaySettings.from_env(
+            boot, host=args.host, port=args.port,
+            cors_origins=tuple(args.cors_origin) if args.cors_origin else None,
+            queue_size=args.queue_size, send_buffer=args.send_buffer, heartbeat_s=args.heartbeat,
+            max_log=args.max_log, security=security)
+    except ValueError:   # the one number it reads from the environment
+        raise CliError("$LAPSTREAM_FETCH_MAX_WAIT_MS must be a whole number of milliseconds, not "
+                       f"{os.environ.get('LAPSTREAM_FETCH_MAX_WAIT_MS')!r}", USAGE) from None
     try:
         return run(settings)
     except ListenError as exc:   # taken meanwhile, or an address not of this machine

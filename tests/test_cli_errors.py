@@ -126,6 +126,11 @@ def test_a_port_from_the_environment_is_checked_too(cli, argv, env):
     assert r.returncode == 2 and f"${next(iter(env))}" in line and "a port is a whole number" in line
 
 
+def test_serve_with_a_bad_fetch_wait_in_the_environment(cli):
+    r = cli("serve", "--port", "0", env={"LAPSTREAM_FETCH_MAX_WAIT_MS": "soon"})
+    assert r.returncode == 2 and "$LAPSTREAM_FETCH_MAX_WAIT_MS must be a whole number" in one_line(r)
+
+
 def test_serve_on_a_port_taken_is_one_line(cli, taken_port):
     r = cli("serve", "--port", str(taken_port), "--broker", "kafka://127.0.0.1:1", timeout=60)
     line = one_line(r)
