@@ -4,16 +4,20 @@ A user's mistake is answered with one line on stderr that says what is wrong
 and what to do, never a traceback. Exit codes: 0 done; 2 the command line or
 an input file is wrong (usage, unreadable feed, bad ``--broker``, an output
 path that cannot be written); 1 a failure at run time (the broker cannot be
-reached, a port is taken, the topics are wrong); 130 interrupted.
+reached, a port is taken, the topics are wrong); 130 interrupted; 141 (no
+message) stdout was closed by its reader, as in ``lapstream process F | head``.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from collections import Counter
 
 USAGE = 2      # the command line or an input is wrong
 FAILURE = 1    # the world at run time: broker unreachable, port taken, ...
+BROKEN_PIPE = 141   # stdout closed by its reader (| head): 128 + SIGPIPE, as a shell reports cat's
 
 
 class CliError(Exception):
@@ -31,14 +35,84 @@ class Parser(argparse.ArgumentParser):
         self.exit(USAGE, f"{self.prog}: {message} (see '{self.prog} --help')\n")
 
 
-def _cmd_process(args: argparse.Namespace) -> int:
-    from .process import process_file
+def port_type(free: bool, env: str | None = None):
+    """argparse ``type`` of a TCP port option: 1-65535, and 0 too when ``free``
+    (0: the command picks a free port). Anything else is a usage error in one
+    line, not an OverflowError or a library's traceback later. A string
+    default (the value of the environment variable ``env``) is checked the
+    same way, and the message then names the variable."""
+    low = 0 if free else 1
 
+    def port(text: str) -> int:
+        t = str(text).strip()
+        n = int(t) if t.isascii() and t.isdigit() else -1
+        if not low <= n <= 65535:
+            zero = " (0: a free port)" if free else ""
+            where = f" (the value of ${env})" if env is not None and os.environ.get(env) == text else ""
+            raise argparse.ArgumentTypeError(f"a port is a whole number from {low} to 65535{zero}, "
+                                             f"not {text!r}{where}")
+        return n
+
+    port.__name__ = "port"   # argparse names the type in some messages
+    return port
+
+
+class _OutputError(Exception):
+    """Writing the events to stdout failed (not reading the feed)."""
+
+    def __init__(self, exc: OSError) -> None:
+        super().__init__(exc)
+        self.exc = exc
+
+
+class _Output:
+    """stdout's bytes, a write error told apart from a read error of the feed."""
+
+    __slots__ = ("_write", "dead_letters")
+
+    def __init__(self, buf) -> None:
+        self._write = buf.write
+        self.dead_letters: Counter = Counter()   # reason (without the kind's prefix) -> count
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._write(data)
+        except OSError as exc:
+            raise _OutputError(exc) from None
+
+
+def _reason(error: str) -> str:
+    """A dead letter's reason without the message kind it starts with
+    ("passing: venue 'ZZZ' was never set up" -> "venue 'ZZZ' was never set up")."""
+    head, sep, rest = error.partition(": ")
+    return rest if sep and head.isidentifier() and head.islower() and rest else error
+
+
+def _cmd_process(args: argparse.Namespace) -> int:
+    import orjson
+
+    from .process import Processor, open_feed, process_lines
+
+    out = _Output(sys.stdout.buffer)
+    proc = Processor()
+    dumps, write, dead = orjson.dumps, out.write, out.dead_letters
     try:
-        proc = process_file(args.feed, sys.stdout.buffer, flush=not args.no_flush)
+        with open_feed(args.feed) as f:
+            for ev in process_lines(f, proc, flush=not args.no_flush):
+                if ev["kind"] == "deadletter":
+                    dead[_reason(ev["error"])] += 1
+                write(dumps(ev))
+                write(b"\n")
+        try:
+            sys.stdout.flush()
+        except OSError as exc:
+            raise _OutputError(exc) from None
+    except _OutputError as exc:
+        if isinstance(exc.exc, BrokenPipeError):
+            raise exc.exc from None     # the reader went away (| head): main() ends quietly
+        raise CliError(f"cannot write the events to stdout: {exc.exc.strerror or exc.exc}", FAILURE) from None
     except (OSError, EOFError) as exc:   # EOFError: a gzip file cut short
         raise CliError(f"cannot read {args.feed}: {getattr(exc, 'strerror', None) or exc}") from None
-    sys.stdout.flush()
     stats = proc.engine.stats
     if args.stats:
         for (kind, outcome), n in sorted(stats.items()):
@@ -47,9 +121,19 @@ def _cmd_process(args: argparse.Namespace) -> int:
     if not seen:
         print(f"lapstream process: {args.feed} holds no message (it is empty): no events", file=sys.stderr)
     elif all(outcome == "deadlettered" for _, outcome in stats):
-        print(f"lapstream process: no line of {args.feed} is a v1 message ({seen} dead letters): "
-              "a feed is JSON Lines, one JSON object a line (gzip is read as such)", file=sys.stderr)
+        total = sum(dead.values())
+        if all(r.startswith(_NOT_A_MESSAGE) for r in dead):
+            print(f"lapstream process: no line of {args.feed} is a v1 message ({total} dead letters): "
+                  "a feed is JSON Lines, one JSON object a line (gzip is read as such)", file=sys.stderr)
+        else:
+            reason, n = dead.most_common(1)[0] if dead else ("?", 0)
+            print(f"lapstream process: every message of {args.feed} was refused ({total} dead letters, "
+                  f"on stdout); the commonest reason ({n} of {total}): {reason}", file=sys.stderr)
     return 0
+
+
+# dead letters of lines that are no message at all (the file is not a feed)
+_NOT_A_MESSAGE = ("not valid JSON", "a message must be a JSON object")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:   # stdout's reader went away (| head): end quietly, as cat does
+        _drop_stdout()
+        return BROKEN_PIPE
     except Exception as exc:
         if _kafka_unreachable(exc) and refusals.seen:
             where = getattr(args, "broker", None)
@@ -121,6 +208,17 @@ def main(argv: list[str] | None = None) -> int:
                   "LAPSTREAM_KAFKA_* settings", file=sys.stderr)
             return FAILURE
         raise
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null: the interpreter's last flush at exit must not
+    complain of the closed pipe ("Exception ignored ... BrokenPipeError")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):   # pragma: no cover - no stdout to speak of
+        pass
 
 
 def _raised_in_kafka_client(exc: BaseException) -> bool:

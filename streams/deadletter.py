@@ -54,13 +54,33 @@ def deadletter_record(key: bytes | None, value: bytes | None, headers: list,
 def recorded_deadletter(value: Optional[bytes], headers, key: bytes | None = None) -> dict:
     """A record of ``timing.deadletter`` as the JSON line ``record`` writes (the
     "recorded" shape of ``schemas/json/deadletter.schema.json``): the reason and
-    the source coordinates from the headers, the original bytes exactly
-    (``raw_b64``) and, for reading, as text (``raw``). A record with a null value
-    (a tombstone) is written with an empty ``raw`` and ``null_value: true``."""
+    the source coordinates from the headers, the record's bytes exactly
+    (``raw_b64``) and, for reading, as text (``raw``).
+
+    What the worker's headers say of the bad record is kept as fields, so that
+    the line never passes a cut or an empty value off as the original:
+
+    * a null value (a tombstone on the topic, or a worker's ``null-value: true``
+      header: the bad record had none) -> an empty ``raw`` and
+      ``"null_value": true``;
+    * ``truncated: true`` (the value was cut to the producer's size limit) ->
+      ``"truncated": true``: ``raw_b64`` holds the first bytes only, and
+      ``original_size`` (from ``original-size``) the size before the cut;
+    * ``original-key-size`` (the key was cut) -> ``original_key_size``.
+    """
     h = {k: (v.decode("utf-8", "replace") if isinstance(v, (bytes, bytearray)) else v) for k, v in (headers or ())}
+    null = value is None or _flag(h.get("null-value"))
     error = " ".join(str(h.get("error") or "").split()) or (
-        "null value" if value is None else "no error header on the dead-letter record")
-    extra = {"null_value": True} if value is None else {}
+        "null value" if null else "no error header on the dead-letter record")
+    extra: dict = {}
+    if null:
+        extra["null_value"] = True
+    if _flag(h.get("truncated")):
+        extra["truncated"] = True
+    for header, name in (("original-size", "original_size"), ("original-key-size", "original_key_size")):
+        n = _int(h.get(header))
+        if n is not None:
+            extra[name] = n
     value = value or b""
     return {"kind": "deadletter", "v": 1, "error": error, **extra,
             "raw": value.decode("utf-8", "backslashreplace"),
@@ -69,6 +89,11 @@ def recorded_deadletter(value: Optional[bytes], headers, key: bytes | None = Non
             "source_partition": _int(h.get("source-partition")),
             "source_offset": _int(h.get("source-offset")),
             "key": key.decode("utf-8", "backslashreplace") if key is not None else None}
+
+
+def _flag(x) -> bool:
+    """A header that says ``true`` (any case, spaces around)."""
+    return isinstance(x, str) and x.strip().lower() == "true"
 
 
 def _int(x):

@@ -95,6 +95,7 @@ def run_demo(args) -> int:
         page = None
         if getattr(args, "web", False):
             web_port = args.web_port or free_port()
+            check_port_free("127.0.0.1", web_port, "--web-port")   # the gateway's: one line now
             gateway_log = os.path.join(workdir, "gateway.log")
             gateway = start_gateway(boot, web_port, log_path=gateway_log, env=plain_env)
             children.append(("gateway", gateway, gateway_log))
@@ -187,19 +188,28 @@ HOLD_S = 1.0         # line output: how long an event may wait for one with an e
 
 
 def expected_official(lines: list[bytes]) -> set[str]:
-    """Races the feed makes official (or void): the demo is done when the board shows them so."""
-    races = set()
+    """Races the demo waits to see official (or void) on the board: those the feed
+    makes official or void, and those it sets up (``race``) and starts (``start``),
+    so that a feed that never makes a race official ends after ``GIVE_UP_S``
+    naming it, instead of passing for done."""
+    decided, set_up, started = set(), set(), set()
     for ln in lines:
-        if b'"decision"' not in ln:
+        if b'"decision"' not in ln and b'"race"' not in ln and b'"start"' not in ln:
             continue
         try:
             msg = orjson.loads(ln)
         except orjson.JSONDecodeError:
             continue
-        if isinstance(msg, dict) and msg.get("kind") == "decision" and msg.get("code") in ("OFFICIAL", "VOID") \
-                and isinstance(msg.get("race_id"), str):
-            races.add(msg["race_id"])
-    return races
+        if not isinstance(msg, dict) or not isinstance(msg.get("race_id"), str):
+            continue
+        kind = msg.get("kind")
+        if kind == "decision" and msg.get("code") in ("OFFICIAL", "VOID"):
+            decided.add(msg["race_id"])
+        elif kind == "race":
+            set_up.add(msg["race_id"])
+        elif kind == "start":
+            started.add(msg["race_id"])
+    return decided | (set_up & started)
 
 
 def _hashable(v):
@@ -374,8 +384,9 @@ def _is_over(board, race_id: str) -> bool:
 
 def settled(board, done, races: set[str], now: float) -> str | None:
     """None while the demo has more to show; "official" once the feed is replayed, every
-    race it makes official (or void) is shown so and nothing came for QUIET_S; "quiet"
-    once nothing came for GIVE_UP_S after the replay (a feed without OFFICIAL)."""
+    race of ``races`` (expected_official: made official or void, or set up and started)
+    is shown official or void and nothing came for QUIET_S; "quiet" once nothing came
+    for GIVE_UP_S after the replay (a race never made official: the demo names it)."""
     if not done["replayed"]:
         return None
     quiet = now - done["last"]

@@ -223,6 +223,20 @@ def _matches(flt, item, state) -> bool:
         return False
 
 
+class ListenError(OSError):
+    """The gateway cannot listen on its host and port (taken, no such address):
+    ``lapstream serve`` says so in one line."""
+
+
+RETRY_FIRST_S = 1.0     # the reader's first wait before it tries the broker again
+RETRY_MAX_S = 30.0      # ... doubling up to this
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.s = settings
@@ -231,7 +245,10 @@ class Gateway:
         self.clients: set[Client] = set()
         self.ready = asyncio.Event()
         self.reader_task: Optional[asyncio.Task] = None
-        self.reader_error: Optional[str] = None
+        self.reader_error: Optional[str] = None   # why the reader is not connected (it retries)
+        self.connected = False                      # the reader has the broker and the topics
+        self.caught_up = False                      # ... and has read them up to their ends
+        self._next: dict = {}                       # TopicPartition -> next offset the reader takes
         self.runner: Optional[web.AppRunner] = None
         self.port: Optional[int] = None
         self._m_clients = self.metrics["lapstream_gateway_clients"]
@@ -252,13 +269,20 @@ class Gateway:
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
-        self.reader_task = asyncio.create_task(self._read(), name="gateway-reader")
+        """Listen (ListenError if it cannot), then start the Kafka reader."""
         self.runner = web.AppRunner(self.app(), handle_signals=False, access_log=None,
                                     shutdown_timeout=2.0)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.s.host, self.s.port, backlog=2048)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:    # (socket.gaierror too: an unknown host)
+            await self.runner.cleanup()
+            self.runner = None
+            raise ListenError(exc.errno, f"cannot listen on {self.s.host}:{self.s.port} "
+                                         f"({exc.strerror or exc})") from None
         self.port = site._server.sockets[0].getsockname()[1]
+        self.reader_task = asyncio.create_task(self._read(), name="gateway-reader")
 
     async def stop(self) -> None:
         for c in list(self.clients):
@@ -271,6 +295,30 @@ class Gateway:
 
     # -- Kafka ------------------------------------------------------------------------
     async def _read(self) -> None:
+        """Read the topics for good: a broker that cannot be reached (or is lost,
+        or refuses the login) is tried again after 1, 2, 4 ... up to 30 s, one
+        log line each time, and /readyz says why it is not ready meanwhile. A
+        reconnected reader goes on from the offsets it had reached."""
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                await self._read_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                name, text = type(exc).__name__, str(exc)
+                self.reader_error = _one_line(text if text.startswith(name) else f"{name}: {text}")
+                log.debug("gateway reader", exc_info=True)   # (the whole story, at debug level)
+            else:   # (it returns only if the consumer stopped by itself)
+                self.reader_error = "the Kafka consumer stopped"
+            self.connected = self.caught_up = False
+            self._m_ready.set(0)
+            log.warning("gateway reader: cannot read the Kafka broker at %s (%s); trying again in %g s",
+                        self.s.bootstrap, self.reader_error, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+
+    async def _read_once(self) -> None:
         from aiokafka import TopicPartition
 
         consumer = None
@@ -287,9 +335,18 @@ class Gateway:
                 await asyncio.sleep(1.0)
             tps = [TopicPartition(n, p) for n in names for p in sorted(consumer.partitions_for_topic(n) or ())]
             consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
+            fresh_tps = [tp for tp in tps if tp not in self._next]
+            if fresh_tps:
+                await consumer.seek_to_beginning(*fresh_tps)
+            for tp in tps:               # reconnected: on from where this gateway was
+                if tp in self._next:
+                    consumer.seek(tp, self._next[tp])
             ends = await consumer.end_offsets(tps)
-            todo = {tp: off for tp, off in ends.items() if off > 0}
+            todo = {tp: off for tp, off in ends.items() if off > self._next.get(tp, 0)}
+            if self.reader_error is not None:
+                log.warning("gateway reader: connected to the Kafka broker at %s", self.s.bootstrap)
+            self.connected = True
+            self.reader_error = None
             if not todo:
                 self._set_ready()
             while True:
@@ -308,17 +365,16 @@ class Gateway:
                             item = self.state.ingest(tp.topic, tp.partition, rec.offset, rec.value, now)
                             if item is not None:
                                 fresh.append(item)
+                    if recs:
+                        self._next[tp] = recs[-1].offset + 1
                     if todo and tp in todo and recs[-1].offset + 1 >= todo[tp]:
                         del todo[tp]
                 if fresh and self.clients:
                     self._fan_out(fresh)
-                if not self.ready.is_set() and (not todo or not batch and await self._caught_up(consumer, todo)):
+                if todo and not batch and await self._caught_up(consumer, todo):
+                    todo = {}
+                if not todo and not self.caught_up:
                     self._set_ready()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a dead reader makes /healthz fail; the process is restarted
-            self.reader_error = f"{type(exc).__name__}: {exc}"
-            log.exception("gateway reader stopped")
         finally:
             if consumer is not None:
                 await consumer.stop()
@@ -345,11 +401,15 @@ class Gateway:
         return True
 
     def _set_ready(self) -> None:
+        self.caught_up = True
+        self._m_ready.set(1)
+        if self.ready.is_set():      # caught up again after a reconnection
+            log.info("gateway ready again")
+            return
         # what was built at start stays: keep it out of the collector's full
         # passes (a pass over the whole heap is a pause for every client)
         gc.freeze()
         self.ready.set()
-        self._m_ready.set(1)
         log.info("gateway ready: %d races, %d events", len(self.state.races), len(self.state.log))
 
     def _fan_out(self, items: list) -> None:
@@ -501,7 +561,9 @@ class Gateway:
             try:
                 await asyncio.wait_for(self.ready.wait(), self.s.ready_timeout_s)
             except asyncio.TimeoutError:
-                raise web.HTTPServiceUnavailable(text="gateway still reading the topics")
+                why = f": cannot read the Kafka broker ({self.reader_error}); trying again" \
+                    if self.reader_error else ""
+                raise web.HTTPServiceUnavailable(text=f"gateway still reading the topics{why}")
 
     # REST
     async def races(self, request):
@@ -577,14 +639,21 @@ class Gateway:
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(self, request):
+        """Liveness: the process serves and its reader runs (a reader waiting to
+        try the broker again is running: /readyz says why it is not ready)."""
         if self.reader_task is None or self.reader_task.done():
             return web.Response(status=503, text=f"reader stopped: {self.reader_error}")
         return web.Response(text="ok")
 
     async def readyz(self, request):
-        if self.ready.is_set() and self.reader_task is not None and not self.reader_task.done():
+        """Ready: connected to the broker and caught up with the topics' ends."""
+        if self.reader_task is not None and not self.reader_task.done() and self.connected \
+                and self.caught_up and self.ready.is_set():
             return web.Response(text="ready")
-        return web.Response(status=503, text="not ready")
+        if self.reader_error is not None:
+            return web.Response(status=503, text=f"not ready: cannot read the Kafka broker at "
+                                                 f"{self.s.bootstrap} ({self.reader_error}); trying again")
+        return web.Response(status=503, text="not ready: reading the topics")
 
     # -- streams ----------------------------------------------------------------------
     def _subscribe(self, transport: str, flt: Filter, last: Optional[str]):

@@ -199,7 +199,8 @@ GATEWAY_CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("lapstream_gateway_events_consumed_total", "counter",
                "Records the gateway read from the derived topics, by topic.", ("topic",)),
     MetricSpec("lapstream_gateway_ready", "gauge",
-               "1 when the gateway has read every derived topic up to its end at start."),
+               "1 when the gateway has read every derived topic up to its end at start "
+               "(0 again while its reader tries a lost broker again, until caught up)."),
 )
 
 BY_NAME = {m.name: m for m in CATALOGUE + GATEWAY_CATALOGUE}

@@ -177,7 +177,7 @@ def test_worker_whose_http_port_is_taken(cli, taken_port, free_port):
 
 def test_worker_port_from_the_environment_must_be_a_number(cli, free_port):
     r = cli("worker", "--broker", f"kafka://127.0.0.1:{free_port}", env={"LAPSTREAM_HTTP_PORT": "nine"})
-    assert r.returncode == 2 and "$LAPSTREAM_HTTP_PORT must be a number" in one_line(r)
+    assert r.returncode == 2 and "$LAPSTREAM_HTTP_PORT: a port is a whole number" in one_line(r)
 
 
 def test_demo_whose_http_port_is_taken(cli, taken_port):

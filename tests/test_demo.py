@@ -489,6 +489,53 @@ def test_the_races_a_feed_makes_official():
     assert expected_official(lines) == {"A", "B"}
 
 
+def _no_official(lines: list[bytes]) -> list[bytes]:
+    """A feed without its OFFICIAL / VOID decisions: races set up and started, never decided."""
+    return [ln for ln in lines if not (b'"decision"' in ln and (b'"OFFICIAL"' in ln or b'"VOID"' in ln))]
+
+
+race_ids = st.text(st.characters(min_codepoint=65, max_codepoint=90), min_size=1, max_size=4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(races=st.dictionaries(race_ids, st.tuples(st.booleans(), st.booleans(), st.booleans()), max_size=6),
+       order=st.randoms(use_true_random=False))
+def test_a_race_set_up_and_started_is_expected_official(races, order):
+    """README: a feed that never makes its race official ends after 20 s naming it: the
+    races expected are those the feed makes official or void, and those it sets up and starts."""
+    lines = []
+    for rid, (set_up, started, decided) in races.items():
+        if set_up:
+            lines.append(b'{"kind":"race","v":1,"t_us":1,"race_id":"%s","competitors":[]}' % rid.encode())
+        if started:
+            lines.append(b'{"kind":"start","v":1,"t_us":2,"venue":"NSO","race_id":"%s","attempt":1}' % rid.encode())
+        if decided:
+            lines.append(b'{"kind":"decision","v":1,"t_us":3,"race_id":"%s","code":"OFFICIAL"}' % rid.encode())
+    lines.append(b'{"kind":"race" broken')
+    order.shuffle(lines)
+    want = {rid for rid, (set_up, started, decided) in races.items() if decided or (set_up and started)}
+    assert expected_official(lines) == want
+
+
+def test_a_feed_that_never_makes_its_race_official_is_not_done_until_it_gives_up():
+    lines = _no_official(FINAL_A.read_bytes().splitlines())
+    board = Board()
+    for e in process_lines(lines):
+        board.apply(e)
+    races = expected_official(lines)
+    assert races == {"OWG2022-TPW-FA"}     # before the fix: none, and the demo passed for done
+    assert settled(board, {"replayed": True, "last": 0.0}, races, now=QUIET_S) is None
+    assert settled(board, {"replayed": True, "last": 0.0}, races, now=GIVE_UP_S) == "quiet"
+
+
+def test_no_stray_kill_file_in_the_repository():
+    """demo3.kill (a timestamp) was committed at the root by mistake; nothing writes *.kill."""
+    assert not list(REPO.glob("*.kill"))
+    r = subprocess.run(["git", "ls-files", "*.kill", "**/*.kill"], cwd=REPO, capture_output=True, text=True)
+    if r.returncode == 0:   # (a git checkout)
+        assert r.stdout == ""
+
+
 def test_help_says_when_the_demo_ends():
     r = subprocess.run([sys.executable, "-m", "streams.cli", "demo", "--help"], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"})
@@ -674,6 +721,21 @@ def test_the_demo_ends_by_itself_and_leaves_nothing_behind(demo):
     assert sum("NEW OR 2:53.44 by CAN" in ln for ln in lines) == 1 and "revised to 2:53.44" not in out
     assert list(d.tmp.iterdir()) == []            # logs and the worker's data directory removed
     assert d.left_behind() == {}                  # the broker and the worker stopped with it
+
+
+@pytest.mark.live
+def test_a_demo_whose_race_is_never_official_ends_naming_it(demo, tmp_path):
+    feed = tmp_path / "no_official.jsonl"
+    feed.write_bytes(b"\n".join(_no_official(FINAL_A.read_bytes().splitlines())) + b"\n")
+    d = demo("--feed", str(feed), "--speed", "max", "--http-port", "0")
+    d.until("replaying")
+    d.note_children()
+    code = d.wait(timeout=300)
+    out = d.out
+    assert code == 0, out[-3000:]
+    assert f"not shown as official (nothing came for {GIVE_UP_S:g} s): OWG2022-TPW-FA" in out.splitlines()
+    assert "Traceback" not in out
+    assert list(d.tmp.iterdir()) == [] and _gone(d) == {}
 
 
 @pytest.mark.live

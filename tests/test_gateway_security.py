@@ -148,7 +148,7 @@ def test_config_file_under_env_under_flags_for_the_gateway(certs, tmp_path, monk
 def test_the_running_reader_connects_with_the_settings(certs, monkeypatch):
     """Not only ``consumer()``: the reader task of a started gateway builds its
     consumer with the settings (a stand-in consumer records what it was given
-    and refuses to start); the dead reader fails /healthz without the secret."""
+    and refuses to start); the reader tries again, and /readyz says why without the secret."""
     import aiokafka
 
     given = []
@@ -176,17 +176,23 @@ def test_the_running_reader_connects_with_the_settings(certs, monkeypatch):
         await gw.start()
         try:
             deadline = time.monotonic() + 60
-            while not gw.reader_task.done():
-                assert time.monotonic() < deadline
+            while len(given) < 2:           # refused, then tried again (never stops for good)
+                assert time.monotonic() < deadline and not gw.reader_task.done()
                 await asyncio.sleep(0.05)
             status = await asyncio.get_running_loop().run_in_executor(
+                None, _get, f"http://127.0.0.1:{gw.port}/readyz")
+            health = await asyncio.get_running_loop().run_in_executor(
                 None, _get, f"http://127.0.0.1:{gw.port}/healthz")
-            return status
+            return status, health
         finally:
             await gw.stop()
 
-    status, body = asyncio.run(go())
-    (kw,) = given
+    (status, body), health = asyncio.run(go())
+    kw = given[0]
+    def same(k):   # every try with the same settings (a TLS context is built anew each time)
+        return {a: b for a, b in k.items() if a != "ssl_context"}
+    assert all(same(k) == same(kw) and k["ssl_context"] is not None for k in given)
+    assert health[0] == 200
     assert kw["security_protocol"] == "SASL_SSL" and kw["sasl_mechanism"] == "SCRAM-SHA-512"
     assert kw["sasl_plain_username"] == "gw" and kw["sasl_plain_password"] == secret
     assert kw["ssl_context"] is not None and kw["group_id"] is None
@@ -262,7 +268,7 @@ def test_serve_settings_errors_are_one_line_without_secrets(extra_args, env, wor
 def test_serve_prints_what_it_uses_and_never_the_password(tmp_path):
     """A gateway with SASL_PLAINTEXT PLAIN to a broker that is not there: its
     start line names the protocol, mechanism and user (and warns that PLAIN
-    crosses in clear text), its dead reader shows on /healthz, and the
+    crosses in clear text), its reader tries again and /readyz says why, and the
     password is in no output."""
     secret = f"gw-print-secret-{os.getpid()}"
     pw = tmp_path / "pw"
@@ -282,13 +288,14 @@ def test_serve_prints_what_it_uses_and_never_the_password(tmp_path):
         while time.monotonic() < deadline:
             assert proc.poll() is None, log.read_text()[-3000:]
             try:
-                status, body = _get(f"http://127.0.0.1:{port}/healthz")
+                status, body = _get(f"http://127.0.0.1:{port}/readyz")
             except OSError:
                 status = None
-            if status == 503:
+            if status == 503 and b"cannot read the Kafka broker" in body:
                 break
             time.sleep(0.2)
-        assert status == 503 and body.startswith(b"reader stopped"), (status, body)
+        assert status == 503 and body.startswith(b"not ready: cannot read the Kafka broker"), (status, body)
+        assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200   # alive: it tries again
     finally:
         G.stop_process(proc, timeout=20)
     text = log.read_text()
@@ -444,19 +451,20 @@ def test_gateways_serve_the_final_a_through_mtls(mtls, tmp_path):
 @pytest.mark.live
 def test_a_gateway_without_a_client_certificate_is_refused(mtls, tmp_path):
     """Same endpoint, CA but no client certificate: stunnel refuses it, the
-    reader stops, /healthz says so and /readyz never turns 200."""
+    reader tries again and again (alive: /healthz 200), /readyz says why and never turns 200."""
     g = TLSGateway(mtls.bootstrap, tmp_path, env=mtls.env(client_cert=False)).start()
     try:
         deadline = time.monotonic() + 180
         status = None
         while time.monotonic() < deadline:
             assert g.proc.poll() is None, g.log.read_text()[-3000:]
-            status, _, body = g.get("/healthz") if _port_open(g.port) else (None, None, b"")
-            if status == 503:
+            status, _, body = g.get("/readyz") if _port_open(g.port) else (None, None, b"")
+            if status == 503 and b"cannot read the Kafka broker" in body:
                 break
             time.sleep(0.3)
-        assert status == 503 and body.startswith(b"reader stopped"), (status, body, g.log.read_text()[-2000:])
-        assert g.get("/readyz")[0] == 503
+        assert status == 503 and body.startswith(b"not ready: cannot read the Kafka broker"), \
+            (status, body, g.log.read_text()[-2000:])
+        assert g.get("/healthz")[0] == 200
     finally:
         g.stop()
 

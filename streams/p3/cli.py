@@ -2,38 +2,81 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
 import sys
 
+from streams.cli import FAILURE, USAGE, CliError, port_type
+
+
+def _load_map(path: str):
+    """The decoder map, or one line saying what is wrong with the file (exit 2)."""
+    from .mapping import DecoderMap
+
+    try:
+        return DecoderMap.load(path)
+    except OSError as exc:
+        raise CliError(f"cannot read --map {path}: {exc.strerror or exc}", USAGE) from None
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--map {path} is not valid JSON ({exc})", USAGE) from None
+    except Exception as exc:   # not YAML, not UTF-8, not a map (MapError), a YAML parser's error
+        raise CliError(f"--map {path}: {' '.join(str(exc).split()) or type(exc).__name__}", USAGE) from None
+
+
+def _read_sim_feed(path: str) -> list[bytes]:
+    """The feed's lines; a file that cannot be read, or a line that is not a JSON
+    object, is one line on stderr (exit 2)."""
+    import orjson
+
+    from streams.process import open_feed
+
+    try:
+        with open_feed(path) as f:
+            lines = f.read().splitlines()
+    except (OSError, EOFError) as exc:
+        raise CliError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}", USAGE) from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            msg = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise CliError(f"{path} line {n} is not valid JSON ({exc}): a feed is JSON Lines, one v1 "
+                           "message a line", USAGE) from None
+        if not isinstance(msg, dict):
+            raise CliError(f"{path} line {n} is not a JSON object: a feed is JSON Lines, one v1 message "
+                           "a line", USAGE)
+    return lines
+
 
 def _cmd_ingest_p3(args) -> int:
-    from .mapping import DecoderMap, MapError
-
     if args.dump:
         if not args.file:
             print("lapstream ingest p3: --dump reads a capture (--file)", file=sys.stderr)
             return 2
         from .offline import dump
 
-        with open(args.file, "rb") as f:
-            stats = dump(f, sys.stdout.buffer)
+        try:
+            with open(args.file, "rb") as f:
+                stats = dump(f, sys.stdout.buffer)
+        except OSError as exc:
+            raise CliError(f"cannot read --file {args.file}: {exc.strerror or exc}", USAGE) from None
         sys.stdout.flush()
         print("frames " + " ".join(f"{k}={v}" for k, v in stats.items()), file=sys.stderr)
         return 0
     if not args.map:
         print("lapstream ingest p3: --map FILE is required", file=sys.stderr)
         return 2
-    try:
-        dmap = DecoderMap.load(args.map)
-    except (OSError, ValueError, MapError) as exc:
-        print(f"lapstream ingest p3: map {args.map}: {exc}", file=sys.stderr)
-        return 2
+    dmap = _load_map(args.map)
     if args.file:
         from .offline import capture_to_feed
 
-        out = open(args.out, "wb") if args.out and args.out != "-" else sys.stdout.buffer
+        try:
+            out = open(args.out, "wb") if args.out and args.out != "-" else sys.stdout.buffer
+        except OSError as exc:
+            raise CliError(f"cannot write --out {args.out}: {exc.strerror or exc}", USAGE) from None
         try:
             with open(args.file, "rb") as f:
                 n, stats, conv = capture_to_feed(f, dmap, out, address=args.address)
@@ -65,9 +108,13 @@ def _cmd_ingest_p3(args) -> int:
             return 2
     logging.basicConfig(level=getattr(logging, args.loglevel.upper(), logging.INFO),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from streams.cli_live import check_port_free
+
+    http_port = args.http_port
+    check_port_free(args.http_host, http_port)
     settings = IngestSettings(decoders=list(args.decoder), bootstrap=_bootstrap(args.broker),
                               idempotence=args.idempotence, resend=not args.no_resend,
-                              http_host=args.http_host, http_port=args.http_port,
+                              http_host=args.http_host, http_port=http_port,
                               clock_step_us=int(args.clock_step * 1e6), idle_timeout_s=args.idle_timeout,
                               heartbeat_fill_s=args.heartbeat_fill, security=_security(args))
 
@@ -86,18 +133,31 @@ def _cmd_ingest_p3(args) -> int:
 
 
 def _cmd_sim_decoder(args) -> int:
-    from .mapping import DecoderMap
     from .simdecoder import DecoderServer, plan
 
-    dmap = DecoderMap.load(args.map)
-    with open(args.feed, "rb") as f:
-        steps = plan(f.read().splitlines(), dmap)
+    dmap = _load_map(args.map)
+    lines = _read_sim_feed(args.feed)
+    try:
+        steps = plan(lines, dmap)
+    except KeyError as exc:
+        raise CliError(f"{args.feed}: a message lacks the field {exc}", USAGE) from None
+    except (ValueError, TypeError, AttributeError) as exc:   # no decoder for a loop, a bad value
+        raise CliError(f"{args.feed}: {' '.join(str(exc).split())}", USAGE) from None
+    if args.port_base and args.port_base + len(dmap.targets) - 1 > 65535:
+        raise CliError(f"--port-base {args.port_base}: the map's {len(dmap.targets)} decoders need ports up "
+                       f"to {args.port_base + len(dmap.targets) - 1}, beyond 65535", USAGE)
 
     async def main() -> None:
         servers = {}
         port = args.port_base
         for tg in dmap.targets:
-            servers[tg] = await DecoderServer(tg, "127.0.0.1", port if port else 0).start()
+            try:
+                servers[tg] = await DecoderServer(tg, "127.0.0.1", port if port else 0).start()
+            except OSError as exc:
+                for s in servers.values():
+                    await s.stop()
+                raise CliError(f"cannot listen on 127.0.0.1:{port} ({exc.strerror}): choose another "
+                               "--port-base, or 0 for free ports", FAILURE) from None
             if port:
                 port += 1
         for tg, s in servers.items():
@@ -164,8 +224,9 @@ def add_commands(sub, broker_arg) -> None:
     p.add_argument("--address", default=None, help="offline: the HOST:PORT the capture came from (for the map)")
     p.add_argument("--dump", action="store_true", help="print the capture's decoded frames as JSON (with --file)")
     p.add_argument("--http-host", default=os.environ.get("LAPSTREAM_HTTP_HOST", "127.0.0.1"))
-    p.add_argument("--http-port", type=int, default=int(os.environ.get("LAPSTREAM_P3_HTTP_PORT", "9310")),
-                   help="/metrics /healthz /readyz (default %(default)s)")
+    p.add_argument("--http-port", type=port_type(free=False, env="LAPSTREAM_P3_HTTP_PORT"),
+                   default=os.environ.get("LAPSTREAM_P3_HTTP_PORT", "9310"),
+                   help="/metrics /healthz /readyz (default: $LAPSTREAM_P3_HTTP_PORT or 9310)")
     p.add_argument("--idempotence", choices=("auto", "on", "off"), default="auto",
                    help="idempotent producer: auto (if the broker supports it), on, off")
     p.add_argument("--no-resend", action="store_true", help="never send RESEND requests to the decoders")
@@ -182,7 +243,8 @@ def add_commands(sub, broker_arg) -> None:
     p = sub.add_parser("sim-decoder", help="simulated P3 decoders on loopback, driven by a v1 feed")
     p.add_argument("feed", help="a v1 feed (its passings and heartbeats become P3 records)")
     p.add_argument("--map", required=True, help="the mapping (decoder ids, venue, source, loop)")
-    p.add_argument("--port-base", type=int, default=0, help="first TCP port (default: free ports)")
+    p.add_argument("--port-base", type=port_type(free=True), default=0,
+                   help="first TCP port, one more per decoder (default 0: free ports)")
     p.add_argument("--speed", type=_speed, default=1.0, help="N times real time, or 'max'")
     p.add_argument("--broker", default=None, help="also produce the feed's other lines (races, gun, referee) here")
     p.add_argument("--wait-clients", action="store_true", help="start the feed once every decoder has a client")
