@@ -58,7 +58,7 @@ def decision(eng: Engine, msg: dict, out: list) -> None:
             return
         for c in race.comps:
             if c.finish_ms is None and c.irm is None:
-                c.irm = "DNF" if any(s.hist for s in c.skaters) else "DNS"
+                c.irm = "DNF" if any(s.hist or s.lost for s in c.skaters) else "DNS"
         # the referee has spoken without confirming what is still suspected
         falls.clear_all(race, t, "not confirmed by the referee", out)
         race.status = "official"

@@ -73,7 +73,9 @@ def photo_missed(eng: Engine, run: SkaterRun, fin: int, t: int, out: list) -> No
     if comp.finish_tr is None and sum(1 for x in comp.skaters if x.finished) >= need:
         comp.finish_tr = fin
     if comp.finish_tr is not None:
-        settle_finish(eng, race, comp, t, out)
+        # a first finish is judged (records, their order) at its time, as the
+        # loops would have judged it, not at the photo's arrival
+        settle_finish(eng, race, comp, comp.finish_tr if comp.finish_ms is None else t, out)
 
 
 def effective_finish(eng: Engine, race: Race, comp: CompRun) -> tuple[int, str]:

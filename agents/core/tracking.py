@@ -21,6 +21,14 @@ _ENDED = ("official", "void")   # Race.ended, inlined (a property call costs)
 
 UNPLACED = object()   # ``crossing`` without a placement already known
 
+# Placing a crossing after a long gap without a read (a venue outage): the
+# distance covered is estimated from the skater's pace, and a loop's position
+# repeats every lap, so an error of half a lap places it a lap off. A skater's
+# pace over the next minutes is within PACE_DOUBT once it has skated a lap;
+# before, the start's pace says little of its cruise (PACE_DOUBT_EARLY).
+PACE_DOUBT = 0.06
+PACE_DOUBT_EARLY = 0.3
+
 
 def crossing(eng: Engine, run: SkaterRun, loop: str, at_m: int, t: int, out: list,
              d_known: object = UNPLACED) -> None:
@@ -39,6 +47,15 @@ def crossing(eng: Engine, run: SkaterRun, loop: str, at_m: int, t: int, out: lis
     else:
         d = d_known   # type: ignore[assignment]
     if d is None:
+        if lap_in_doubt(eng, run, at_m, t, last_d, run.last_t, bool(run.hist), v):
+            # too long without a read to count its laps: rather no split than one
+            # a lap off (a wrong finish, a wrong DNF); the referee decides
+            run.lost = True
+            run.deadline = INF
+            run.incident_n += 1
+            out.append(events.incident(race, comp, run, "anomaly", "suspected", last_d, t,
+                                       note=f"lap count lost: not read for {dt // US_PER_S} s "
+                                            f"(a venue outage?)"))
         return
     run.last_cross[loop] = t
     if d > d_race.distance:
@@ -114,12 +131,28 @@ def place(eng: Engine, run: SkaterRun, at_m: int, t: int, last_d: int, last_t: i
         d_est = last_d + dt * v
     else:   # no crossing yet: a standing start (~2 s lost), then cruising
         d_est = max(0.0, dt - STANDING_START_US) * eng.cfg.v_cruise_mps / US_PER_S
+    if (d_est - last_d) * (PACE_DOUBT if last_d >= lap else PACE_DOUBT_EARLY) > lap / 2:
+        return None  # a lap off or not: cannot tell (``lap_in_doubt``)
     c_min = offset if offset > last_d else offset + ((last_d - offset) // lap + 1) * lap
     j = round((d_est - c_min) / lap)
     d = c_min + (j if j > 0 else 0) * lap
     if (d - last_d) * US_PER_S / dt > eng.cfg.v_max_mps:
         return None  # e.g. a read on the start line just after the gun
     return d
+
+
+def lap_in_doubt(eng: Engine, run: SkaterRun, at_m: int, t: int, last_d: int, last_t: int, moving: bool,
+                 v: float) -> bool:
+    """Is the crossing unplaced because its lap cannot be told (``place``)?"""
+    dt = t - last_t
+    if dt <= 0:
+        return False
+    lap = run.race.venue.lap_m
+    if moving:
+        covered = dt * v
+    else:
+        covered = max(0.0, dt - STANDING_START_US) * eng.cfg.v_cruise_mps / US_PER_S
+    return covered * (PACE_DOUBT if last_d >= lap else PACE_DOUBT_EARLY) > lap / 2
 
 
 def pace(eng: Engine, run: SkaterRun) -> float:
