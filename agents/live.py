@@ -298,6 +298,34 @@ async def collect(pid: int, fd: int) -> bytes:
     return data
 
 
+_REF_MARK = b"record_ref"
+
+
+def handle_raw(proc: Processor, raw: bytes, tag=None) -> tuple[list[dict], Rejected | None]:
+    """One record of ``timing.raw`` through ``proc``, as the worker handles it
+    (live, when rebuilding a partition, and the gateway's judge of set-ups:
+    ``streams.gateway_state``): ``Processor.handle``, except that a
+    ``record_ref`` is refused. The contract puts record references on
+    ``timing.records.ref`` (every worker reads all of it); one on
+    ``timing.raw`` would reach only its venue's partition. A recorded feed
+    is not Kafka: ``lapstream process`` applies its ``record_ref`` lines and
+    ``lapstream replay`` routes them to ``timing.records.ref``."""
+    if isinstance(raw, (bytes, bytearray)) and _REF_MARK in raw:   # rare: only then is the kind read before the processor reads it
+        try:
+            msg = decode(raw)
+        except Rejected:
+            msg = None       # the processor says what is wrong with it
+        except Exception:    # (decode raises only Rejected; belt and braces)
+            msg = None
+        if msg is not None and msg["kind"] == "record_ref":
+            if proc.late:
+                proc.late = []
+            proc.rejected(raw, msg)
+            return [], Rejected("unknown_kind", "record_ref on timing.raw: record references belong on "
+                                                "timing.records.ref (docs/contract.md), not applied")
+    return proc.handle(raw, tag)
+
+
 MAX_VENUE_LABELS = 256     # venues with series of their own on one worker; beyond: "other"
 MAX_SOURCE_LABELS = 8      # decoder sources per venue (a primary and a backup system); beyond: "other"
 
@@ -426,7 +454,7 @@ class LiveAdapter:
                     continue
                 if not verified:
                     return None      # the record the snapshot ends with is not in the log
-                proc.handle(raw, (off, key))   # (a message held now may be refused later, live)
+                handle_raw(proc, raw, (off, key))   # (a message held now may be refused later, live)
                 recent.add(off, key, raw)
                 self.rebuilt_messages += 1
                 last = off
@@ -864,7 +892,7 @@ class LiveAdapter:
             recent = self.recent[partition] = Recent()
         recent.add(offset, key, value)
         try:
-            events, rej = proc.handle(value, (offset, key))
+            events, rej = handle_raw(proc, value, (offset, key))
             late = proc.late
             out = self._outgoing(events, source_topic, partition, offset)
         except Exception as exc:
