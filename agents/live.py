@@ -54,7 +54,7 @@ from schemas.decode import Rejected, decode, parse_record_time
 # shared with replay and record (DEADLETTER_KEY_MAX, RECORD_OVERHEAD re-exported)
 from streams.deadletter import (DEADLETTER_KEY_MAX, MAX_RECORD_BYTES, RECORD_OVERHEAD,  # noqa: F401
                                 deadletter_record, record_size)
-from streams.process import Processor, internal
+from streams.process import Processor, _loads_or_none, internal
 from streams.tombstones import withdrawal_of_tombstone
 from streams.topics import DEADLETTER, RECORDS_REF, TOPIC_OF_KIND, key_of
 
@@ -310,19 +310,24 @@ def handle_raw(proc: Processor, raw: bytes, tag=None) -> tuple[list[dict], Rejec
     ``timing.raw`` would reach only its venue's partition. A recorded feed
     is not Kafka: ``lapstream process`` applies its ``record_ref`` lines and
     ``lapstream replay`` routes them to ``timing.records.ref``."""
-    if isinstance(raw, (bytes, bytearray)) and _REF_MARK in raw:   # rare: only then is the kind read before the processor reads it
+    if isinstance(raw, (bytes, bytearray)) and _REF_MARK in raw:   # rare: only then is the kind read twice
+        rej = None
         try:
             msg = decode(raw)
-        except Rejected:
-            msg = None       # the processor says what is wrong with it
-        except Exception:    # (decode raises only Rejected; belt and braces)
-            msg = None
-        if msg is not None and msg["kind"] == "record_ref":
+            ref = msg["kind"] == "record_ref"
+        except Rejected as exc:   # what is wrong with it: said with the topic if it is a record_ref
+            ref = type(msg := _loads_or_none(raw)) is dict and msg.get("kind") == "record_ref"
+            rej = exc
+        except Exception:         # (decode raises only Rejected; belt and braces)
+            ref = False
+        if ref:
             if proc.late:
                 proc.late = []
-            proc.rejected(raw, msg)
-            return [], Rejected("unknown_kind", "record_ref on timing.raw: record references belong on "
-                                                "timing.records.ref (docs/contract.md), not applied")
+            proc.rejected(raw)
+            where = "record_ref on timing.raw: record references belong on timing.records.ref (docs/contract.md)"
+            if rej is None:
+                return [], Rejected("unknown_kind", f"{where}, not applied")
+            return [], Rejected(rej.reason, f"{where}; and {rej}")
     return proc.handle(raw, tag)
 
 
