@@ -151,3 +151,45 @@ def test_a_set_up_read_again_at_the_same_offset_is_judged_once():
     for off, ln in enumerate(raw[:50]):
         assert s.ingest_raw(ln, 0, off) is None
     assert len(s.log) == n
+
+
+# -- the gateway process, on a broker, with a worker -----------------------------------------------
+def test_the_gateway_process_keeps_the_race_the_worker_kept_also_after_a_restart():
+    """The final A replayed onto broker + worker + gateway, then a restart
+    (attempt 2) whose gun is an hour behind the venue's clock (the worker:
+    ``stale_feed``), then the venue set-up again as a marker: the gateway
+    (and a gateway started afterwards, re-reading timing.raw) still shows
+    attempt 1 with its finishes and the Olympic record."""
+    from streams.gateway_state import RAW_INDEX, decode_position
+    from tests import gatewaykit as G
+    from tests import livekit as L
+
+    lines = list(final_a())
+    last_t = orjson.loads(lines[-1])["t_us"]
+    bad = orjson.dumps({"kind": "start", "v": 1, "t_us": last_t - 3600 * S, "venue": "NSO",
+                        "race_id": RID, "attempt": 2})
+    marker = next(ln for ln in lines if b'"kind":"venue"' in ln)
+    feed = lines + [bad, marker]
+    n_raw = L.raw_count(feed)
+    stack = G.Stack()
+    try:
+        L.replay_lines(stack.broker.bootstrap, feed)
+
+        def settled(g):
+            def ok():
+                snap = g.json("/api/v1/snapshot")
+                pos = decode_position(snap["position"])
+                raw_end = max((o for (t, _), o in pos.items() if t == RAW_INDEX), default=0)
+                race = next((r for r in snap["races"] if r["race_id"] == RID), None)
+                if raw_end >= n_raw and race is not None and race["status"] == "official":
+                    return race
+                return None
+            return L.wait_for(ok, "the gateway read the feed, the stale start and the marker", timeout=180)
+
+        for g in (stack.gateway, stack.new_gateway().wait_ready()):
+            race = settled(g)
+            assert race["attempt"] == 1
+            assert len(race["finishes"]) == 2 and race["records"] and race["latest_splits"]
+            assert race["started_t_us"] != last_t - 3600 * S
+    finally:
+        stack.close()
