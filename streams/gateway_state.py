@@ -3,7 +3,8 @@
 ``GatewayState.ingest(topic, partition, offset, value)`` takes one record of a
 derived topic (or a ``race``/``venue`` message of ``timing.raw``) and keeps:
 
-- the current state: per race its set-up (from the raw ``race`` message), the
+- the current state: per race its set-up (from the raw ``race`` message, if
+  the worker applied it: ``ingest_raw`` judges set-ups with the worker's code), the
   newest revision of every fact (result; split per competitor, skater and
   distance; finish per competitor; the latest incident in arrival order per
   competitor, skater and type;
