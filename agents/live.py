@@ -407,6 +407,12 @@ class Decoders:
       *known* (a heartbeat-age series, no silence series:
       LapstreamDecoderUnheardSinceTakeover).
 
+    A heartbeat counts when the adapter consumes it as applied, and also
+    when a gauge pass finds a newer one applied in the state (the clock
+    guard held it and applied it with a later message: a backup decoder
+    running seconds ahead); such a one counts at the pass's time (the worker
+    updates the gauges every second).
+
     Bounded: ``MAX_CANDIDATES`` and ``MAX_FORGOTTEN`` per venue; tracked
     sources are bounded by the time it takes to prove one (label values are
     capped separately: ``LabelCap``)."""
@@ -419,17 +425,23 @@ class Decoders:
         self.candidates: dict[str, dict[str, list]] = {}       # venue -> source -> [first t, beats, last t, clock]
         self.forgotten: dict[str, dict[str, float]] = {}       # venue -> source -> clock it was forgotten at
 
-    def beat(self, venue: str, source: str, t_us: int, now: float) -> bool:
-        """A heartbeat the core applied; True if the source is tracked (now)."""
+    def beat(self, venue: str, source: str, t_us: int, now: float, seen: bool = False) -> bool:
+        """A heartbeat the core applied; True if the source is tracked (now).
+        ``seen``: not consumed now but found applied in the state (a heartbeat
+        the clock guard held, applied with a later message): counted only if
+        newer than the source's last one counted."""
         key = (venue, source)
         tracked = self.tracked
         if key in tracked:
-            tracked[key] = now
+            if now > tracked[key]:
+                tracked[key] = now
             return True
         cands = self.candidates.get(venue)
         if cands is None:
             cands = self.candidates[venue] = {}
         c = cands.get(source)
+        if seen and c is not None and t_us <= c[2]:
+            return False
         if c is None:
             if len(cands) >= MAX_CANDIDATES:
                 old = min(cands, key=lambda s: cands[s][3])
@@ -542,6 +554,7 @@ class LiveAdapter:
         self.decoders = Decoders()                      # which decoder sources are watched for silence
         self._silence_keys: set = set()                 # label keys with a silence series now
         self._age_keys: set = set()                     # label keys with a heartbeat-age series now
+        self._hb_seen: dict[tuple[str, str], int] = {}  # (venue, source) -> its last heartbeat t_us, at the last gauges
         self.recent: dict[int, Recent] = {}             # partition -> digests of its last records
         self.labels = LabelCap()
         self.truncations = 0                            # data losses of the broker detected
@@ -900,6 +913,8 @@ class LiveAdapter:
                 m = self.metrics
                 for vid in proc.engine.venues:
                     self.decoders.drop_venue(vid)
+                    for key in [k for k in self._hb_seen if k[0] == vid]:
+                        del self._hb_seen[key]
                     lv = self.labels.venue(vid)
                     if lv == "other":
                         continue     # shared with venues that stay (update_gauges drops what is gone)
@@ -1153,6 +1168,19 @@ class LiveAdapter:
         ages: dict[tuple[str, str], int] = {}
         cap = self.labels
         dec = self.decoders
+        # heartbeats applied since the last pass that were not consumed as
+        # such (held by the clock guard: a decoder running seconds ahead is
+        # applied at the pace of the other) count too, at this pass's time
+        hb_seen = self._hb_seen
+        for proc in self.procs.values():
+            for vid, v in proc.engine.venues.items():
+                for src, t in v.hb.items():
+                    key = (vid, src)
+                    last = hb_seen.get(key)
+                    if last is None or t > last:
+                        hb_seen[key] = t
+                        if last is not None:
+                            dec.beat(vid, src, t, now, seen=True)
         for key in dec.sweep(now):
             log.info("decoder source %s at %s silent for %.0f s: forgotten", key[1], key[0], FORGET_S)
         for proc in self.procs.values():

@@ -169,3 +169,34 @@ def test_a_takeover_watches_the_decoders_the_replay_proved_not_a_stray():
     silence = series(m, "lapstream_decoder_silence_seconds")
     age = series(m, "lapstream_decoder_heartbeat_age_seconds")
     assert set(silence) == {("NSO", s) for s in REAL} == set(age)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(4, 20), st.integers(150, 250))
+def test_a_backup_decoder_running_seconds_ahead_is_watched_and_pages_when_it_dies(ahead_s, stop_back):
+    """X2-C beats once a second, ``ahead_s`` s ahead of the venue's other
+    decoders: the clock guard holds each beat until the venue catches up, so
+    none is consumed as such; the worker still watches it (seen applied in
+    the state at each gauge pass) and its silence grows once it dies
+    mid-race while the others go on."""
+    records = list(RAW[:FIRST_FINISH])
+    stop = FIRST_FINISH - stop_back
+    times = [orjson.loads(r)["t_us"] for r in records]
+    out = []
+    nxt = times[START_AT - 100] + ahead_s * 1_000_000
+    for i, rec in enumerate(records):
+        out.append(rec)
+        while i < stop and nxt <= times[i] + ahead_s * 1_000_000:
+            out.append(hb(nxt, "X2-C"))
+            nxt += 1_000_000
+    run = Run()
+
+    def gauges_each_second(r: Run) -> None:
+        if r.off % 10 == 0:
+            r.a.update_gauges()
+    asyncio.run(run.feed(out, check=gauges_each_second))
+    silence, age = run.gauges()
+    assert run.a.procs[0].engine.venues["NSO"].hb.get("X2-C"), "X2-C was never applied"
+    assert ("NSO", "X2-C") in silence, silence
+    assert silence[("NSO", "X2-C")] > 5 > max(silence[("NSO", s)] for s in REAL)
+    assert run.a.procs[0].engine.active_races() == 1
