@@ -54,7 +54,7 @@ from schemas.decode import Rejected, decode, parse_record_time
 # shared with replay and record (DEADLETTER_KEY_MAX, RECORD_OVERHEAD re-exported)
 from streams.deadletter import (DEADLETTER_KEY_MAX, MAX_RECORD_BYTES, RECORD_OVERHEAD,  # noqa: F401
                                 deadletter_record, record_size)
-from streams.process import Processor, internal
+from streams.process import Processor, _loads_or_none, internal
 from streams.tombstones import withdrawal_of_tombstone
 from streams.topics import DEADLETTER, RECORDS_REF, TOPIC_OF_KIND, key_of
 
@@ -298,6 +298,39 @@ async def collect(pid: int, fd: int) -> bytes:
     return data
 
 
+_REF_MARK = b"record_ref"
+
+
+def handle_raw(proc: Processor, raw: bytes, tag=None) -> tuple[list[dict], Rejected | None]:
+    """One record of ``timing.raw`` through ``proc``, as the worker handles it
+    (live, when rebuilding a partition, and the gateway's judge of set-ups:
+    ``streams.gateway_state``): ``Processor.handle``, except that a
+    ``record_ref`` is refused. The contract puts record references on
+    ``timing.records.ref`` (every worker reads all of it); one on
+    ``timing.raw`` would reach only its venue's partition. A recorded feed
+    is not Kafka: ``lapstream process`` applies its ``record_ref`` lines and
+    ``lapstream replay`` routes them to ``timing.records.ref``."""
+    if isinstance(raw, (bytes, bytearray)) and _REF_MARK in raw:   # rare: only then is the kind read twice
+        rej = None
+        try:
+            msg = decode(raw)
+            ref = msg["kind"] == "record_ref"
+        except Rejected as exc:   # what is wrong with it: said with the topic if it is a record_ref
+            ref = type(msg := _loads_or_none(raw)) is dict and msg.get("kind") == "record_ref"
+            rej = exc
+        except Exception:         # (decode raises only Rejected; belt and braces)
+            ref = False
+        if ref:
+            if proc.late:
+                proc.late = []
+            proc.rejected(raw)
+            where = "record_ref on timing.raw: record references belong on timing.records.ref (docs/contract.md)"
+            if rej is None:
+                return [], Rejected("unknown_kind", f"{where}, not applied")
+            return [], Rejected(rej.reason, f"{where}; and {rej}")
+    return proc.handle(raw, tag)
+
+
 MAX_VENUE_LABELS = 256     # venues with series of their own on one worker; beyond: "other"
 MAX_SOURCE_LABELS = 8      # decoder sources per venue (a primary and a backup system); beyond: "other"
 
@@ -341,6 +374,158 @@ class LabelCap:
         return self.sources.pop(lv, set()) | {"other"}
 
 
+# Which decoder sources are watched for silence (LapstreamDecoderSilent). A
+# source is a tracked decoder once it has proved itself; one silent for far
+# longer than any race is forgotten and its series removed.
+PROVE_BEATS = 3                 # heartbeats before a source is a tracked decoder ...
+PROVE_SPAN_US = 2_000_000       # ... spanning at least this much of their own t_us (decoders beat at 1 Hz)
+FORGET_S = 1800.0               # tracked, silent this long by the worker's clock: forgotten (30 min)
+FORGET_US = 1_800_000_000       # heartbeat age published only within this of the venue's clock (30 min)
+MAX_CANDIDATES = 64             # unproven sources remembered per venue (the oldest go first)
+MAX_FORGOTTEN = 256             # forgotten sources remembered per venue
+
+
+class Decoders:
+    """The decoder sources a worker watches, by (venue, source) as in the
+    heartbeats (no I/O; the caller passes its clock).
+
+    - A source heard for the first time is a *candidate*: it gets no series.
+      It becomes *tracked* (a ``lapstream_decoder_silence_seconds`` series,
+      counted from its last heartbeat by the worker's clock) once
+      ``PROVE_BEATS`` of its heartbeats span ``PROVE_SPAN_US`` of their own
+      ``t_us``: a decoder beats once a second, a stray message (a test
+      decoder, a typo in a source name) does not.
+    - A tracked source silent for ``FORGET_S`` (30 min, far longer than any
+      race) by the worker's clock is *forgotten* (its series are removed, so
+      an alert on it resolves); so is a candidate that did not prove itself
+      in that time. A forgotten source that beats again starts over as a
+      candidate.
+    - At a takeover (``seed``) the sources the rebuilt state knows with a
+      heartbeat within ``FORGET_US`` of the venue's clock, and not seen as
+      unproven candidates in the replay, are tracked from then; when a
+      partition is rebuilt at its first record instead, they are only
+      *known* (a heartbeat-age series, no silence series:
+      LapstreamDecoderUnheardSinceTakeover).
+
+    A heartbeat counts when the adapter consumes it as applied, and also
+    when a gauge pass finds a newer one applied in the state (the clock
+    guard held it and applied it with a later message: a backup decoder
+    running seconds ahead); such a one counts at the pass's time (the worker
+    updates the gauges every second).
+
+    Bounded: ``MAX_CANDIDATES`` and ``MAX_FORGOTTEN`` per venue; tracked
+    sources are bounded by the time it takes to prove one (label values are
+    capped separately: ``LabelCap``)."""
+
+    __slots__ = ("tracked", "candidates", "forgotten", "known")
+
+    def __init__(self) -> None:
+        self.tracked: dict[tuple[str, str], float] = {}        # (venue, source) -> clock of its last heartbeat
+        self.known: set[tuple[str, str]] = set()               # known from a rebuilt state (heartbeat age only)
+        self.candidates: dict[str, dict[str, list]] = {}       # venue -> source -> [first t, beats, last t, clock]
+        self.forgotten: dict[str, dict[str, float]] = {}       # venue -> source -> clock it was forgotten at
+
+    def beat(self, venue: str, source: str, t_us: int, now: float, seen: bool = False) -> bool:
+        """A heartbeat the core applied; True if the source is tracked (now).
+        ``seen``: not consumed now but found applied in the state (a heartbeat
+        the clock guard held, applied with a later message): counted only if
+        newer than the source's last one counted."""
+        key = (venue, source)
+        tracked = self.tracked
+        if key in tracked:
+            if now > tracked[key]:
+                tracked[key] = now
+            return True
+        cands = self.candidates.get(venue)
+        if cands is None:
+            cands = self.candidates[venue] = {}
+        c = cands.get(source)
+        if seen and c is not None and t_us <= c[2]:
+            return False
+        if c is None:
+            if len(cands) >= MAX_CANDIDATES:
+                old = min(cands, key=lambda s: cands[s][3])
+                del cands[old]
+                self._forget(venue, old, now)
+            c = cands[source] = [t_us, 0, t_us, now]
+            gone = self.forgotten.get(venue)
+            if gone is not None:
+                gone.pop(source, None)
+        c[1] += 1
+        if t_us < c[0]:
+            c[0] = t_us
+        if t_us > c[2]:
+            c[2] = t_us
+        c[3] = now
+        if c[1] >= PROVE_BEATS and c[2] - c[0] >= PROVE_SPAN_US:
+            del cands[source]
+            tracked[key] = now
+            return True
+        return False
+
+    def is_candidate(self, venue: str, source: str) -> bool:
+        cands = self.candidates.get(venue)
+        return cands is not None and source in cands
+
+    def is_forgotten(self, venue: str, source: str) -> bool:
+        gone = self.forgotten.get(venue)
+        return gone is not None and source in gone
+
+    def seed(self, venue: str, source: str, now: float, track: bool = True) -> None:
+        """A source the state knows at a takeover: tracked from ``now`` (or,
+        ``track`` false, known) unless the replay saw it only as an unproven
+        candidate."""
+        if not self.is_candidate(venue, source):
+            if track:
+                self.tracked.setdefault((venue, source), now)
+            elif (venue, source) not in self.tracked:
+                self.known.add((venue, source))
+            gone = self.forgotten.get(venue)
+            if gone is not None:
+                gone.pop(source, None)
+
+    def watched(self, venue: str, source: str) -> bool:
+        """Tracked or known, not forgotten: its heartbeat age is published."""
+        key = (venue, source)
+        return key in self.tracked or (key in self.known and not self.is_forgotten(venue, source))
+
+    def untrack(self, venue: str, source: str, now: float) -> None:
+        self.known.discard((venue, source))
+        if self.tracked.pop((venue, source), None) is not None:
+            self._forget(venue, source, now)
+
+    def _forget(self, venue: str, source: str, now: float) -> None:
+        gone = self.forgotten.get(venue)
+        if gone is None:
+            gone = self.forgotten[venue] = {}
+        gone[source] = now
+        if len(gone) > MAX_FORGOTTEN:
+            del gone[min(gone, key=gone.__getitem__)]
+
+    def sweep(self, now: float) -> list[tuple[str, str]]:
+        """Forget the sources silent for ``FORGET_S``; the tracked ones forgotten."""
+        out = [key for key, at in self.tracked.items() if now - at >= FORGET_S]
+        for venue, source in out:
+            del self.tracked[(venue, source)]
+            self.known.discard((venue, source))
+            self._forget(venue, source, now)
+        for venue, cands in list(self.candidates.items()):
+            for source in [s for s, c in cands.items() if now - c[3] >= FORGET_S]:
+                del cands[source]
+                self._forget(venue, source, now)
+            if not cands:
+                del self.candidates[venue]
+        return out
+
+    def drop_venue(self, venue: str) -> None:
+        """The venue went to another worker: nothing of it is watched here."""
+        for key in [k for k in self.tracked if k[0] == venue]:
+            del self.tracked[key]
+        self.known = {k for k in self.known if k[0] != venue}
+        self.candidates.pop(venue, None)
+        self.forgotten.pop(venue, None)
+
+
 class LiveAdapter:
     def __init__(self, send: Send, rebuild_source: RebuildSource | None = None, metrics=None,
                  config: CoreConfig | None = None, clock: Callable[[], float] = time.time,
@@ -366,7 +551,10 @@ class LiveAdapter:
         self.pending: dict[int, asyncio.Future] = {}    # partition -> state being rebuilt
         self.building: set = set()                      # processors being rebuilt
         self.assigned: set | None = None                # partitions the group gave us (None: not told)
-        self.heard: dict[tuple[str, str], float] = {}   # (venue, source) -> wall time of last heartbeat
+        self.decoders = Decoders()                      # which decoder sources are watched for silence
+        self._silence_keys: set = set()                 # label keys with a silence series now
+        self._age_keys: set = set()                     # label keys with a heartbeat-age series now
+        self._hb_seen: dict[tuple[str, str], int] = {}  # (venue, source) -> its last heartbeat t_us, at the last gauges
         self.recent: dict[int, Recent] = {}             # partition -> digests of its last records
         self.labels = LabelCap()
         self.truncations = 0                            # data losses of the broker detected
@@ -426,7 +614,10 @@ class LiveAdapter:
                     continue
                 if not verified:
                     return None      # the record the snapshot ends with is not in the log
-                proc.handle(raw, (off, key))   # (a message held now may be refused later, live)
+                handle_raw(proc, raw, (off, key))   # (a message held now may be refused later, live)
+                msg = proc.msg
+                if msg is not None and msg["kind"] == "heartbeat":   # (proves or not a source: Decoders)
+                    self.decoders.beat(msg["venue"], msg["source"], msg["t_us"], self.wall())
                 recent.add(off, key, raw)
                 self.rebuilt_messages += 1
                 last = off
@@ -658,10 +849,14 @@ class LiveAdapter:
         self.procs[partition] = proc
         self.next[partition] = upto
         # silence counts from the takeover for every decoder the state knows
+        # (heard within FORGET_US of the venue's clock; not a stray the replay
+        # saw unproven); one proved in the replay but long silent is let go
         now = self.wall()
+        self._stale_decoders(proc, now)
         for vid, v in proc.engine.venues.items():
-            for src in v.hb:
-                self.heard.setdefault(self.labels.source(vid, src), now)
+            for src, t in v.hb.items():
+                if v.clock - t <= FORGET_US:
+                    self.decoders.seed(vid, src, now)
 
     async def processor(self, partition: int, offset: int) -> Processor:
         task = self.pending.get(partition)
@@ -685,7 +880,22 @@ class LiveAdapter:
             proc, _ = await self._fresh(partition, offset)
             self.procs[partition] = proc
             self.next[partition] = offset
+            now = self.wall()
+            self._stale_decoders(proc, now)
+            for vid, v in proc.engine.venues.items():
+                for src, t in v.hb.items():
+                    if v.clock - t <= FORGET_US:
+                        self.decoders.seed(vid, src, now, track=False)
         return proc
+
+    def _stale_decoders(self, proc: Processor, now: float) -> None:
+        """After a rebuild: a source the replay proved but whose last heartbeat
+        is more than FORGET_US behind its venue's clock is not watched."""
+        dec = self.decoders
+        for vid, v in proc.engine.venues.items():
+            for src, t in v.hb.items():
+                if v.clock - t > FORGET_US:
+                    dec.untrack(vid, src, now)
 
     def revoke(self, partitions: Iterable[int]) -> None:
         for p in partitions:
@@ -702,16 +912,20 @@ class LiveAdapter:
                 # venues of a lost partition are another worker's now: drop their series
                 m = self.metrics
                 for vid in proc.engine.venues:
+                    self.decoders.drop_venue(vid)
+                    for key in [k for k in self._hb_seen if k[0] == vid]:
+                        del self._hb_seen[key]
                     lv = self.labels.venue(vid)
                     if lv == "other":
-                        continue     # shared with venues that stay
+                        continue     # shared with venues that stay (update_gauges drops what is gone)
                     if m is not None:
                         try:
                             m.event_lag.remove(lv)
                         except KeyError:
                             pass
                     for ls in self.labels.forget(lv):
-                        self.heard.pop((lv, ls), None)
+                        self._silence_keys.discard((lv, ls))
+                        self._age_keys.discard((lv, ls))
                         if m is not None:
                             for metric in (m.heartbeat_age, m.silence):
                                 try:
@@ -866,7 +1080,7 @@ class LiveAdapter:
             recent = self.recent[partition] = Recent()
         recent.add(offset, key, value)
         try:
-            events, rej = proc.handle(value, (offset, key))
+            events, rej = handle_raw(proc, value, (offset, key))
             late = proc.late
             out = self._outgoing(events, source_topic, partition, offset)
         except Exception as exc:
@@ -921,7 +1135,7 @@ class LiveAdapter:
     def _account(self, proc: Processor, events: list[dict], core_s: float, t0: float) -> None:
         msg = proc.msg
         if msg is not None and msg["kind"] == "heartbeat":
-            self.heard[self.labels.source(msg["venue"], msg["source"])] = self.wall()
+            self.decoders.beat(msg["venue"], msg["source"], msg["t_us"], self.wall())
         m = self.metrics
         if m is None:
             return
@@ -955,6 +1169,22 @@ class LiveAdapter:
         lags: dict[str, int] = {}
         ages: dict[tuple[str, str], int] = {}
         cap = self.labels
+        dec = self.decoders
+        # heartbeats applied since the last pass that were not consumed as
+        # such (held by the clock guard: a decoder running seconds ahead is
+        # applied at the pace of the other) count too, at this pass's time
+        hb_seen = self._hb_seen
+        for proc in self.procs.values():
+            for vid, v in proc.engine.venues.items():
+                for src, t in v.hb.items():
+                    key = (vid, src)
+                    last = hb_seen.get(key)
+                    if last is None or t > last:
+                        hb_seen[key] = t
+                        if last is not None:
+                            dec.beat(vid, src, t, now, seen=True)
+        for key in dec.sweep(now):
+            log.info("decoder source %s at %s silent for %.0f s: forgotten", key[1], key[0], FORGET_S)
         for proc in self.procs.values():
             eng = proc.engine
             races += eng.active_races()
@@ -965,6 +1195,10 @@ class LiveAdapter:
                     if v.clock > lags.get(lv, -1):
                         lags[lv] = v.clock
                 for src, t in v.hb.items():
+                    # tracked; or known from a rebuilt state and recent by the venue's
+                    # clock (LapstreamDecoderUnheardSinceTakeover)
+                    if not dec.watched(vid, src) or (v.clock - t > FORGET_US and (vid, src) not in dec.tracked):
+                        continue
                     key = cap.source(vid, src)
                     if t > ages.get(key, -1):     # "other": the freshest of the bucket
                         ages[key] = t
@@ -972,8 +1206,29 @@ class LiveAdapter:
             m.event_lag.labels(lv).set(now - t / 1e6)
         for key, t in ages.items():
             m.heartbeat_age.labels(*key).set(now - t / 1e6)
-        for key, heard_at in self.heard.items():
-            m.silence.labels(*key).set(now - heard_at)
+        heard: dict[tuple[str, str], float] = {}
+        for (vid, src), at in dec.tracked.items():
+            key = cap.source(vid, src)
+            if at > heard.get(key, -1.0):         # "other": the freshest of the bucket
+                heard[key] = at
+        for key, at in heard.items():
+            m.silence.labels(*key).set(now - at)
+        # series of sources no longer watched (forgotten, gone elsewhere) are removed
+        for metric, keys, have in ((m.heartbeat_age, self._age_keys, ages), (m.silence, self._silence_keys, heard)):
+            for key in keys - have.keys():
+                try:
+                    metric.remove(*key)
+                except KeyError:
+                    pass
+        self._age_keys = set(ages)
+        self._silence_keys = set(heard)
+        # label values of sources no longer watched go back to the cap (a
+        # forgotten stray does not keep a real decoder's name in "other")
+        used: dict[str, set] = {}
+        for lv, ls in self._age_keys | self._silence_keys:
+            used.setdefault(lv, set()).add(ls)
+        for lv, names in cap.sources.items():
+            names &= used.get(lv, set())
         m.active_races.set(races)
         m.active_venues.set(venues)
 

@@ -3,7 +3,8 @@
 ``GatewayState.ingest(topic, partition, offset, value)`` takes one record of a
 derived topic (or a ``race``/``venue`` message of ``timing.raw``) and keeps:
 
-- the current state: per race its set-up (from the raw ``race`` message), the
+- the current state: per race its set-up (from the raw ``race`` message, if
+  the worker applied it: ``ingest_raw`` judges set-ups with the worker's code), the
   newest revision of every fact (result; split per competitor, skater and
   distance; finish per competitor; the latest incident in arrival order per
   competitor, skater and type;
@@ -42,7 +43,8 @@ from typing import Iterable, Optional
 import orjson
 
 from streams import topics as T
-from schemas.decode import Rejected, decode
+from agents.live import handle_raw
+from streams.process import Processor
 
 # Stream positions name topics by index: the derived topics, then timing.raw
 # (whose ``race`` and ``venue`` set-ups are streamed too, as kinds ``race``
@@ -52,6 +54,7 @@ TOPIC_INDEX = {name: i for i, name in enumerate(TOPIC_NAMES)}
 RAW_INDEX = TOPIC_INDEX[T.RAW.name]
 DERIVED_KINDS = ("split", "finish", "incident", "record", "result", "standings", "classification")
 KINDS = DERIVED_KINDS + ("race", "venue")
+SETUP_KINDS = ("venue", "race", "start")   # the raw kinds that change the gateway's view
 
 
 _DIGITS = re.compile(r"[0-9]{1,19}")
@@ -337,6 +340,8 @@ class GatewayState:
         self.seen_ids: set[str] = set()
         self.duplicates = 0
         self.version = 0                  # bumps on every change (REST caches)
+        self.judges: dict[int, Processor] = {}   # timing.raw partition -> the worker's decisions
+        self.judged: dict[int, int] = {}         # timing.raw partition -> next offset to judge
 
     # -- ingest ----------------------------------------------------------------
     def race(self, race_id: str) -> RaceState:
@@ -345,45 +350,65 @@ class GatewayState:
             r = self.races[race_id] = RaceState(race_id)
         return r
 
+    def judge(self, partition: int) -> Processor:
+        """The worker's decisions for one partition of timing.raw: the very
+        processor the worker runs (decoder, clock guard, core), fed the same
+        records in the same order."""
+        proc = self.judges.get(partition)
+        if proc is None:
+            proc = self.judges[partition] = Processor()
+        return proc
+
     def ingest_raw(self, value: bytes, partition: int = 0, offset: int = 0,
                    arrived: float = 0.0) -> Optional[Item]:
-        """A record of timing.raw: keeps ``venue`` and ``race`` set-ups (streamed
-        as kinds ``venue`` and ``race``) and starts. Everything else is skipped
-        cheaply (most of the raw topic is passings)."""
-        if not value or (b'"competitors"' not in value and b'"loops"' not in value
-                         and b'"start"' not in value):
-            return None   # (a null value, a tombstone, is None or b"")
-        try:
-            # the contract's own checks: a set-up the core dead-letters (a group
-            # that is not a string, competitors that are not a list...) is not kept
-            msg = decode(value)
-        except Rejected:
+        """A record of timing.raw: keeps the ``venue`` and ``race`` set-ups
+        (streamed as kinds ``venue`` and ``race``) and the starts that the
+        worker applies, and nothing the worker refuses or ignores.
+
+        Every record goes through the partition's ``judge``, a
+        ``streams.process.Processor`` like the worker's (through the live
+        adapter's own entry, ``agents.live.handle_raw``): a set-up changes the
+        view only when that processor applied it (outcome ``applied``), so a
+        ``start`` the worker dead-letters (``stale_feed``, ``race_released``,
+        ``unknown_reference``), a repeated one (``duplicate``) or a new start
+        list of a running race (``ignored_late``) changes nothing here either.
+        Set-ups are never held by the clock guard: the decision is known at
+        the record itself. Records at an offset already judged are skipped."""
+        if offset < self.judged.get(partition, 0):
+            return None   # read again: judged already (the core is not idempotent)
+        self.judged[partition] = offset + 1
+        if not value:
+            return None   # a null value, a tombstone (the worker refuses it: no state change)
+        proc = self.judge(partition)
+        handle_raw(proc, value, offset)
+        msg = proc.msg
+        if msg is None or proc.outcome != "applied":
+            return None   # refused, held, a duplicate, ignored
+        kind = msg["kind"]
+        if kind not in SETUP_KINDS:
             return None
-        kind = msg.get("kind")
         item = None
         try:
-            if kind == "venue" and isinstance(msg.get("venue"), str):
+            if kind == "venue":
                 v = {k: msg.get(k) for k in ("venue", "name", "lap_m", "loops")}
                 self.venues[msg["venue"]] = v
                 item = Item(RAW_INDEX, partition, offset, "venue", {"kind": "venue", **v},
                             orjson.dumps({"kind": "venue", **v}), arrived, None, None, msg["venue"], None)
-            elif kind == "race" and isinstance(msg.get("race_id"), str):
+            elif kind == "race":
                 r = self.race(msg["race_id"])
-                r.meta = msg
+                r.meta = orjson.loads(value)   # (its own copy: the core keeps the decoded one)
                 setup = {"kind": "race", **r.public_setup()}
                 item = Item(RAW_INDEX, partition, offset, "race", setup, orjson.dumps(setup), arrived,
                             msg["race_id"], r.group, msg.get("venue"), None)
-            elif kind == "start" and isinstance(msg.get("race_id"), str) and msg["race_id"] in self.races:
-                r = self.races[msg["race_id"]]
+            else:   # start: the core applied it, so its race was set up and its attempt is new
+                r = self.race(msg["race_id"])
                 attempt = msg.get("attempt") if isinstance(msg.get("attempt"), int) else 1
                 if attempt > r.attempt:
                     r.attempt = attempt
                     r.clear_attempt()
                 if attempt >= r.attempt:
                     r.started_t_us = msg.get("t_us")
-            else:
-                return None
-        except (TypeError, AttributeError, ValueError):
+        except (TypeError, AttributeError, ValueError):   # (a decoded set-up has what is read; belt and braces)
             return None
         self.version += 1
         if item is not None:

@@ -47,19 +47,27 @@ def _split(out):
 
 
 def _live(lines):
-    """The same lines through the live adapter (in memory): derived events and dead letters."""
-    log = Log(lines)
+    """The same lines through the live adapter (in memory): derived events and
+    dead letters. The record references go to timing.records.ref, the rest to
+    the partition (as replay routes them); a dead letter's ``source-offset``
+    is given back as the index of its line."""
+    raw = [ln for ln in lines if b'"record_ref"' not in ln]
+    line_of = [i for i, ln in enumerate(lines) if b'"record_ref"' not in ln]
+    log = Log(raw)
 
     async def go():
         a = LiveAdapter(log.send, log.rebuild)
-        for off, rec in enumerate(lines):
+        off = 0
+        for rec in lines:
             if b'"record_ref"' in rec:
                 a.on_ref(rec)
             else:
                 await a.on_raw(0, off, b"NSO", rec)
+                off += 1
     asyncio.run(go())
     facts = [orjson.loads(v) for t, _, v, _ in log.sent if t not in (DEADLETTER.name, RECORDS_REF.name)]
-    dead = [(v, dict(h)) for t, _, v, h in log.sent if t == DEADLETTER.name]
+    dead = [(v, {**dict(h), "source-offset": str(line_of[int(dict(h)["source-offset"])]).encode()})
+            for t, _, v, h in log.sent if t == DEADLETTER.name]
     return facts, dead
 
 

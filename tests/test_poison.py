@@ -297,6 +297,14 @@ def test_forged_sources_and_venues_do_not_grow_the_metrics():
             off += 1
             await a.on_raw(0, off, b"NSO", orjson.dumps(
                 {"kind": "heartbeat", "v": 1, "t_us": t0 + 100_000 + i, "venue": "NSO", "source": f"forged-{i}"}))
+        # sources that prove themselves (3 heartbeats over 2 s: agents/live.py
+        # Decoders) get series, capped; the single forged beats above get none
+        t_c = orjson.loads(RAW[199])["t_us"]
+        for i in range(50):
+            for dt in (-2_000_000, -1_000_000, 0):
+                off += 1
+                await a.on_raw(0, off, b"NSO", orjson.dumps(
+                    {"kind": "heartbeat", "v": 1, "t_us": t_c + dt, "venue": "NSO", "source": f"proven-{i}"}))
         for i in range(2_000):
             off += 1
             venue = {**orjson.loads(RAW[0]), "venue": f"V{i}"}
@@ -314,4 +322,5 @@ def test_forged_sources_and_venues_do_not_grow_the_metrics():
     assert len(age) <= (MAX_VENUE_LABELS + 1) * (MAX_SOURCE_LABELS + 1) // 8 + MAX_SOURCE_LABELS + 2
     assert len(silence) <= len(age) + 1
     assert 'source="other",venue="NSO"' in text and 'venue="other"' in text
+    assert "forged-" not in text
     assert len(text) < 200_000
