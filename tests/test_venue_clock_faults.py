@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import orjson
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from streams import beijing
 from streams.process import process_lines
@@ -36,8 +36,15 @@ def _facts(events):
     finishes = {e["competitor_id"]: e["time_ms"] for e in events if e["kind"] == "finish" and e["final"]}
     result = [e for e in events if e["kind"] == "result"][-1]
     ranking = [(r["competitor_id"], r["time_ms"], r["irm"]) for r in result["ranking"]]
-    suspected = {e["skater_id"] for e in events if e["kind"] == "incident" and e["status"] == "suspected"}
+    suspected = {e["skater_id"] for e in events
+                 if e["kind"] == "incident" and e["type"] == "fall" and e["status"] == "suspected"}
     return dead, finishes, (result["status"], ranking), suspected
+
+
+def _lap_lost(events):
+    """Competitors with a skater whose lap count the outage lost (not placed: reported)."""
+    return {e["competitor_id"] for e in events if e["kind"] == "incident" and e["type"] == "anomaly"
+            and (e.get("note") or "").startswith("lap count lost")}
 
 
 @lru_cache(maxsize=None)
@@ -60,20 +67,29 @@ def test_a_venue_set_up_stamped_far_from_the_decoders_changes_nothing(ahead_s):
 
 
 @settings(max_examples=30, deadline=None)
-@given(start_s=st.integers(15, 140), dark_s=st.integers(4, 120))
+@given(start_s=st.integers(5, 140), dark_s=st.integers(4, 120))
+@example(start_s=15, dark_s=38)   # (CI found CAN placed a lap off: 3:36.35 for 2:53.44)
 def test_a_venue_outage_during_the_race_keeps_its_timing_and_raises_no_fall(start_s, dark_s):
     """Every passing and heartbeat between gun+start_s and gun+start_s+dark_s is
     lost (the finishes, at ~173 s and ~184 s, are read): no dead letter, the
-    same finishes and result, and no skater suspected that the full feed does
-    not suspect (a minute's outage used to dead-letter the rest of the race as
+    same finishes and result (or, for a skater whose lap the outage left in
+    doubt, no finish, an anomaly saying so and DNF: never a finish a lap off),
+    and no skater suspected of a fall that the full feed does not suspect (a minute's outage used to dead-letter the rest of the race as
     a clock leap, and every skater was suspected when the venue came back)."""
     gun = _gun()
     lo, hi = gun + start_s * S, gun + min(start_s + dark_s, 165) * S
     kept = [ln for ln in _lines()
             if not (b'"passing"' in ln or b'"heartbeat"' in ln) or not lo <= orjson.loads(ln)["t_us"] < hi]
-    dead, finishes, result, suspected = _facts(list(process_lines(kept)))
+    events = list(process_lines(kept))
+    dead, finishes, result, suspected = _facts(events)
     base_dead, base_finishes, base_result, base_suspected = _baseline()
     assert dead == base_dead == []
-    assert finishes == base_finishes
-    assert result == base_result
+    lost = _lap_lost(events)   # early in a race an outage of ~30 s leaves the lap in doubt
+    for cid, ms in base_finishes.items():
+        if cid in lost:
+            assert cid not in finishes and (cid, None, "DNF") in result[1]
+        else:
+            assert finishes.get(cid) == ms, (cid, finishes, base_finishes)   # never a lap off
+    if not lost:
+        assert result == base_result
     assert suspected <= base_suspected, suspected - base_suspected

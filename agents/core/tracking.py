@@ -27,7 +27,7 @@ UNPLACED = object()   # ``crossing`` without a placement already known
 # pace over the next minutes is within PACE_DOUBT once it has skated a lap;
 # before, the start's pace says little of its cruise (PACE_DOUBT_EARLY).
 PACE_DOUBT = 0.06
-PACE_DOUBT_EARLY = 0.3
+PACE_DOUBT_EARLY = 0.5
 
 
 def crossing(eng: Engine, run: SkaterRun, loop: str, at_m: int, t: int, out: list,
