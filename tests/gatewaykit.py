@@ -233,3 +233,12 @@ def produce_in_thread(bootstrap: str, topic: str, events: list[dict], key: bytes
     t.start()
     t.join(60)
     assert errors == [None], errors
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """(status, body text) of a GET; an HTTP error is an answer too."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()

@@ -8,13 +8,10 @@ import contextlib
 import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -22,6 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams import beijing
+from streams.procs import stop_process
+from tests.gatewaykit import http_get as _get
 from streams.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,13 +177,7 @@ def test_worker_with_http_port_0_serves_on_a_free_port(live_broker, tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.3)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process(proc, 60)
     text = log.read_text()
     assert "Traceback" not in text and "ImproperlyConfigured" not in text
 
@@ -279,12 +272,6 @@ def test_process_says_why_every_message_was_refused(tmp_path_factory, venue, n):
 # -- the gateway's reader tries the broker again ----------------------------------------
 
 
-def _get(url: str):
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 @pytest.mark.live
@@ -327,13 +314,7 @@ def test_serve_without_a_broker_tries_again_and_gets_ready_when_it_comes(tmp_pat
             time.sleep(0.3)
         assert _get(url + "api/v1/races")[0] == 200
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process(proc, 30)
         if broker is not None:
             broker.stop()
     text = log.read_text()

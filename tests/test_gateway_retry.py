@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.error
-import urllib.request
 from types import SimpleNamespace
 
 import orjson
@@ -15,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams import beijing
+from tests.gatewaykit import http_get as _get
 from streams import gateway as G
 from streams.gateway import Gateway, GatewaySettings
 from streams.gateway_state import TOPIC_NAMES
@@ -110,12 +109,6 @@ def stand_in(broker: Broker):
     return Consumer, TopicPartition
 
 
-def _get(url: str):
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 async def _run(plan: list, monkeypatch) -> tuple:
