@@ -208,18 +208,19 @@ def after_change(eng: Engine, race: Race, t: int, out: list) -> None:
             race.prov_result = RESULT_OWED
         eng._touch(race)
         return
-    finish_ranks(eng, race, t, out)
-    emit_result(eng, race, t, out)
+    ranked = ranking(eng, race)   # (once: the finishes and the result read the same)
+    finish_ranks(eng, race, t, out, ranked)
+    emit_result(eng, race, t, out, ranked)
     standings.emit_group(eng, race, t, out)
 
 
-def finish_ranks(eng: Engine, race: Race, t: int, out: list) -> None:
+def finish_ranks(eng: Engine, race: Race, t: int, out: list, ranked: list[dict]) -> None:
     """A final finish says its competitor's rank in the race (and points):
     when a change moved it (a photo put another ahead or behind, a DQ, sprint
     points re-awarded, a VOID: no rank), it is published again as its next
     revision, so the latest finish of every competitor agrees with the result."""
     mass = race.d.format == "mass_start"
-    now = {e["competitor_id"]: (e["rank"], e.get("points")) for e in ranking(eng, race)}
+    now = {e["competitor_id"]: (e["rank"], e.get("points")) for e in ranked}
     for c in race.comps:
         if c.finish_ms is None or c.prov_finish is not None:
             continue
@@ -231,13 +232,13 @@ def finish_ranks(eng: Engine, race: Race, t: int, out: list) -> None:
         out.append(events.finish_event(race, c, t, c.finish_ms, pub[0], c.source, pub[1], True))
 
 
-def emit_result(eng: Engine, race: Race, t: int, out: list) -> None:
+def emit_result(eng: Engine, race: Race, t: int, out: list, ranked: list[dict] | None = None) -> None:
     race.result_rev += 1
     eng.result_revs[race.d.id] = race.result_rev
     out.append({"kind": "result", "v": 1,
                 "event_id": event_id("result", race.d.id, race.result_rev),
                 "race_id": race.d.id, "t_us": t, "attempt": race.attempt,
                 "status": race.status, "revision": race.result_rev,
-                "ranking": ranking(eng, race), "group": race.d.group,
+                "ranking": ranking(eng, race) if ranked is None else ranked, "group": race.d.group,
                 "format": race.d.format, "final": True})
     race.prov_result = None
